@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sampling.errors import SamplingError
@@ -146,7 +146,9 @@ class Strategy:
     ``name`` is also the value of the ``strategy`` metric label; ``is_active`` says whether a
     parameter set switches it on; ``paper`` cites the source. Truncation strategies provide
     ``keep`` (a keep-mask kernel, see :mod:`sampling.pipeline`); processors provide
-    ``process``.
+    ``process``. ``keeps_argmax`` says the kernel never removes the most probable token (so
+    the pipeline need not protect it); ``own_min_keep`` is True where
+    ``min_tokens_to_keep`` follows the strategy's own rule, which its kernel then honours.
     """
 
     name: str
@@ -157,14 +159,16 @@ class Strategy:
     is_active: Callable[[Any], bool]
     keep: Callable[..., Any] | None = None
     process: Callable[..., Any] | None = None
-    protects_own_min_keep: bool = False
+    keeps_argmax: bool = True
+    own_min_keep: bool = False
     notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _fmt(x: float | None) -> str:
     if x is None:
         return ""
+    if isinstance(x, int):
+        return str(x)
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
 
 

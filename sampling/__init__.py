@@ -1,0 +1,30 @@
+"""samplerd's sampler suite: every modern decoding strategy, batched, seeded, exact.
+
+Pure PyTorch; imports neither grpc nor ray, and is usable as a library on its own::
+
+    from sampling import SamplingParams, filter_logits, sample
+    p = SamplingParams(top_p=0.9, temperature=0.7, seed=7)
+    masked = filter_logits(logits, p)  # [B, V], removed tokens -inf
+    out = sample(logits, p, steps=0)   # out.token_ids [B, n], out.logprobs, out.stats
+"""
+
+from sampling.errors import SamplingError
+from sampling.output import SampleOutput, SampleStats
+from sampling.params import SamplingParams
+from sampling.pipeline import filter_logits, sample
+from sampling.registry import PARAMETERS, STRATEGIES, STRATEGY_LABELS
+from sampling.state import SequenceState, advance
+
+__all__ = [
+    "PARAMETERS",
+    "STRATEGIES",
+    "STRATEGY_LABELS",
+    "SampleOutput",
+    "SampleStats",
+    "SamplingError",
+    "SamplingParams",
+    "SequenceState",
+    "advance",
+    "filter_logits",
+    "sample",
+]

@@ -1,0 +1,340 @@
+"""The sampling pipeline: logits in, filtered logits or sampled tokens out.
+
+Order of stages (SAMPLERS.md Part A; the Hugging Face / vLLM order, temperature before
+truncation): repetition / frequency / presence penalties -> DRY -> logit bias ->
+temperature (dynamic temperature when ``dynatemp_range > 0``; below 1e-5, greedy) ->
+top-nσ -> top-k -> optimal-k -> entropy top-k -> statistical top-k -> top-H -> top-p ->
+min-p -> typical -> epsilon -> eta -> XTC -> draw. Mirostat replaces the truncations. Each
+truncation sees the renormalised output of the one before it. Every stage works on the rows
+that switch it on, all at once, with per-row parameter tensors; a stage no row uses costs
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sampling.distribution import Distribution
+from sampling.draw import inverse_cdf
+from sampling.errors import SamplingError
+from sampling.output import SampleOutput, SampleStats
+from sampling.params import SamplingParams
+from sampling.registry import MIROSTATS, TRUNCATIONS
+from sampling.rng import STREAM_DRAW, fresh_seeds, uniforms
+from sampling.rows import RowParams
+from sampling.selection import kth_largest
+from sampling.state import SequenceState
+from sampling.strategies import dry, mirostat, penalties, temperature
+
+_ACCEPTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class _Batch:
+    """The processed batch: logits at each point of the pipeline and the per-row parameters."""
+
+    rows: RowParams
+    untempered: torch.Tensor  # after penalties and bias (greedy decides here)
+    full: Distribution  # after temperature: what the truncations see
+    final_logits: torch.Tensor  # after truncation (greedy rows: only their argmax)
+    final: Distribution | None  # cached distribution of final_logits when still valid
+    greedy: torch.Tensor  # bool [B]
+
+
+def filter_logits(logits: torch.Tensor, params, steps=0, states=None) -> torch.Tensor:
+    """Apply penalties, bias, temperature and every truncation; removed tokens become ``-inf``.
+
+    Returns a float32 ``[B, V]`` tensor. Greedy rows keep only their argmax, at its
+    pre-temperature value. ``params`` is one :class:`SamplingParams` or one per row;
+    ``steps`` (the decoding step, keys XTC's coin) an int or one per row; ``states`` one
+    :class:`SequenceState` (or None) per row, for penalties and mirostat.
+    """
+    return _run_stages(logits, params, steps, states).final_logits
+
+
+def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
+    """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`."""
+    batch = _run_stages(logits, params, steps, states)
+    rows = batch.rows
+    final = batch.final or Distribution(batch.final_logits)
+    counts = [p.n for p in rows.params]
+    draws = max(counts)
+    token_ids = inverse_cdf(final.weights, torch.from_numpy(uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws)))
+    logprobs = final.log_prob_of(batch.final_logits.gather(1, token_ids))
+    full_logits = batch.full.logits
+    surprise = -batch.full.log_prob_of(full_logits.gather(1, token_ids))
+    stats = _statistics(batch, final, surprise)
+    mu = _next_mirostat_mu(batch, surprise[:, :1])
+    if min(counts) < draws:
+        padding = torch.arange(draws, device=token_ids.device)[None, :] >= torch.tensor(counts)[:, None].to(
+            token_ids.device)
+        token_ids = token_ids.masked_fill(padding, -1)
+        logprobs = logprobs.masked_fill(padding, float("nan"))
+        stats = _pad_surprise(stats, padding)
+    return SampleOutput(
+        token_ids=token_ids,
+        logprobs=logprobs,
+        stats=stats,
+        strategies=[p.strategy_label() for p in rows.params],
+        mirostat_mu=mu,
+        top_logprobs=_top_logprobs(batch, final),
+    )
+
+
+def _run_stages(logits, params, steps, states) -> _Batch:
+    logits, params, steps, states = _checked_inputs(logits, params, steps, states)
+    device = logits.device
+    vocab = logits.shape[1]
+    seeds = np.array([p.seed if p.seed is not None else 0 for p in params], dtype=np.uint64)
+    unseeded = [i for i, p in enumerate(params) if p.seed is None]
+    if unseeded:
+        seeds[unseeded] = fresh_seeds(len(unseeded))
+    rows = RowParams(params, seeds, np.asarray(steps, dtype=np.uint64), _initial_mu(params, states, device), device)
+
+    z = logits.float()
+    z = _apply_processors(z, rows, states, vocab)
+    untempered = z
+    greedy = torch.tensor([temperature.is_greedy(p) for p in params], device=device)
+    temp = rows.float("temperature").clone()
+    dynamic = _active_rows(temperature.DYNATEMP, params, device)
+    if dynamic is not None:
+        sub = rows.subset(dynamic)
+        temp[dynamic] = temperature.dynamic_temperature(
+            z[dynamic], sub.float("temperature"), sub.float("dynatemp_range"), sub.float("dynatemp_exponent"))
+        greedy = greedy | (temp[:, 0] < temperature.GREEDY_BELOW)
+    divisor = torch.where(greedy[:, None], torch.ones_like(temp), temp)
+    if bool((divisor != 1.0).any()):
+        z = z / divisor
+    full = Distribution(z)
+    final_logits, current = _truncate(full, rows, greedy)
+    if bool(greedy.any()):
+        first_max = untempered.argmax(dim=-1, keepdim=True)
+        only_max = torch.full_like(untempered, _NEG_INF).scatter(1, first_max, untempered.gather(1, first_max))
+        final_logits = torch.where(greedy[:, None], only_max, final_logits)
+        current = None
+    return _Batch(rows, untempered, full, final_logits, current, greedy)
+
+
+def _checked_inputs(logits, params, steps, states):
+    if not isinstance(logits, torch.Tensor):
+        raise SamplingError("logits", f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in _ACCEPTED_DTYPES:
+        raise SamplingError("logits", f"logits dtype must be float32, float16 or bfloat16, got {logits.dtype}")
+    if logits.dim() != 2:
+        raise SamplingError("logits", f"logits must have shape [B, V], got {list(logits.shape)}")
+    rows, vocab = logits.shape
+    if rows < 1 or vocab < 1:
+        raise SamplingError("logits", f"logits must have B >= 1 and V >= 1, got {list(logits.shape)}")
+    row_max = logits.amax(dim=-1).float()
+    bad = ~torch.isfinite(row_max) | torch.isnan(logits).any(dim=-1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        if bool(torch.isnan(logits[row]).any()):
+            what = "contains NaN"
+        elif float(row_max[row]) == float("inf"):
+            what = "contains +inf"
+        else:
+            what = "has no finite logit"
+        raise SamplingError("logits", f"logits row {row} {what}")
+    if isinstance(params, SamplingParams):
+        params = [params] * rows
+    else:
+        params = list(params)
+        if len(params) != rows:
+            raise SamplingError("params", f"params must hold one SamplingParams per row ({rows}), got {len(params)}")
+        for i, p in enumerate(params):
+            if not isinstance(p, SamplingParams):
+                raise SamplingError("params", f"params[{i}] must be a SamplingParams, got {type(p).__name__}")
+    steps = _per_row("steps", steps, rows)
+    if states is not None:
+        states = list(states)
+        if len(states) != rows:
+            raise SamplingError("states", f"states must hold one entry per row ({rows}), got {len(states)}")
+    for i, p in enumerate(params):
+        _check_vocabulary_ids(p, vocab, i, rows)
+        if p.path_beams > 1:
+            raise SamplingError("path_beams", "path_beams > 1 needs a decoding session "
+                                "(sampling.strategies.path_top_p.path_aware_step)")
+    return logits, params, steps, states
+
+
+def _per_row(name: str, value, rows: int) -> list[int]:
+    values = [value] * rows if isinstance(value, (int, np.integer)) else list(value)
+    if len(values) != rows:
+        raise SamplingError(name, f"{name} must be an int or one per row ({rows}), got {len(values)}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise SamplingError(name, f"{name} must be non-negative integers, got {v!r}")
+    return [int(v) for v in values]
+
+
+def _check_vocabulary_ids(p, vocab: int, row: int, rows: int) -> None:
+    where = f" (row {row})" if rows > 1 else ""
+    for token, _ in p.logit_bias:
+        if token >= vocab:
+            raise SamplingError("logit_bias", f"logit_bias token {token} is outside the vocabulary (V={vocab}){where}")
+    for token in p.dry_sequence_breakers:
+        if token >= vocab:
+            raise SamplingError("dry_sequence_breakers",
+                                f"dry_sequence_breakers token {token} is outside the vocabulary (V={vocab}){where}")
+
+
+def _initial_mu(params, states, device) -> torch.Tensor:
+    mu = []
+    for i, p in enumerate(params):
+        state = states[i] if states is not None else None
+        known = state.mirostat_mu if isinstance(state, SequenceState) else None
+        mu.append(known if known is not None else 2.0 * p.mirostat_tau)
+    return torch.tensor(mu, dtype=torch.float64, device=device)[:, None]
+
+
+def _active_rows(strategy, params, device, exclude: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Indices of the rows that switch ``strategy`` on, or None when there are none."""
+    flags = [strategy.is_active(p) for p in params]
+    if not any(flags):
+        return None
+    active = torch.tensor(flags, device=device)
+    if exclude is not None:
+        active &= ~exclude
+    if not bool(active.any()):
+        return None
+    return active.nonzero()[:, 0]
+
+
+def _apply_processors(z: torch.Tensor, rows: RowParams, states, vocab: int) -> torch.Tensor:
+    params = rows.params
+    device = z.device
+    counted = [penalties.REPETITION_PENALTY, penalties.FREQUENCY_PENALTY, penalties.PRESENCE_PENALTY]
+    penalised = _any_rows(counted, params, device)
+    if penalised is not None:
+        sub = rows.subset(penalised)
+        counts = penalties.token_counts(_histories(states, penalised, device), vocab)
+        z = z.index_copy(0, penalised, penalties.apply_penalties(
+            z[penalised], counts, sub.float("repetition_penalty"), sub.float("frequency_penalty"),
+            sub.float("presence_penalty")))
+    repeated = _active_rows(dry.DRY, params, device)
+    if repeated is not None:
+        histories = [np.asarray(_history(states, i), dtype=np.int64) for i in repeated.tolist()]
+        amounts = dry.dry_penalties(histories, [params[i] for i in repeated.tolist()], vocab).to(device)
+        z = z.index_copy(0, repeated, z[repeated] - amounts)
+    biased = [(i, token, bias) for i, p in enumerate(params) for token, bias in p.logit_bias]
+    if biased:
+        row_index, token_index, amount = zip(*biased)
+        z = z.index_put((torch.tensor(row_index, device=device), torch.tensor(token_index, device=device)),
+                        torch.tensor(amount, dtype=z.dtype, device=device), accumulate=True)
+    return z
+
+
+def _any_rows(strategies, params, device) -> torch.Tensor | None:
+    flags = [any(s.is_active(p) for s in strategies) for p in params]
+    return torch.tensor(flags, device=device).nonzero()[:, 0] if any(flags) else None
+
+
+def _history(states, row: int) -> tuple[int, ...]:
+    state = states[row] if states is not None else None
+    return state.history if isinstance(state, SequenceState) else ()
+
+
+def _histories(states, index: torch.Tensor, device) -> torch.Tensor:
+    """``[rows, L]`` int64 token histories of the rows at ``index``, padded with -1."""
+    found = [_history(states, i) for i in index.tolist()]
+    longest = max((len(h) for h in found), default=0)
+    padded = torch.full((len(found), max(longest, 1)), -1, dtype=torch.int64)
+    for r, h in enumerate(found):
+        if h:
+            padded[r, : len(h)] = torch.tensor(h, dtype=torch.int64)
+    return padded.to(device)
+
+
+def _truncate(full: Distribution, rows: RowParams, greedy: torch.Tensor):
+    """Run every truncation stage; returns the truncated logits and, when still valid, their
+    cached distribution."""
+    params = rows.params
+    device = full.logits.device
+    z, current = full.logits, full
+    for strategy in TRUNCATIONS:
+        index = _active_rows(strategy, params, device, exclude=greedy)
+        if index is None:
+            continue
+        everyone = index.numel() == len(params)
+        dist = current if everyone and current is not None else Distribution(z if everyone else z[index])
+        sub = rows if everyone else rows.subset(index)
+        keep = strategy.keep(dist, sub) & dist.finite
+        keep = _protect_top_tokens(strategy, dist, sub, keep)
+        masked = dist.logits.masked_fill(~keep, _NEG_INF)
+        if everyone:
+            z = masked
+            current = Distribution(masked, dist.max if not strategy.own_min_keep else None)
+        else:
+            z = z.index_copy(0, index, masked)
+            current = None
+    return z, current
+
+
+def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: torch.Tensor) -> torch.Tensor:
+    """``min_tokens_to_keep``: never remove the m most probable tokens (ties with the m-th kept)."""
+    if strategy.own_min_keep:
+        return keep
+    min_keep = rows.min_keep
+    if bool((min_keep > 1).any()):
+        return keep | ((dist.logits >= kth_largest(dist.logits, min_keep)) & dist.finite)
+    if not strategy.keeps_argmax:
+        return keep | (dist.logits >= dist.max)
+    return keep
+
+
+def _statistics(batch: _Batch, final: Distribution, surprise: torch.Tensor) -> SampleStats:
+    full = batch.full
+    kept_mass = final.total * torch.exp(final.max - full.max) / full.total
+    k = batch.rows.int("stats_top_k")
+    width = min(int(k.max().item()), full.logits.shape[-1])
+    top = full.weights.topk(width, dim=-1).values / full.total
+    top = torch.where(torch.arange(width, device=top.device)[None, :] < k, top, torch.zeros_like(top))
+    top_mass = top.sum(dim=-1, keepdim=True)
+    renormalised = top / top_mass
+    top_entropy = -torch.xlogy(renormalised, renormalised).sum(dim=-1, keepdim=True)
+    return SampleStats(
+        entropy=full.entropy[:, 0],
+        varentropy=full.varentropy[:, 0],
+        truncated_entropy=final.entropy[:, 0],
+        kept_tokens=final.finite.sum(dim=-1),
+        kept_mass=kept_mass[:, 0].clamp(max=1.0),
+        top_k_entropy=top_entropy[:, 0].clamp(min=0.0),
+        top_k_mass=top_mass[:, 0].clamp(max=1.0),
+        surprise=surprise,
+    )
+
+
+def _pad_surprise(stats: SampleStats, padding: torch.Tensor) -> SampleStats:
+    from dataclasses import replace
+
+    return replace(stats, surprise=stats.surprise.masked_fill(padding, float("nan")))
+
+
+def _next_mirostat_mu(batch: _Batch, surprise_nats: torch.Tensor) -> torch.Tensor:
+    rows = batch.rows
+    mu = torch.full((len(rows),), float("nan"), dtype=torch.float64, device=surprise_nats.device)
+    index = _any_rows(MIROSTATS, rows.params, surprise_nats.device)
+    if index is None:
+        return mu
+    sub = rows.subset(index)
+    bits = surprise_nats[index].double() / np.log(2.0)
+    updated = mirostat.next_mu(sub.mirostat_mu, bits, sub.float("mirostat_tau").double(),
+                               sub.float("mirostat_eta").double())
+    return mu.index_copy(0, index, updated[:, 0])
+
+
+def _top_logprobs(batch: _Batch, final: Distribution):
+    wanted = batch.rows.int("top_logprobs")
+    width = int(wanted.max().item())
+    if width == 0:
+        return None
+    width = min(width, batch.final_logits.shape[-1])
+    values, ids = batch.final_logits.topk(width, dim=-1)
+    logprobs = final.log_prob_of(values)
+    unused = (torch.arange(width, device=ids.device)[None, :] >= wanted) | (values == _NEG_INF)
+    return ids.masked_fill(unused, -1), logprobs.masked_fill(unused, _NEG_INF)

@@ -1,0 +1,1 @@
+"""One module per strategy: its declaration (``STRATEGY``) and its batched kernel."""

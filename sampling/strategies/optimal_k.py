@@ -1,0 +1,56 @@
+"""Optimal-k (Bregman) decoding: choose k per row by minimising a sparsity-regularised divergence.
+
+Noarov, Mallick, Wang, Joshi, Sun, Xie, Yu, Dobriban, "Foundations of Top-k Decoding for
+Language Models", arXiv 2505.19371 (NeurIPS 2025). For the primal KL divergence with
+sparsity weight ``lambda`` the cost of keeping the top k is ``-ln P_k + lambda * k``, which
+is discretely convex in k, so the best k is the first where the next increment is
+non-negative: ``k* = min{k >= 1 : p_(k+1) <= (e^lambda - 1) * P_k}`` (samplerd's derivation
+for the KL case; the paper's alpha-family renormalisation is not implemented). The first k
+is found on a growing sorted prefix, so the common small-k case never sorts the vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sampling.declarations import Parameter, Stage, Strategy
+
+OPTIMAL_K = Parameter(
+    "optimal_k", "float", 0.0, "Sparsity weight lambda of optimal-k decoding (larger keeps fewer tokens).",
+    low=0.0, high=50.0, off="0",
+)
+
+_FIRST_PREFIX = 64
+
+
+def optimal_k(probs: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """``k*`` per row (``[rows, 1]`` int64) for ``p_(k+1) <= ratio * P_k``."""
+    vocab = probs.shape[-1]
+    width = min(_FIRST_PREFIX, vocab)
+    while True:
+        top = probs.topk(min(width + 1, vocab), dim=-1).values
+        if top.shape[-1] == vocab:  # the whole row: p_(V+1) = 0 closes it
+            top = torch.cat([top, torch.zeros_like(top[:, :1])], dim=-1)
+        mass = top[:, :-1].cumsum(dim=-1)
+        satisfied = top[:, 1:] <= ratio * mass
+        if bool(satisfied.any(dim=-1).all()):
+            return satisfied.to(torch.int8).argmax(dim=-1, keepdim=True) + 1
+        width = min(width * 8, vocab)
+
+
+def keep(dist, rows) -> torch.Tensor:
+    probs = dist.probs
+    k = optimal_k(probs, torch.expm1(rows.float("optimal_k")))
+    kth = probs.topk(int(k.max().item()), dim=-1).values.gather(1, k - 1)
+    return probs >= kth
+
+
+STRATEGY = Strategy(
+    name="optimal_k",
+    stage=Stage.TRUNCATION,
+    summary="Top-k with k* = min{k : p_(k+1) <= (e^lambda - 1) P_k} (primal KL Bregman decoding).",
+    paper="Noarov et al., Foundations of Top-k Decoding for Language Models, arXiv 2505.19371",
+    parameters=(OPTIMAL_K,),
+    is_active=lambda p: p.optimal_k > 0.0,
+    keep=keep,
+)
