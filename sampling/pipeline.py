@@ -223,7 +223,7 @@ def _apply_processors(z: torch.Tensor, rows: RowParams, states, vocab: int) -> t
         z = z.index_copy(0, repeated, z[repeated] - amounts)
     biased = [(i, token, bias) for i, p in enumerate(params) for token, bias in p.logit_bias]
     if biased:
-        row_index, token_index, amount = zip(*biased)
+        row_index, token_index, amount = zip(*biased, strict=True)
         z = z.index_put((torch.tensor(row_index, device=device), torch.tensor(token_index, device=device)),
                         torch.tensor(amount, dtype=z.dtype, device=device), accumulate=True)
     return z

@@ -69,7 +69,7 @@ def match_lengths(history: np.ndarray, breakers: frozenset[int]) -> dict[int, in
         alive &= history[np.maximum(earlier, 0)] == history[suffix_pos]
         lengths += alive
     found: dict[int, int] = {}
-    for token, length in zip(history[starts + 1].tolist(), lengths.tolist()):
+    for token, length in zip(history[starts + 1].tolist(), lengths.tolist(), strict=True):
         if length > found.get(token, 0):
             found[token] = length
     return found
@@ -78,7 +78,7 @@ def match_lengths(history: np.ndarray, breakers: frozenset[int]) -> dict[int, in
 def dry_penalties(histories: list[np.ndarray], params: list, vocab_size: int) -> torch.Tensor:
     """``[rows, V]`` float32 amounts to subtract from the logits of each DRY row."""
     penalty = torch.zeros(len(histories), vocab_size, dtype=torch.float32)
-    for row, (history, p) in enumerate(zip(histories, params)):
+    for row, (history, p) in enumerate(zip(histories, params, strict=True)):
         for token, length in match_lengths(history, frozenset(p.dry_sequence_breakers)).items():
             if length >= p.dry_allowed_length and token < vocab_size:
                 penalty[row, token] = p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length)
