@@ -12,7 +12,7 @@ nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class _Batch:
     final_logits: torch.Tensor  # after truncation (greedy rows: only their argmax)
     final: Distribution | None  # cached distribution of final_logits when still valid
     greedy: torch.Tensor  # bool [B]
+    first_max: torch.Tensor | None  # int64 [B, 1], argmax of untempered (when any row is greedy)
 
 
 def filter_logits(logits: torch.Tensor, params, steps=0, states=None) -> torch.Tensor:
@@ -60,21 +61,34 @@ def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
     """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`."""
     batch = _run_stages(logits, params, steps, states)
     rows = batch.rows
-    final = batch.final or Distribution(batch.final_logits)
+    full = batch.full
     counts = [p.n for p in rows.params]
     draws = max(counts)
-    token_ids = inverse_cdf(final.weights, torch.from_numpy(uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws)))
-    logprobs = final.log_prob_of(batch.final_logits.gather(1, token_ids))
-    full_logits = batch.full.logits
-    surprise = -batch.full.log_prob_of(full_logits.gather(1, token_ids))
-    stats = _statistics(batch, final, surprise)
+    if bool(batch.greedy.all()):
+        # Only argmaxes: no final distribution to build and nothing to draw.
+        token_ids = batch.first_max.expand(-1, draws)
+        logprobs = torch.zeros(token_ids.shape, dtype=torch.float32, device=token_ids.device)
+        kept_logits = batch.untempered.gather(1, batch.first_max)
+        truncated = _Truncated(entropy=torch.zeros_like(kept_logits[:, 0]),
+                               kept_tokens=torch.ones_like(batch.first_max[:, 0]),
+                               kept_mass=full.log_prob_of(kept_logits)[:, 0].exp())
+        final = None
+    else:
+        final = batch.final or Distribution(batch.final_logits)
+        noise = torch.from_numpy(uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws))
+        token_ids = inverse_cdf(final.weights, noise)
+        logprobs = final.log_prob_of(batch.final_logits.gather(1, token_ids))
+        truncated = _Truncated(entropy=final.entropy[:, 0], kept_tokens=final.finite.sum(dim=-1),
+                               kept_mass=(final.total * torch.exp(final.max - full.max) / full.total)[:, 0])
+    surprise = -full.log_prob_of(full.logits.gather(1, token_ids))
+    stats = _statistics(batch, truncated, surprise)
     mu = _next_mirostat_mu(batch, surprise[:, :1])
     if min(counts) < draws:
         padding = torch.arange(draws, device=token_ids.device)[None, :] >= torch.tensor(counts)[:, None].to(
             token_ids.device)
         token_ids = token_ids.masked_fill(padding, -1)
         logprobs = logprobs.masked_fill(padding, float("nan"))
-        stats = _pad_surprise(stats, padding)
+        stats = replace(stats, surprise=stats.surprise.masked_fill(padding, float("nan")))
     return SampleOutput(
         token_ids=token_ids,
         logprobs=logprobs,
@@ -85,8 +99,17 @@ def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
     )
 
 
+@dataclass(frozen=True)
+class _Truncated:
+    """Statistics of the final distribution, per row."""
+
+    entropy: torch.Tensor
+    kept_tokens: torch.Tensor
+    kept_mass: torch.Tensor
+
+
 def _run_stages(logits, params, steps, states) -> _Batch:
-    logits, params, steps, states = _checked_inputs(logits, params, steps, states)
+    logits, params, steps, states, all_finite = _checked_inputs(logits, params, steps, states)
     device = logits.device
     vocab = logits.shape[1]
     seeds = np.array([p.seed if p.seed is not None else 0 for p in params], dtype=np.uint64)
@@ -109,14 +132,15 @@ def _run_stages(logits, params, steps, states) -> _Batch:
     divisor = torch.where(greedy[:, None], torch.ones_like(temp), temp)
     if bool((divisor != 1.0).any()):
         z = z / divisor
-    full = Distribution(z)
+    full = Distribution(z, may_have_removed=not all_finite)
     final_logits, current = _truncate(full, rows, greedy)
+    first_max = None
     if bool(greedy.any()):
         first_max = untempered.argmax(dim=-1, keepdim=True)
         only_max = torch.full_like(untempered, _NEG_INF).scatter(1, first_max, untempered.gather(1, first_max))
         final_logits = torch.where(greedy[:, None], only_max, final_logits)
         current = None
-    return _Batch(rows, untempered, full, final_logits, current, greedy)
+    return _Batch(rows, untempered, full, final_logits, current, greedy, first_max)
 
 
 def _checked_inputs(logits, params, steps, states):
@@ -129,17 +153,7 @@ def _checked_inputs(logits, params, steps, states):
     rows, vocab = logits.shape
     if rows < 1 or vocab < 1:
         raise SamplingError("logits", f"logits must have B >= 1 and V >= 1, got {list(logits.shape)}")
-    row_max = logits.amax(dim=-1).float()
-    bad = ~torch.isfinite(row_max) | torch.isnan(logits).any(dim=-1)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        if bool(torch.isnan(logits[row]).any()):
-            what = "contains NaN"
-        elif float(row_max[row]) == float("inf"):
-            what = "contains +inf"
-        else:
-            what = "has no finite logit"
-        raise SamplingError("logits", f"logits row {row} {what}")
+    all_finite = _check_numbers(logits)
     if isinstance(params, SamplingParams):
         params = [params] * rows
     else:
@@ -159,7 +173,25 @@ def _checked_inputs(logits, params, steps, states):
         if p.path_beams > 1:
             raise SamplingError("path_beams", "path_beams > 1 needs a decoding session "
                                 "(sampling.strategies.path_top_p.path_aware_step)")
-    return logits, params, steps, states
+    return logits, params, steps, states, all_finite
+
+
+def _check_numbers(logits: torch.Tensor) -> bool:
+    """Raise on NaN, +inf or a row with no finite logit; return whether every logit is finite."""
+    if bool(torch.isfinite(logits).all()):
+        return True
+    row_max = logits.amax(dim=-1).float()
+    bad = ~torch.isfinite(row_max) | torch.isnan(logits).any(dim=-1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        if bool(torch.isnan(logits[row]).any()):
+            what = "contains NaN"
+        elif float(row_max[row]) == float("inf"):
+            what = "contains +inf"
+        else:
+            what = "has no finite logit"
+        raise SamplingError("logits", f"logits row {row} {what}")
+    return False
 
 
 def _per_row(name: str, value, rows: int) -> list[int]:
@@ -287,9 +319,8 @@ def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: tor
     return keep
 
 
-def _statistics(batch: _Batch, final: Distribution, surprise: torch.Tensor) -> SampleStats:
+def _statistics(batch: _Batch, truncated: _Truncated, surprise: torch.Tensor) -> SampleStats:
     full = batch.full
-    kept_mass = final.total * torch.exp(final.max - full.max) / full.total
     k = batch.rows.int("stats_top_k")
     width = min(int(k.max().item()), full.logits.shape[-1])
     top = full.weights.topk(width, dim=-1).values / full.total
@@ -300,19 +331,13 @@ def _statistics(batch: _Batch, final: Distribution, surprise: torch.Tensor) -> S
     return SampleStats(
         entropy=full.entropy[:, 0],
         varentropy=full.varentropy[:, 0],
-        truncated_entropy=final.entropy[:, 0],
-        kept_tokens=final.finite.sum(dim=-1),
-        kept_mass=kept_mass[:, 0].clamp(max=1.0),
+        truncated_entropy=truncated.entropy,
+        kept_tokens=truncated.kept_tokens,
+        kept_mass=truncated.kept_mass.clamp(max=1.0),
         top_k_entropy=top_entropy[:, 0].clamp(min=0.0),
         top_k_mass=top_mass[:, 0].clamp(max=1.0),
         surprise=surprise,
     )
-
-
-def _pad_surprise(stats: SampleStats, padding: torch.Tensor) -> SampleStats:
-    from dataclasses import replace
-
-    return replace(stats, surprise=stats.surprise.masked_fill(padding, float("nan")))
 
 
 def _next_mirostat_mu(batch: _Batch, surprise_nats: torch.Tensor) -> torch.Tensor:
@@ -328,11 +353,12 @@ def _next_mirostat_mu(batch: _Batch, surprise_nats: torch.Tensor) -> torch.Tenso
     return mu.index_copy(0, index, updated[:, 0])
 
 
-def _top_logprobs(batch: _Batch, final: Distribution):
+def _top_logprobs(batch: _Batch, final: Distribution | None):
     wanted = batch.rows.int("top_logprobs")
     width = int(wanted.max().item())
     if width == 0:
         return None
+    final = final or Distribution(batch.final_logits)
     width = min(width, batch.final_logits.shape[-1])
     values, ids = batch.final_logits.topk(width, dim=-1)
     logprobs = final.log_prob_of(values)

@@ -16,7 +16,8 @@ _BINS_PER_UNIT = 64.0
 _NUM_BINS = 2048  # covers 32 score units (nats for logits) below the best score; the rest share the last bin
 
 
-def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                    best: torch.Tensor | None = None) -> torch.Tensor:
     """Score of the boundary rank ``j* = min{j : W_j >= target}`` of each row.
 
     Ranks sort ``score`` descending; ``W_j`` is the total ``weight`` of ranks ``<= j``.
@@ -28,11 +29,13 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
         score: ``[rows, V]`` float32, higher is better, at least one finite entry per row.
         weight: ``[rows, V]`` non-negative float32.
         target: ``[rows, 1]`` float32 in the units of ``weight``.
+        best: each row's largest score, when the caller already has it.
     Returns:
         ``[rows, 1]`` float32 thresholds.
     """
-    best = score.amax(dim=-1, keepdim=True)
-    bins = ((best - score) * _BINS_PER_UNIT).clamp_(max=_NUM_BINS - 1).to(torch.int32).long()
+    if best is None:
+        best = score.amax(dim=-1, keepdim=True)
+    bins = torch.sub(best, score).mul_(_BINS_PER_UNIT).clamp_(max=_NUM_BINS - 1).long()
     histogram = torch.zeros(score.shape[0], _NUM_BINS, dtype=weight.dtype, device=score.device)
     histogram.scatter_add_(1, bins, weight)
     running = histogram.cumsum(dim=1)

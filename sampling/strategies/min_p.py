@@ -18,7 +18,7 @@ MIN_P = Parameter(
 
 
 def keep(dist, rows) -> torch.Tensor:
-    return dist.shifted >= rows.float("min_p").log()
+    return dist.logits >= dist.max + rows.float("min_p").log()
 
 
 STRATEGY = Strategy(

@@ -78,7 +78,7 @@ def keep_v1(dist, rows) -> torch.Tensor:
 
 
 def keep_v2(dist, rows) -> torch.Tensor:
-    log2_probs = (dist.shifted - dist.log_total) / math.log(2.0)
+    log2_probs = dist.log_probs / math.log(2.0)
     return log2_probs >= -rows.mirostat_mu.float()
 
 

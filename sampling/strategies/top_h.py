@@ -26,7 +26,8 @@ def keep(dist, rows) -> torch.Tensor:
     partial = -dist.probs * log_probs
     budget = rows.float("top_h") * dist.entropy
     # First rank whose partial sum exceeds the budget (W_j > budget <=> W_j >= next float up).
-    first_over = prefix_boundary(dist.logits, partial, torch.nextafter(budget, torch.full_like(budget, 1e30)))
+    over_budget = torch.nextafter(budget, torch.full_like(budget, 1e30))
+    first_over = prefix_boundary(dist.logits, partial, over_budget, best=dist.max)
     above = dist.logits > first_over
     mass_above = torch.where(above, partial, torch.zeros_like(partial)).sum(dim=-1, keepdim=True)
     log_p_first = first_over - dist.max - dist.log_total

@@ -21,7 +21,7 @@ TOP_P = Parameter(
 
 def keep(dist, rows) -> torch.Tensor:
     target = rows.float("top_p") * dist.total
-    return dist.logits >= prefix_boundary(dist.logits, dist.weights, target)
+    return dist.logits >= prefix_boundary(dist.logits, dist.weights, target, best=dist.max)
 
 
 STRATEGY = Strategy(

@@ -21,9 +21,8 @@ TYPICAL_P = Parameter(
 
 
 def keep(dist, rows) -> torch.Tensor:
-    surprise = dist.log_total - dist.shifted
-    typicality = -(surprise - dist.entropy).abs()
-    typicality = typicality.masked_fill(~dist.finite, float("-inf"))
+    # -ln p from the raw logits: exact, and +inf (typicality -inf) for removed tokens.
+    typicality = -(dist.log_probs + dist.entropy).abs()
     target = rows.float("typical_p") * dist.total
     kept = typicality >= prefix_boundary(typicality, dist.weights, target)
     most_typical = kth_largest(typicality, rows.min_keep)

@@ -1,0 +1,186 @@
+"""Kernel benchmark: every strategy's ``sample()`` against one softmax pass and Hugging Face.
+
+Run ``python -m sampling.bench`` (or ``samplerd bench kernels``). For each logits case
+(B=32, V=128256 fp32 by default: ``randn * 3`` and a peaked, Zipf-like case) and each
+device (CPU, and CUDA when present) it prints, per strategy, the median time of one
+``sample()`` call (statistics included), its ratio to one ``torch.softmax`` pass over the
+same tensor measured in the same run, and its ratio to the Hugging Face transformers warper
+for the same strategy followed by ``torch.multinomial``. On CUDA it adds the time to read
+the logits once (``logits.amax(-1)``), the memory-bandwidth floor. Ratios, not absolute
+times, are the figures to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sampling import SamplingParams, sample
+
+# Strategy name -> (samplerd parameters, Hugging Face warper factory or None).
+CASES: dict[str, dict] = {
+    "greedy": dict(temperature=0.0),
+    "temperature": dict(temperature=0.8),
+    "top_k": dict(top_k=50),
+    "top_p": dict(top_p=0.9),
+    "min_p": dict(min_p=0.05),
+    "typical": dict(typical_p=0.9),
+    "epsilon": dict(epsilon=3e-4),
+    "eta": dict(eta=3e-4),
+    "top_n_sigma": dict(top_n_sigma=1.0),
+    "top_h": dict(top_h=0.4),
+    "optimal_k": dict(optimal_k=0.05),
+    "entropy_top_k": dict(entropy_top_k=100),
+    "statistical_top_k": dict(statistical_top_k=50),
+    "mirostat_v1": dict(mirostat=1),
+    "mirostat_v2": dict(mirostat=2),
+    "xtc": dict(xtc_probability=1.0, xtc_threshold=0.05),
+    "dynatemp": dict(dynatemp_range=0.5),
+    "top_k+top_p": dict(top_k=50, top_p=0.9),
+}
+# Targets of issue #2: ratio to one softmax pass.
+WITHIN_2X = {"greedy", "temperature", "top_k", "top_p", "min_p", "top_n_sigma", "epsilon", "eta",
+             "statistical_top_k"}
+# At least this much faster than Hugging Face + multinomial.
+FIVE_X_FASTER_THAN_HF = {"top_p", "min_p", "typical", "epsilon", "eta"}
+
+
+def hf_paths() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Hugging Face warper + multinomial for the strategies transformers implements (empty if absent)."""
+    try:
+        from transformers.generation import logits_process as hf
+    except ImportError:
+        return {}
+
+    def draw(*warpers):
+        def run(logits: torch.Tensor) -> torch.Tensor:
+            scores = logits
+            for warper in warpers:
+                scores = warper(None, scores)
+            return torch.multinomial(torch.softmax(scores, dim=-1), 1)
+        return run
+
+    return {
+        "greedy": lambda logits: logits.argmax(dim=-1),
+        "temperature": draw(hf.TemperatureLogitsWarper(0.8)),
+        "top_k": draw(hf.TopKLogitsWarper(50)),
+        "top_p": draw(hf.TopPLogitsWarper(0.9)),
+        "min_p": draw(hf.MinPLogitsWarper(0.05)),
+        "typical": draw(hf.TypicalLogitsWarper(0.9)),
+        "epsilon": draw(hf.EpsilonLogitsWarper(3e-4)),
+        "eta": draw(hf.EtaLogitsWarper(3e-4)),
+        "top_h": draw(hf.TopHLogitsWarper(0.4)),
+        "top_k+top_p": draw(hf.TopKLogitsWarper(50), hf.TopPLogitsWarper(0.9)),
+    }
+
+
+def make_logits(kind: str, rows: int, vocab: int, device: str, seed: int = 0) -> torch.Tensor:
+    """``randn``: N(0, 3^2) logits. ``peaked``: Zipf-like logits (exponent 1.1) in random
+    vocabulary order with noise, as a trained model's next-token distribution looks."""
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "randn":
+        logits = torch.randn(rows, vocab, generator=generator) * 3.0
+    else:
+        ranks = torch.arange(1, vocab + 1, dtype=torch.float32)
+        base = -1.1 * ranks.log() * 2.5
+        logits = torch.stack([base[torch.randperm(vocab, generator=generator)] for _ in range(rows)])
+        logits += 0.3 * torch.randn(rows, vocab, generator=generator)
+    return logits.to(device)
+
+
+def _median_seconds(fn: Callable[[], object], device: str, repeats: int) -> float:
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class Row:
+    device: str
+    case: str
+    strategy: str
+    ms: float
+    vs_softmax: float
+    vs_hf: float | None
+    target: str
+    met: bool | None
+
+
+def run(rows: int, vocab: int, devices: list[str], cases: list[str], repeats: int) -> list[Row]:
+    hf = hf_paths()
+    results = []
+    for device in devices:
+        for case in cases:
+            logits = make_logits(case, rows, vocab, device)
+            softmax_s = _median_seconds(lambda x=logits: torch.softmax(x, dim=-1), device, repeats)
+            read_s = _median_seconds(lambda x=logits: x.amax(dim=-1), device, repeats)
+            print(f"\n[{device}] {case}: B={rows} V={vocab} fp32; softmax {softmax_s * 1e3:.2f} ms; "
+                  f"read once (amax) {read_s * 1e3:.2f} ms")
+            for name, kwargs in CASES.items():
+                params = SamplingParams(seed=1, **kwargs)
+                ours = _median_seconds(lambda p=params, x=logits: sample(x, p), device, repeats)
+                theirs = None
+                if name in hf:
+                    theirs = _median_seconds(lambda f=hf[name], x=logits: f(x), device, max(3, repeats // 2))
+                row = _row(device, case, name, ours, softmax_s, theirs)
+                results.append(row)
+                print(_format(row))
+    return results
+
+
+def _row(device, case, name, ours, softmax_s, theirs) -> Row:
+    limit = 2.0 if name in WITHIN_2X else 3.0
+    vs_hf = theirs / ours if theirs else None
+    met = ours / softmax_s <= limit
+    target = f"<= {limit:.0f}x softmax"
+    if name in FIVE_X_FASTER_THAN_HF:
+        target += ", >= 5x HF"
+        met = met and vs_hf is not None and vs_hf >= 5.0
+    return Row(device, case, name, ours * 1e3, ours / softmax_s, vs_hf, target, met)
+
+
+def _format(row: Row) -> str:
+    hf = f"{row.vs_hf:7.1f}x" if row.vs_hf is not None else "      -"
+    return (f"  {row.strategy:18s} {row.ms:9.2f} ms   {row.vs_softmax:5.2f}x softmax   HF/ours {hf}   "
+            f"{row.target:26s} {'met' if row.met else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="samplerd bench kernels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=32, help="batch size B (default 32)")
+    parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size V (default 128256)")
+    parser.add_argument("--cases", default="randn,peaked", help="comma-separated logits cases: randn, peaked")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, plus CUDA when present)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per figure; the median is shown")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
+    print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    results = run(args.rows, args.vocab, devices, args.cases.split(","), args.repeats)
+    missed = [r for r in results if not r.met]
+    print(f"\n{len(results) - len(missed)}/{len(results)} rows meet their target")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([asdict(r) for r in results], handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
