@@ -22,8 +22,8 @@ EXP_FLOOR = -87.0
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1, keepdim=True)`` without materialising the product (a batched BLAS dot)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).squeeze(2)
+    """``(a * b).sum(-1, keepdim=True)`` without materialising the product."""
+    return torch.linalg.vecdot(a, b).unsqueeze(-1)
 
 
 class Distribution:
@@ -78,9 +78,13 @@ class Distribution:
         return self.weights / self.total
 
     @cached_property
+    def _weighted_shifted(self) -> torch.Tensor:
+        return self.weights * self.shifted
+
+    @cached_property
     def mean_shifted(self) -> torch.Tensor:
         """``E_p[logits - max]``, ``[rows, 1]``."""
-        return row_dot(self.weights, self.shifted) / self.total
+        return self._weighted_shifted.sum(dim=-1, keepdim=True) / self.total
 
     @cached_property
     def entropy(self) -> torch.Tensor:
@@ -90,13 +94,21 @@ class Distribution:
     @cached_property
     def varentropy(self) -> torch.Tensor:
         """``Var_p[-ln p]`` in nats squared, ``[rows, 1]``."""
-        weighted = self.weights * self.shifted
-        second = row_dot(weighted, self.shifted) / self.total
+        second = row_dot(self._weighted_shifted, self.shifted) / self.total
         return (second - self.mean_shifted.square()).clamp_(min=0.0)
 
     def log_prob_of(self, logit_values: torch.Tensor) -> torch.Tensor:
         """Log-probability of tokens whose logits are ``logit_values`` (any trailing shape)."""
         return logit_values - self.max - self.log_total
+
+    def restricted(self, keep: torch.Tensor, masked_logits: torch.Tensor) -> Distribution:
+        """The renormalised distribution over ``keep`` (a subset of this one that holds the
+        maximum), reusing this one's shifted logits and weights instead of recomputing exp."""
+        child = Distribution(masked_logits, self.max)
+        child.__dict__["finite"] = keep
+        child.__dict__["shifted"] = self.shifted  # removed tokens only meet zero weights
+        child.__dict__["weights"] = self.weights.masked_fill(~keep, 0.0)
+        return child
 
     @cached_property
     def log_probs(self) -> torch.Tensor:

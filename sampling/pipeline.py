@@ -13,6 +13,7 @@ nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from sampling.rows import RowParams
 from sampling.selection import kth_largest
 from sampling.state import SequenceState
 from sampling.strategies import dry, mirostat, penalties, temperature
+from sampling.topk import first_argmax, top_values
 
 _ACCEPTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NEG_INF = float("-inf")
@@ -40,10 +42,19 @@ class _Batch:
     rows: RowParams
     untempered: torch.Tensor  # after penalties and bias (greedy decides here)
     full: Distribution  # after temperature: what the truncations see
-    final_logits: torch.Tensor  # after truncation (greedy rows: only their argmax)
-    final: Distribution | None  # cached distribution of final_logits when still valid
+    truncated: torch.Tensor  # after truncation (greedy rows not yet reduced to their argmax)
+    final: Distribution | None  # cached distribution of the final logits when still valid
     greedy: torch.Tensor  # bool [B]
     first_max: torch.Tensor | None  # int64 [B, 1], argmax of untempered (when any row is greedy)
+
+    @cached_property
+    def final_logits(self) -> torch.Tensor:
+        """The truncated logits, greedy rows holding only their argmax (at its untempered value)."""
+        if self.first_max is None:
+            return self.truncated
+        only_max = torch.full_like(self.untempered, _NEG_INF).scatter(
+            1, self.first_max, self.untempered.gather(1, self.first_max))
+        return torch.where(self.greedy[:, None], only_max, self.truncated)
 
 
 def filter_logits(logits: torch.Tensor, params, steps=0, states=None) -> torch.Tensor:
@@ -136,9 +147,7 @@ def _run_stages(logits, params, steps, states) -> _Batch:
     final_logits, current = _truncate(full, rows, greedy)
     first_max = None
     if bool(greedy.any()):
-        first_max = untempered.argmax(dim=-1, keepdim=True)
-        only_max = torch.full_like(untempered, _NEG_INF).scatter(1, first_max, untempered.gather(1, first_max))
-        final_logits = torch.where(greedy[:, None], only_max, final_logits)
+        first_max = first_argmax(untempered)
         current = None
     return _Batch(rows, untempered, full, final_logits, current, greedy, first_max)
 
@@ -177,21 +186,24 @@ def _checked_inputs(logits, params, steps, states):
 
 
 def _check_numbers(logits: torch.Tensor) -> bool:
-    """Raise on NaN, +inf or a row with no finite logit; return whether every logit is finite."""
-    if bool(torch.isfinite(logits).all()):
-        return True
+    """Raise on NaN, +inf or a row with no finite logit; return whether every logit is finite.
+
+    Two reductions decide it: max and min propagate NaN, the max is +inf with any +inf and
+    -inf only when the row has no finite logit, and the min is -inf when a token is masked.
+    """
     row_max = logits.amax(dim=-1).float()
-    bad = ~torch.isfinite(row_max) | torch.isnan(logits).any(dim=-1)
+    row_min = logits.amin(dim=-1).float()
+    bad = ~torch.isfinite(row_max)
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
-        if bool(torch.isnan(logits[row]).any()):
+        if bool(torch.isnan(row_max[row])):
             what = "contains NaN"
         elif float(row_max[row]) == float("inf"):
             what = "contains +inf"
         else:
             what = "has no finite logit"
         raise SamplingError("logits", f"logits row {row} {what}")
-    return False
+    return bool(torch.isfinite(row_min).all())
 
 
 def _per_row(name: str, value, rows: int) -> list[int]:
@@ -295,12 +307,15 @@ def _truncate(full: Distribution, rows: RowParams, greedy: torch.Tensor):
         everyone = index.numel() == len(params)
         dist = current if everyone and current is not None else Distribution(z if everyone else z[index])
         sub = rows if everyone else rows.subset(index)
-        keep = strategy.keep(dist, sub) & dist.finite
+        keep = strategy.keep(dist, sub)
+        if dist.may_have_removed:
+            keep &= dist.finite
         keep = _protect_top_tokens(strategy, dist, sub, keep)
         masked = dist.logits.masked_fill(~keep, _NEG_INF)
         if everyone:
             z = masked
-            current = Distribution(masked, dist.max if not strategy.own_min_keep else None)
+            # Strategies that may drop the maximum need a fresh maximum (and exp) for stability.
+            current = Distribution(masked) if strategy.own_min_keep else dist.restricted(keep, masked)
         else:
             z = z.index_copy(0, index, masked)
             current = None
@@ -313,7 +328,7 @@ def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: tor
         return keep
     min_keep = rows.min_keep
     if bool((min_keep > 1).any()):
-        return keep | ((dist.logits >= kth_largest(dist.logits, min_keep)) & dist.finite)
+        return keep | (dist.logits >= kth_largest(dist.logits, min_keep)) & dist.finite
     if not strategy.keeps_argmax:
         return keep | (dist.logits >= dist.max)
     return keep
@@ -323,7 +338,7 @@ def _statistics(batch: _Batch, truncated: _Truncated, surprise: torch.Tensor) ->
     full = batch.full
     k = batch.rows.int("stats_top_k")
     width = min(int(k.max().item()), full.logits.shape[-1])
-    top = full.weights.topk(width, dim=-1).values / full.total
+    top = full.log_prob_of(top_values(full.logits, width)[0]).exp()
     top = torch.where(torch.arange(width, device=top.device)[None, :] < k, top, torch.zeros_like(top))
     top_mass = top.sum(dim=-1, keepdim=True)
     renormalised = top / top_mass
@@ -360,7 +375,7 @@ def _top_logprobs(batch: _Batch, final: Distribution | None):
         return None
     final = final or Distribution(batch.final_logits)
     width = min(width, batch.final_logits.shape[-1])
-    values, ids = batch.final_logits.topk(width, dim=-1)
+    values, ids = top_values(batch.final_logits, width)
     logprobs = final.log_prob_of(values)
     unused = (torch.arange(width, device=ids.device)[None, :] >= wanted) | (values == _NEG_INF)
     return ids.masked_fill(unused, -1), logprobs.masked_fill(unused, _NEG_INF)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from sampling.topk import top_values
+
 _BINS_PER_UNIT = 64.0
 _NUM_BINS = 2048  # covers 32 score units (nats for logits) below the best score; the rest share the last bin
 
@@ -35,7 +37,7 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     """
     if best is None:
         best = score.amax(dim=-1, keepdim=True)
-    bins = torch.sub(best, score).mul_(_BINS_PER_UNIT).clamp_(max=_NUM_BINS - 1).long()
+    bins = torch.sub(best, score).mul_(_BINS_PER_UNIT).clamp_(max=_NUM_BINS - 1).long()  # -inf -> last bin
     histogram = torch.zeros(score.shape[0], _NUM_BINS, dtype=weight.dtype, device=score.device)
     histogram.scatter_add_(1, bins, weight)
     running = histogram.cumsum(dim=1)
@@ -49,7 +51,7 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     )
     in_bin = bins == boundary_bin
     width = int(in_bin.sum(dim=1).max().item())
-    candidates = score.masked_fill(~in_bin, float("-inf"))
+    candidates = torch.where(in_bin, score, float("-inf"))
     values, index = candidates.topk(max(width, 1), dim=-1)
     inside = before + (weight.gather(1, index) * (values > float("-inf"))).cumsum(dim=1)
     position = (inside < target).sum(dim=1, keepdim=True).clamp_(max=max(width, 1) - 1)
@@ -60,12 +62,13 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
 def kth_largest(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The ``k``-th largest entry of each row (``k`` is ``[rows, 1]`` int64, ``1 <= k``).
 
-    Rows with fewer than ``k`` finite entries get ``-inf``. Small ``k`` uses a partial sort
-    (``topk``); large ``k`` uses :func:`prefix_boundary` with unit weights.
+    Rows with fewer than ``k`` finite entries get ``-inf``. Small ``k`` searches only the
+    blocks that can hold the answer (:func:`sampling.topk.top_values`); large ``k`` uses
+    :func:`prefix_boundary` with unit weights.
     """
     largest = int(k.max().item())
     if largest <= 256:
-        top = values.topk(min(largest, values.shape[-1]), dim=-1).values
+        top = top_values(values, largest)[0]
         return top.gather(1, (k - 1).clamp(max=top.shape[-1] - 1)).where(
             k <= top.shape[-1], torch.full_like(k, float("-inf"), dtype=values.dtype)
         )

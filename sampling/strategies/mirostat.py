@@ -24,6 +24,7 @@ import torch
 
 from sampling.declarations import Parameter, Stage, Strategy
 from sampling.selection import kth_largest
+from sampling.topk import top_values
 
 ZIPF_TOKENS = 100
 
@@ -70,8 +71,7 @@ def v1_k(s_hat: torch.Tensor, mu: torch.Tensor, vocab: int, finite_count: torch.
 
 
 def keep_v1(dist, rows) -> torch.Tensor:
-    width = min(ZIPF_TOKENS, dist.logits.shape[-1])
-    top = dist.probs.topk(width, dim=-1).values
+    top = dist.log_prob_of(top_values(dist.logits, ZIPF_TOKENS)[0]).exp()
     finite_count = dist.finite.sum(dim=-1, keepdim=True)
     k = v1_k(zipf_exponent(top), rows.mirostat_mu, dist.logits.shape[-1], finite_count)
     return dist.logits >= kth_largest(dist.logits, k)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from sampling.declarations import Parameter, Stage, Strategy
+from sampling.selection import kth_largest
+from sampling.topk import top_values
 
 OPTIMAL_K = Parameter(
     "optimal_k", "float", 0.0, "Sparsity weight lambda of optimal-k decoding (larger keeps fewer tokens).",
@@ -23,12 +25,12 @@ OPTIMAL_K = Parameter(
 _FIRST_PREFIX = 64
 
 
-def optimal_k(probs: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+def optimal_k(dist, ratio: torch.Tensor) -> torch.Tensor:
     """``k*`` per row (``[rows, 1]`` int64) for ``p_(k+1) <= ratio * P_k``."""
-    vocab = probs.shape[-1]
+    vocab = dist.logits.shape[-1]
     width = min(_FIRST_PREFIX, vocab)
     while True:
-        top = probs.topk(min(width + 1, vocab), dim=-1).values
+        top = dist.log_prob_of(top_values(dist.logits, min(width + 1, vocab))[0]).exp()
         if top.shape[-1] == vocab:  # the whole row: p_(V+1) = 0 closes it
             top = torch.cat([top, torch.zeros_like(top[:, :1])], dim=-1)
         mass = top[:, :-1].cumsum(dim=-1)
@@ -39,10 +41,8 @@ def optimal_k(probs: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
 
 
 def keep(dist, rows) -> torch.Tensor:
-    probs = dist.probs
-    k = optimal_k(probs, torch.expm1(rows.float("optimal_k")))
-    kth = probs.topk(int(k.max().item()), dim=-1).values.gather(1, k - 1)
-    return probs >= kth
+    k = optimal_k(dist, torch.expm1(rows.float("optimal_k")))
+    return dist.logits >= kth_largest(dist.logits, k)
 
 
 STRATEGY = Strategy(
