@@ -25,8 +25,10 @@ STATISTICAL_TOP_K = Parameter(
 def keep(dist, rows) -> torch.Tensor:
     mean, std = finite_mean_std(dist.logits, dist.finite)
     count = dist.finite.sum(dim=-1, keepdim=True).to(torch.float32)
-    share = (rows.float("statistical_top_k") / count).clamp(max=1.0)
-    theta = mean + std * torch.special.ndtri(1.0 - share)
+    share = rows.float("statistical_top_k") / count
+    theta = mean + std * torch.special.ndtri((1.0 - share).clamp(min=0.0))
+    # k >= |F| keeps everything (Phi^-1(0) = -inf; written out so that std = 0 gives no NaN).
+    theta = torch.where(share >= 1.0, torch.full_like(theta, float("-inf")), theta)
     return dist.logits >= theta
 
 
