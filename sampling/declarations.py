@@ -139,7 +139,7 @@ class Parameter:
         return tuple(sorted(merged.items()))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Strategy:
     """A decoding strategy or logits processor, declared once in its own module.
 

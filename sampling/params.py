@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from sampling.declarations import Stage
 from sampling.errors import SamplingError
 from sampling.registry import MIROSTATS, PARAMETERS, STRATEGIES, TRUNCATIONS
 from sampling.strategies.temperature import DYNATEMP, GREEDY, TEMPERATURE_STRATEGY
@@ -23,6 +24,9 @@ def _post_init(self) -> None:
     for name, declared in PARAMETERS.items():
         object.__setattr__(self, name, declared.validate(getattr(self, name)))
     _check_combinations(self)
+    # Derived once here: the pipeline asks for every row of every batch.
+    object.__setattr__(self, "_active", frozenset(s.name for s in STRATEGIES if s.is_active(self)))
+    object.__setattr__(self, "_label", _label(self))
 
 
 def _check_combinations(p) -> None:
@@ -43,19 +47,27 @@ def _check_combinations(p) -> None:
 
 def active_strategies(self) -> tuple[str, ...]:
     """Names of every stage this parameter set switches on, in pipeline order."""
-    return tuple(s.name for s in STRATEGIES if s.is_active(self))
+    return tuple(s.name for s in STRATEGIES if s.name in self._active)
+
+
+def uses(self, strategy) -> bool:
+    """Whether this parameter set switches ``strategy`` (a registry declaration) on."""
+    return strategy.name in self._active
 
 
 def strategy_label(self) -> str:
     """The row's ``strategy`` label: greedy, mirostat, else its first truncation in pipeline
     order, else dynamic temperature, else plain temperature."""
-    if GREEDY.is_active(self):
+    return self._label
+
+
+def _label(p) -> str:
+    if GREEDY.is_active(p):
         return GREEDY.name
     for declared in STRATEGIES:
-        if declared in TRUNCATIONS or declared in MIROSTATS or declared.name == "path_top_p":
-            if declared.is_active(self):
-                return declared.name
-    return DYNATEMP.name if DYNATEMP.is_active(self) else TEMPERATURE_STRATEGY.name
+        if declared.stage is Stage.TRUNCATION and declared.is_active(p):
+            return declared.name
+    return DYNATEMP.name if DYNATEMP.is_active(p) else TEMPERATURE_STRATEGY.name
 
 
 def to_dict(self) -> dict[str, Any]:
@@ -72,6 +84,7 @@ SamplingParams = dataclasses.make_dataclass(
     namespace={
         "__post_init__": _post_init,
         "active_strategies": active_strategies,
+        "uses": uses,
         "strategy_label": strategy_label,
         "to_dict": to_dict,
         "__module__": __name__,

@@ -238,7 +238,7 @@ def _initial_mu(params, states, device) -> torch.Tensor:
 
 def _active_rows(strategy, params, device, exclude: torch.Tensor | None = None) -> torch.Tensor | None:
     """Indices of the rows that switch ``strategy`` on, or None when there are none."""
-    flags = [strategy.is_active(p) for p in params]
+    flags = [p.uses(strategy) for p in params]
     if not any(flags):
         return None
     active = torch.tensor(flags, device=device)
@@ -274,7 +274,7 @@ def _apply_processors(z: torch.Tensor, rows: RowParams, states, vocab: int) -> t
 
 
 def _any_rows(strategies, params, device) -> torch.Tensor | None:
-    flags = [any(s.is_active(p) for s in strategies) for p in params]
+    flags = [any(p.uses(s) for s in strategies) for p in params]
     return torch.tensor(flags, device=device).nonzero()[:, 0] if any(flags) else None
 
 
