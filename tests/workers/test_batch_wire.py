@@ -1,0 +1,53 @@
+"""The batch wire format of workers.batch, without Ray: what the dispatcher and an actor exchange."""
+
+from __future__ import annotations
+
+import torch
+
+from sampling import SamplingParams, sample
+from workers.batch import DTYPE_NAMES, from_numpy, pack_logits, stack_group, take_job, to_numpy, unpack_logits
+
+
+def test_logits_of_every_dtype_survive_packing_bit_for_bit() -> None:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        logits = torch.randn(3, 17).to(dtype)
+
+        packed = pack_logits(logits)
+        packed.flags.writeable = False  # as it comes out of Ray's object store
+
+        back = unpack_logits(packed, DTYPE_NAMES[dtype], torch.device("cpu"))
+        assert back.dtype == dtype and torch.equal(back, logits)
+
+
+def test_stack_group_concatenates_requests_in_order() -> None:
+    a, b = torch.randn(2, 8), torch.randn(3, 8)
+    params = [SamplingParams(seed=i) for i in range(5)]
+
+    group = stack_group([a, b], params, [0, 1, 2, 3, 4])
+
+    assert group.rows == 5 and group.job_rows == (2, 3) and group.dtype == "float32"
+    assert torch.equal(torch.from_numpy(group.logits), torch.cat([a, b]))
+
+
+def test_take_job_shapes_rows_as_sampling_them_alone_would() -> None:
+    logits = torch.randn(3, 50)
+    wide = SamplingParams(n=4, top_logprobs=3, seed=1)
+    narrow = SamplingParams(seed=2)
+    group = sample(logits, [wide, narrow, narrow], [0, 1, 2])
+
+    got = take_job(group, 1, 3, draws=1, top_logprobs=0)
+
+    want = sample(logits[1:], [narrow, narrow], [1, 2])
+    assert torch.equal(got.token_ids, want.token_ids)
+    assert got.logprobs.shape == want.logprobs.shape and got.stats.surprise.shape == (2, 1)
+    assert got.top_logprobs is None and got.strategies == want.strategies
+
+
+def test_outputs_round_trip_through_numpy() -> None:
+    out = sample(torch.randn(2, 30), SamplingParams(top_logprobs=2, seed=3), 0)
+
+    back = from_numpy(to_numpy(out))
+
+    assert torch.equal(back.token_ids, out.token_ids)
+    assert torch.equal(back.top_logprobs[0], out.top_logprobs[0])
+    assert torch.equal(back.stats.kept_tokens, out.stats.kept_tokens)

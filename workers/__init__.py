@@ -1,0 +1,34 @@
+"""Ray actors that run the sampler suite; the only package of samplerd that imports ray.
+
+- :mod:`workers.batch`: what a batch and its answer look like on the wire;
+- :mod:`workers.sampler_actor`: the sampler actor, batched sampling on one device;
+- :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
+- :mod:`workers.cluster`: joining or starting Ray.
+"""
+
+from workers.batch import BatchOutput, GroupResult, RowError, RowGroup, stack_group, take_job
+from workers.pool import (
+    BatchFailedError,
+    BatchPayload,
+    NoLiveWorkerError,
+    PoolConfig,
+    SamplerPool,
+    WorkerInfo,
+    WorkerState,
+)
+
+__all__ = [
+    "BatchFailedError",
+    "BatchOutput",
+    "BatchPayload",
+    "GroupResult",
+    "NoLiveWorkerError",
+    "PoolConfig",
+    "RowError",
+    "RowGroup",
+    "SamplerPool",
+    "WorkerInfo",
+    "WorkerState",
+    "stack_group",
+    "take_job",
+]

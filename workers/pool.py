@@ -1,0 +1,335 @@
+"""A pool of sampler actors: creation, least-loaded routing, death detection and replacement.
+
+The pool is asyncio-friendly: :meth:`SamplerPool.run` awaits the actor's ObjectRef on the
+event loop. Each worker slot holds one actor; when an actor dies (a call fails with
+``RayActorError`` and its subclasses ``ActorDiedError`` / ``ActorUnavailableError``, or an
+idle health ping does) the slot is marked dead and a replacement is started in the
+background, with back-off while creation keeps failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
+
+from workers.batch import BatchOutput, RowGroup, outputs_from_numpy
+from workers.cluster import cluster_gpus, connect, disconnect
+from workers.sampler_actor import DEVICES, SamplerActor
+
+_log = logging.getLogger(__name__)
+
+#: The errors that mean "this actor is gone": its batch may be retried elsewhere.
+ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+class WorkerState(str, enum.Enum):
+    """Where a worker slot is in its life; the values are the ``state`` metric label."""
+
+    STARTING = "starting"
+    ALIVE = "alive"
+    DEAD = "dead"
+
+
+class NoLiveWorkerError(RuntimeError):
+    """No sampler actor is alive, or a batch's actor died and its one retry failed too."""
+
+
+class BatchFailedError(RuntimeError):
+    """Ray could not run a batch for a reason other than the actor's death."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How many sampler actors, on what device, with what resources.
+
+    ``num_gpus_per_worker`` may be fractional (several actors share a GPU); None means 1 for
+    ``device="cuda"``, and for ``device="auto"`` 1 when the cluster has GPUs, else 0.
+    ``max_batches_per_worker`` batches may be in flight per actor (one running, the next
+    already waiting in the actor's queue, so it never idles between batches).
+    """
+
+    num_workers: int = 2
+    device: str = "auto"
+    num_gpus_per_worker: float | None = None
+    num_cpus_per_worker: float = 1.0
+    max_batches_per_worker: int = 2
+    ray_address: str | None = None
+    startup_timeout_s: float = 120.0
+    health_interval_s: float = 2.0
+    restart_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.num_gpus_per_worker is not None and self.num_gpus_per_worker < 0:
+            raise ValueError(f"num_gpus_per_worker must be >= 0, got {self.num_gpus_per_worker}")
+        if self.device == "cuda" and self.num_gpus_per_worker == 0:
+            raise ValueError("device 'cuda' needs num_gpus_per_worker > 0: Ray hides GPUs from actors without")
+        if self.num_cpus_per_worker <= 0:
+            raise ValueError(f"num_cpus_per_worker must be > 0, got {self.num_cpus_per_worker}")
+        if self.max_batches_per_worker < 1:
+            raise ValueError(f"max_batches_per_worker must be >= 1, got {self.max_batches_per_worker}")
+
+
+#: Batches with fewer logits bytes than this travel inside the actor call itself (as Ray
+#: does with small arguments anyway): a ``ray.put`` costs about a millisecond even when tiny.
+INLINE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BatchPayload:
+    """A batch ready to send: stored once in Ray's object store (``ref``, and a retry sends the
+    same reference again), or, when small, the batch itself (``groups``)."""
+
+    ref: Any
+    groups: list[RowGroup] | None
+    rows: int
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker slot as seen at one moment: its actor handle, state, device and load."""
+
+    actor: Any
+    state: WorkerState
+    device: str
+    inflight_rows: int
+    inflight_batches: int
+
+
+@dataclass(eq=False)
+class _Worker:
+    actor: Any
+    state: WorkerState = WorkerState.STARTING
+    device: str = ""
+    inflight_rows: int = 0
+    inflight_batches: int = 0
+
+
+class SamplerPool:
+    """N sampler actors, each owning one device, fed whole batches.
+
+    ``on_change`` is called (on the event loop) whenever capacity may have grown: a batch
+    finished, a worker came up or died.
+    """
+
+    def __init__(self, config: PoolConfig, on_change: Callable[[], None] | None = None) -> None:
+        self._config = config
+        self._on_change = on_change or (lambda: None)
+        self._workers: list[_Worker] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started_ray = False
+        self._stopping = False
+        self._actor_class: Any = None
+
+    async def start(self) -> None:
+        """Connect to (or start) Ray, create the actors and wait for their warm-up calls.
+
+        Raises :class:`NoLiveWorkerError` when no actor answers within ``startup_timeout_s``;
+        actors that failed are replaced in the background.
+        """
+        cfg = self._config
+        num_cpus = max(os.cpu_count() or 1, math.ceil(cfg.num_workers * cfg.num_cpus_per_worker))
+        # Off the event loop: starting Ray takes seconds. A side effect is welcome: Ray installs
+        # its SIGTERM handler only from the main thread, so the front end's handler stays in place.
+        self._started_ray = await asyncio.to_thread(connect, cfg.ray_address, num_cpus)
+        num_gpus = self._resolve_num_gpus()
+        if self._started_ray and num_gpus > cluster_gpus():
+            # A local instance never grows: an actor asking for a GPU it lacks would wait forever.
+            await self.stop()
+            raise NoLiveWorkerError(
+                f"device={cfg.device} needs {num_gpus:g} GPU per actor; the local Ray instance has {cluster_gpus():g}"
+            )
+        self._actor_class = ray.remote(SamplerActor).options(
+            num_cpus=cfg.num_cpus_per_worker, num_gpus=num_gpus, max_restarts=0
+        )
+        self._workers = [self._spawn() for _ in range(cfg.num_workers)]
+        await asyncio.gather(*(self._warm(worker) for worker in self._workers))
+        if not any(w.state is WorkerState.ALIVE for w in self._workers):
+            await self.stop()
+            raise NoLiveWorkerError(
+                f"no sampler actor came up within {cfg.startup_timeout_s:g}s "
+                f"(device={cfg.device}, num_gpus_per_worker={num_gpus:g})"
+            )
+        for worker in self._workers:
+            if worker.state is WorkerState.DEAD:
+                self._background(self._replace(worker))
+        self._background(self._monitor())
+
+    async def stop(self) -> None:
+        """Stop replacing and pinging, kill the actors, and shut Ray down if :meth:`start` started it."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in self._workers:
+            self._kill(worker)
+            worker.state = WorkerState.DEAD
+        disconnect(self._started_ray)
+        self._started_ray = False
+
+    def ready(self) -> bool:
+        """True when at least one actor is alive (it answered its warm-up call)."""
+        return self.alive() > 0
+
+    def states(self) -> dict[str, int]:
+        """Worker slots by state, every state present: ``{"alive": 2, "starting": 0, "dead": 0}``."""
+        counts = {state.value: 0 for state in (WorkerState.ALIVE, WorkerState.STARTING, WorkerState.DEAD)}
+        for worker in self._workers:
+            counts[worker.state.value] += 1
+        return counts
+
+    def alive(self) -> int:
+        """How many actors are alive."""
+        return sum(1 for w in self._workers if w.state is WorkerState.ALIVE)
+
+    def capacity(self) -> int:
+        """How many batches may be in flight at once: ``max_batches_per_worker`` per live actor."""
+        return self.alive() * self._config.max_batches_per_worker
+
+    def workers(self) -> list[WorkerInfo]:
+        """A snapshot of every worker slot, in slot order, for diagnostics and fault-injection tests."""
+        return [WorkerInfo(w.actor, w.state, w.device, w.inflight_rows, w.inflight_batches) for w in self._workers]
+
+    def put(self, groups: list[RowGroup]) -> BatchPayload:
+        """Store a batch in Ray's object store, once, unless it is small enough to travel inline
+        (see :data:`INLINE_BYTES`); safe to call from a worker thread."""
+        rows = sum(group.rows for group in groups)
+        if sum(group.logits.nbytes for group in groups) < INLINE_BYTES:
+            return BatchPayload(None, groups, rows)
+        return BatchPayload(ray.put(groups), None, rows)
+
+    async def run(self, payload: BatchPayload) -> BatchOutput:
+        """Run a batch on the least-loaded live actor; if that actor dies, once more on another.
+
+        Raises :class:`NoLiveWorkerError` when there is no live actor to try, or the retry's
+        actor died as well, and :class:`BatchFailedError` on any other Ray failure.
+        """
+        tried: list[_Worker] = []
+        lost: BaseException | None = None
+        for attempt in range(2):
+            worker = self._pick(exclude=tried, need_capacity=attempt == 0) or self._pick(
+                exclude=tried, need_capacity=False
+            )
+            if worker is None:
+                break
+            tried.append(worker)
+            worker.inflight_rows += payload.rows
+            worker.inflight_batches += 1
+            try:
+                batch = payload.groups if payload.groups is not None else payload.ref
+                return outputs_from_numpy(await worker.actor.sample_batch.remote(batch))
+            except ACTOR_LOST as error:
+                lost = error
+                self._lose(worker, error)
+            except RayError as error:
+                raise BatchFailedError(f"sampler actor failed to run the batch: {error}") from error
+            finally:
+                worker.inflight_rows -= payload.rows
+                worker.inflight_batches -= 1
+                self._on_change()
+        if lost is None:
+            raise NoLiveWorkerError("no live sampler actor")
+        raise NoLiveWorkerError(f"sampler actor died and the retry failed: {lost}") from lost
+
+    def _resolve_num_gpus(self) -> float:
+        cfg = self._config
+        if cfg.device == "cpu":
+            return 0.0
+        if cfg.num_gpus_per_worker is not None:
+            return float(cfg.num_gpus_per_worker)
+        if cfg.device == "cuda":
+            return 1.0
+        return 1.0 if cluster_gpus() > 0 else 0.0
+
+    def _spawn(self) -> _Worker:
+        return _Worker(actor=self._actor_class.remote(self._config.device))
+
+    async def _warm(self, worker: _Worker) -> bool:
+        """Wait for a new actor's warm-up call; mark it alive, or dead (and killed)."""
+        try:
+            device = await asyncio.wait_for(_resolve(worker.actor.warmup.remote()), self._config.startup_timeout_s)
+        except (RayError, asyncio.TimeoutError) as error:
+            _log.warning("sampler actor failed to start: %s", error)
+            self._kill(worker)
+            worker.state = WorkerState.DEAD
+            self._on_change()
+            return False
+        worker.device = device
+        worker.state = WorkerState.ALIVE
+        self._on_change()
+        return True
+
+    def _pick(self, exclude: Any, need_capacity: bool) -> _Worker | None:
+        limit = self._config.max_batches_per_worker
+        candidates = [
+            w
+            for w in self._workers
+            if w.state is WorkerState.ALIVE
+            and w not in exclude
+            and (not need_capacity or w.inflight_batches < limit)
+        ]
+        return min(candidates, key=lambda w: (w.inflight_rows, w.inflight_batches), default=None)
+
+    def _lose(self, worker: _Worker, error: BaseException) -> None:
+        """Mark a worker dead and start its replacement (once, however many calls noticed)."""
+        if worker.state is WorkerState.DEAD or worker not in self._workers:
+            return
+        _log.warning("sampler actor lost: %s", error)
+        worker.state = WorkerState.DEAD
+        self._kill(worker)
+        self._on_change()
+        if not self._stopping:
+            self._background(self._replace(worker))
+
+    async def _replace(self, dead: _Worker) -> None:
+        backoff = self._config.restart_backoff_s
+        while not self._stopping:
+            worker = self._spawn()
+            self._workers[self._workers.index(dead)] = worker
+            self._on_change()
+            if await self._warm(worker):
+                return
+            dead = worker
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _monitor(self) -> None:
+        """Ping idle live actors so a death is noticed (and repaired) without traffic."""
+        while not self._stopping:
+            await asyncio.sleep(self._config.health_interval_s)
+            idle = [w for w in self._workers if w.state is WorkerState.ALIVE and w.inflight_batches == 0]
+            results = await asyncio.gather(
+                *(asyncio.wait_for(_resolve(w.actor.device_name.remote()), 10.0) for w in idle),
+                return_exceptions=True,
+            )
+            for worker, result in zip(idle, results, strict=True):
+                if isinstance(result, ACTOR_LOST):
+                    self._lose(worker, result)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(worker.actor, no_restart=True)
+
+
+async def _resolve(ref: Any) -> Any:
+    """Await one ObjectRef (a coroutine, so asyncio.wait_for can time it out)."""
+    return await ref
