@@ -77,12 +77,17 @@ class Parameter:
             if isinstance(value, bool) or not _is_integral(value):
                 raise SamplingError(self.name, f"{self.name} must be an integer, got {value!r}")
             value = int(value)
+            if self.high is None and not _INT64_MIN <= value <= _INT64_MAX:
+                raise SamplingError(self.name, f"{self.name} must fit in a signed 64-bit integer, got {value}")
         elif self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_real(value):
                 raise SamplingError(self.name, f"{self.name} must be a number, got {value!r}")
             value = float(value)
             if not math.isfinite(value):
                 raise SamplingError(self.name, f"{self.name} must be finite, got {value}")
+            # Kernels compute in float32: a value it cannot represent would overflow there.
+            if abs(value) > _FLOAT32_MAX:
+                raise SamplingError(self.name, f"{self.name} must be representable as float32, got {value}")
         if self.choices is not None:
             if value not in self.choices:
                 raise SamplingError(self.name, f"{self.name} must be one of {self.range_text()}, got {value}")
@@ -162,6 +167,10 @@ class Strategy:
     keeps_argmax: bool = True
     own_min_keep: bool = False
     notes: str = ""
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _fmt(x: float | None) -> str:

@@ -13,15 +13,20 @@ import torch
 BLOCK = 1024
 
 
-def block_sums(weights: torch.Tensor) -> torch.Tensor:
-    """``[rows, ceil(V / BLOCK)]`` float64 sums of consecutive blocks of ``weights``."""
+def block_size(vocab: int) -> int:
+    """:data:`BLOCK`, or the smallest power of two holding a smaller vocabulary."""
+    return min(BLOCK, 1 << max(vocab - 1, 1).bit_length())
+
+
+def block_sums(weights: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``[rows, ceil(V / block)]`` float64 sums of consecutive blocks of ``weights``."""
     rows, vocab = weights.shape
-    whole = vocab // BLOCK
+    whole = vocab // block
     parts = []
     if whole:
-        parts.append(weights[:, : whole * BLOCK].reshape(rows, whole, BLOCK).sum(dim=-1))
-    if vocab % BLOCK:
-        parts.append(weights[:, whole * BLOCK :].sum(dim=-1, keepdim=True))
+        parts.append(weights[:, : whole * block].reshape(rows, whole, block).sum(dim=-1))
+    if vocab % block:
+        parts.append(weights[:, whole * block :].sum(dim=-1, keepdim=True))
     return torch.cat(parts, dim=-1).double()
 
 
@@ -32,22 +37,23 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """
     rows, vocab = weights.shape
     draws = uniforms.shape[1]
-    sums = block_sums(weights)
+    width = block_size(vocab)
+    sums = block_sums(weights, width)
     running_blocks = sums.cumsum(dim=-1)
     target = uniforms.to(running_blocks.device) * running_blocks[:, -1:]
     last_block = torch.where(sums > 0, torch.arange(sums.shape[1], device=sums.device), -1).amax(
         dim=-1, keepdim=True)
     block = torch.minimum(torch.searchsorted(running_blocks, target, right=True), last_block)
     before = torch.where(block > 0, running_blocks.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))
-    columns = block.unsqueeze(-1) * BLOCK + torch.arange(BLOCK, device=weights.device)
+    columns = block.unsqueeze(-1) * width + torch.arange(width, device=weights.device)
     inside_vocab = columns < vocab
-    values = weights.gather(1, columns.clamp(max=vocab - 1).reshape(rows, -1)).reshape(rows, draws, BLOCK)
+    values = weights.gather(1, columns.clamp(max=vocab - 1).reshape(rows, -1)).reshape(rows, draws, width)
     values = values.double() * inside_vocab
     running = values.cumsum(dim=-1) + before.unsqueeze(-1)
     offset = (running <= target.unsqueeze(-1)).sum(dim=-1)
     # Rounding between the block sums and the running sum can push past the block's end:
     # fall back to its last positive-weight token.
-    last_positive = torch.where(values > 0, torch.arange(BLOCK, device=weights.device), -1).amax(dim=-1)
-    offset = torch.where(offset >= BLOCK, last_positive, offset)
+    last_positive = torch.where(values > 0, torch.arange(width, device=weights.device), -1).amax(dim=-1)
+    offset = torch.where(offset >= width, last_positive, offset)
     offset = torch.minimum(offset, last_positive)
-    return block * BLOCK + offset
+    return block * width + offset

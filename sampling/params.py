@@ -31,7 +31,7 @@ def _post_init(self) -> None:
 
 def _check_combinations(p) -> None:
     if p.mirostat:
-        others = [s.name for s in TRUNCATIONS if s not in MIROSTATS and s.is_active(p)]
+        others = [s.parameters[0].name for s in TRUNCATIONS if s not in MIROSTATS and s.is_active(p)]
         if others:
             raise SamplingError("mirostat", f"mirostat replaces the other truncations; unset {', '.join(others)}")
         if p.n > 1:

@@ -177,6 +177,7 @@ def _checked_inputs(logits, params, steps, states):
         states = list(states)
         if len(states) != rows:
             raise SamplingError("states", f"states must hold one entry per row ({rows}), got {len(states)}")
+        _check_states(states, vocab)
     for i, p in enumerate(params):
         _check_vocabulary_ids(p, vocab, i, rows)
         if p.path_beams > 1:
@@ -207,13 +208,45 @@ def _check_numbers(logits: torch.Tensor) -> bool:
 
 
 def _per_row(name: str, value, rows: int) -> list[int]:
-    values = [value] * rows if isinstance(value, (int, np.integer)) else list(value)
+    if isinstance(value, (int, np.integer)):
+        values = [value] * rows
+    else:
+        try:
+            values = list(value)
+        except TypeError:
+            raise SamplingError(name, f"{name} must be an int or a sequence of ints, got {value!r}") from None
     if len(values) != rows:
         raise SamplingError(name, f"{name} must be an int or one per row ({rows}), got {len(values)}")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise SamplingError(name, f"{name} must be non-negative integers, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
+            raise SamplingError(name, f"{name} must be integers in [0, 2**64), got {v!r}")
     return [int(v) for v in values]
+
+
+def _check_states(states, vocab: int) -> None:
+    """Each state is None or a SequenceState with history ids in [0, V) and a finite mu."""
+    for row, state in enumerate(states):
+        if state is None:
+            continue
+        if not isinstance(state, SequenceState):
+            raise SamplingError(f"states[{row}]",
+                                f"states[{row}] must be a SequenceState or None, got {type(state).__name__}")
+        if state.history:
+            try:
+                history = np.asarray(state.history, dtype=np.int64)
+            except (TypeError, ValueError, OverflowError):
+                raise SamplingError(f"states[{row}].history",
+                                    f"states[{row}].history must hold integer token ids") from None
+            outside = np.flatnonzero((history < 0) | (history >= vocab))
+            if outside.size:
+                position = int(outside[0])
+                raise SamplingError(
+                    f"states[{row}].history",
+                    f"states[{row}].history[{position}]: token {int(history[position])} is outside the "
+                    f"vocabulary (V={vocab})")
+        mu = state.mirostat_mu
+        if mu is not None and not (isinstance(mu, (int, float)) and np.isfinite(mu)):
+            raise SamplingError(f"states[{row}].mirostat_mu", f"states[{row}].mirostat_mu must be finite, got {mu!r}")
 
 
 def _check_vocabulary_ids(p, vocab: int, row: int, rows: int) -> None:

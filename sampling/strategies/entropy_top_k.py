@@ -19,11 +19,11 @@ ENTROPY_CLIP_NATS = 10.0
 
 K_MAX = Parameter(
     "entropy_top_k", "int", 0, "k_max of entropy-adaptive top-k (k reached at high entropy).",
-    low=0, off="0",
+    low=0, high=2**31 - 1, off="0",
 )
 K_MIN = Parameter(
     "entropy_top_k_min", "int", 1, "k_min of entropy-adaptive top-k (k at zero entropy).",
-    low=1, off="(only used when entropy_top_k > 0)",
+    low=1, high=2**31 - 1, off="(only used when entropy_top_k > 0)",
 )
 
 

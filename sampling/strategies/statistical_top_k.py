@@ -18,7 +18,7 @@ from sampling.strategies.top_n_sigma import finite_mean_std
 
 STATISTICAL_TOP_K = Parameter(
     "statistical_top_k", "int", 0, "Approximate k: threshold mean + std * Phi^-1(1 - k/d).",
-    low=0, off="0",
+    low=0, high=2**31 - 1, off="0",
 )
 
 

@@ -22,16 +22,19 @@ TOP_H = Parameter(
 
 
 def keep(dist, rows) -> torch.Tensor:
-    log_probs = dist.shifted - dist.log_total
-    partial = -dist.probs * log_probs
-    budget = rows.float("top_h") * dist.entropy
+    # float64 from the exact log-probabilities: near-deterministic rows put terms of 1e-40
+    # into these sums, below float32's range, and the budget must use the same terms.
+    log_probs = dist.log_probs.double()
+    partial = torch.where(dist.finite, -log_probs.exp() * log_probs, torch.zeros_like(log_probs))
+    budget = rows.float("top_h").double() * partial.sum(dim=-1, keepdim=True)
     # First rank whose partial sum exceeds the budget (W_j > budget <=> W_j >= next float up).
     over_budget = torch.nextafter(budget, torch.full_like(budget, 1e30))
     first_over = prefix_boundary(dist.logits, partial, over_budget, best=dist.max)
     above = dist.logits > first_over
     mass_above = torch.where(above, partial, torch.zeros_like(partial)).sum(dim=-1, keepdim=True)
-    log_p_first = first_over - dist.max - dist.log_total
-    partial_first = -log_p_first.exp() * log_p_first
+    log_p_first = (first_over - dist.max - dist.log_total).double()
+    partial_first = torch.where(torch.isfinite(log_p_first), -log_p_first.exp() * log_p_first,
+                                torch.zeros_like(log_p_first))
     tie_group_fits = (mass_above + partial_first) <= budget
     kept = above | ((dist.logits == first_over) & tie_group_fits)
     return kept | (dist.logits >= dist.max)

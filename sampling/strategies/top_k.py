@@ -14,7 +14,7 @@ from sampling.selection import kth_largest
 
 TOP_K = Parameter(
     "top_k", "int", 0, "Keep the k most probable tokens (and every token tied with the k-th).",
-    low=-1, off="0 or -1 (values >= V keep everything)",
+    low=-1, high=2**31 - 1, off="0 or -1 (values >= V keep everything)",
 )
 
 
