@@ -13,9 +13,10 @@ How the gRPC ``Generate`` handler uses it (everything it needs is in this module
     # per Generate call (one GenerationRequest per prompt)
     request = GenerationRequest(prompt="Once upon", params=SamplingParams(top_p=0.9, seed=7),
                                 max_tokens=64, stop=("\\n\\n",), stop_token_ids=(), ignore_eos=False)
-    async for event in lm.generate(request):       # raises InvalidGenerationRequest (-> INVALID_ARGUMENT)
-        if isinstance(event, FinishEvent): ...     # last event: finish_reason, stats, output_text
-        else: ...                                  # TokenEvent: token_id, text, logprob, statistics
+    async with contextlib.aclosing(lm.generate(request)) as events:   # raises InvalidGenerationRequest
+        async for event in events:                                     # (-> INVALID_ARGUMENT)
+            if isinstance(event, FinishEvent): ...  # last event: finish_reason, stats, output_text
+            else: ...                               # TokenEvent: token_id, text, logprob, statistics
 
     await lm.close()
 
@@ -30,7 +31,8 @@ How the gRPC ``Generate`` handler uses it (everything it needs is in this module
   (``request_id, finish_reason in {length, stop, eos, cancelled, error}, text, output_text,
   token_ids, prompt_tokens, stats: SessionStats(tokens, mean_surprise, log_perplexity,
   perplexity, mean_entropy, detection_gap), stop_reason, error``). The concatenated ``text`` of
-  all events is the generated text. Leaving the ``async for`` early, or cancelling the task
+  all events is the generated text. Closing the generator early (``aclosing`` above, or
+  leaving the ``async for``, which closes it when it is collected), or cancelling the task
   that runs it (client gone, deadline passed), cancels the generation: it stops at the
   actor's next step and frees its batch slot.
 * ``LanguageModelClient.cancel(request_id) -> bool`` cancels by id (the id is

@@ -141,8 +141,9 @@ class GenerationEngine:
         if batching == "padded" and not padding_ok:
             raise ValueError("this model's KV cache cannot be padded (sliding-window or recurrent layers); "
                              "use batching='solo' or 'auto'")
-        self._batching = "padded" if batching == "auto" and padding_ok else ("solo" if batching == "auto"
-                                                                               else batching)
+        if batching == "auto":
+            batching = "padded" if padding_ok else "solo"
+        self._batching = batching
         self.info = ModelInfo(
             model_dir=str(model_dir), architecture=type(self._model).__name__, device=str(self._device),
             dtype=str(self._loaded.dtype).removeprefix("torch."), vocab_size=self._vocab_size,
@@ -338,10 +339,13 @@ class GenerationEngine:
             sampled = self._sample(torch.cat(logits, dim=0), rows)
             events: list[tuple[Sequence, list[GenerationEvent]]] = []
             for sequence, row in zip(rows, sampled, strict=True):
-                if isinstance(row, Exception):
-                    events.append((sequence, [sequence.finish("error", error=_describe(row))]))
-                else:
+                try:
+                    if isinstance(row, Exception):
+                        raise row
                     events.append((sequence, sequence.take(row)))
+                except Exception as error:  # this sequence fails; the others go on
+                    _log.error("generation failed for request %s: %s", sequence.request_id, _describe(error))
+                    events.append((sequence, [sequence.finish("error", error=_describe(error))]))
             self._rebatch(joining)
             self._deliver(events)
             return len(rows)
