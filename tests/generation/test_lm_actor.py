@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 
 from sampling import SamplingParams
 from workers.generation import (
@@ -23,13 +22,9 @@ from workers.lm_actor import LanguageModelClient, LMActorConfig
 
 
 @pytest.fixture(scope="module")
-def ray_for_module() -> Iterator[None]:
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)
+def ray_for_module(ray_connected: str) -> Iterator[None]:
+    """The session's Ray instance (tests/conftest.py), joined by this process."""
     yield
-    if started:
-        ray.shutdown()
 
 
 async def finish_of(lm: LanguageModelClient, request_id: str) -> FinishEvent:

@@ -10,22 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-import ray
 
 from service.dispatcher import Dispatcher, DispatcherConfig
 
 
 @pytest.fixture(scope="session")
-def ray_instance() -> Iterator[None]:
-    """A local Ray instance for the whole session (no dashboard), shut down at the end."""
-    started = not ray.is_initialized()
-    if started:
-        # Logical CPUs: each sampler actor reserves one, and both dispatchers below (plus a
-        # replacement being started) may hold actors at once; the machine's cores are shared.
-        ray.init(include_dashboard=False, num_cpus=6, log_to_driver=False)
+def ray_instance(ray_connected: str) -> Iterator[None]:
+    """The session's local Ray instance (tests/conftest.py), joined by this process."""
     yield
-    if started:
-        ray.shutdown()
 
 
 class BatchLog:

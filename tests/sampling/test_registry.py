@@ -1,0 +1,109 @@
+"""The registry is the one list of strategies and parameters everything else is derived from."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+
+import torch
+
+import sampling.strategies
+from sampling import PARAMETERS, STRATEGIES, STRATEGY_LABELS, SamplingParams, SequenceState, sample
+from sampling.declarations import Stage, Strategy
+
+
+def _strategy_modules() -> dict[str, object]:
+    """Strategy name -> the module of sampling.strategies that declares it."""
+    found = {}
+    for info in pkgutil.iter_modules(sampling.strategies.__path__):
+        module = importlib.import_module(f"sampling.strategies.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, Strategy) and value.name not in found:
+                found[value.name] = module
+    return found
+
+
+def test_strategy_names_are_unique():
+    names = [s.name for s in STRATEGIES]
+    assert len(names) == len(set(names))
+
+
+def test_every_strategy_cites_its_source():
+    for strategy in STRATEGIES:
+        assert len(strategy.paper.strip()) >= 20, strategy.name
+        assert strategy.summary.strip(), strategy.name
+
+
+def test_every_strategy_is_declared_in_a_module_with_a_docstring():
+    modules = _strategy_modules()
+    for strategy in STRATEGIES:
+        assert strategy.name in modules, strategy.name
+        doc = modules[strategy.name].__doc__ or ""
+        assert len(doc.strip()) >= 40, strategy.name
+
+
+def test_every_strategy_module_is_registered():
+    assert set(_strategy_modules()) == {s.name for s in STRATEGIES}
+
+
+def test_strategies_are_listed_in_pipeline_order():
+    stages = [s.stage for s in STRATEGIES]
+    assert stages == sorted(stages)
+    truncations = [s.name for s in STRATEGIES if s.stage is Stage.TRUNCATION and s.keep is not None
+                   and not s.name.startswith("mirostat")]
+    assert truncations == ["top_n_sigma", "top_k", "optimal_k", "entropy_top_k", "statistical_top_k", "top_h",
+                           "top_p", "min_p", "typical", "epsilon", "eta", "xtc"]
+    penalties = [s.name for s in STRATEGIES if s.stage is Stage.PENALTY]
+    assert penalties == ["repetition_penalty", "frequency_penalty", "presence_penalty", "dry"]
+
+
+def test_every_sampling_params_field_comes_from_parameters():
+    fields = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+    assert fields == {name: p.default for name, p in PARAMETERS.items()}
+
+
+def test_every_parameter_is_documented_and_its_default_is_valid():
+    for name, declared in PARAMETERS.items():
+        assert declared.name == name
+        assert declared.doc.strip(), name
+        declared.validate(declared.default)
+    SamplingParams()
+
+
+def test_default_parameters_switch_every_strategy_off_but_temperature():
+    assert SamplingParams().active_strategies() == ("temperature",)
+
+
+CONFIGURATIONS = [
+    dict(), dict(temperature=0.0), dict(temperature=0.7), dict(dynatemp_range=0.5), dict(top_k=3), dict(top_p=0.5),
+    dict(min_p=0.1), dict(typical_p=0.5), dict(epsilon=0.01), dict(eta=0.01), dict(top_n_sigma=1.0),
+    dict(top_h=0.5), dict(optimal_k=0.1), dict(entropy_top_k=4), dict(statistical_top_k=2),
+    dict(xtc_probability=0.5), dict(mirostat=1), dict(mirostat=2), dict(top_k=3, top_p=0.5),
+    dict(repetition_penalty=1.2), dict(frequency_penalty=0.5), dict(presence_penalty=0.5), dict(dry_multiplier=1.0),
+    dict(logit_bias={1: 1.0}), dict(temperature=0.0, top_p=0.5), dict(min_p=0.1, dynatemp_range=0.5),
+]
+
+
+def test_strategy_labels_cover_every_label_sample_reports():
+    params = [SamplingParams(seed=i, **config) for i, config in enumerate(CONFIGURATIONS)]
+    out = sample(torch.randn(len(params), 16), params, states=[SequenceState(history=(1, 2, 1))] * len(params))
+    assert len(out.strategies) == len(params)
+    assert set(out.strategies) <= set(STRATEGY_LABELS)
+    reported = set(out.strategies) | {"path_top_p"}  # path-aware top-p only runs inside a decoding session
+    assert reported == set(STRATEGY_LABELS)
+
+
+def test_strategy_label_is_greedy_then_mirostat_then_first_truncation_then_temperature():
+    assert SamplingParams(temperature=0.0, top_p=0.5).strategy_label() == "greedy"
+    assert SamplingParams(top_k=3, top_p=0.5).strategy_label() == "top_k"
+    assert SamplingParams(min_p=0.1, top_p=0.5).strategy_label() == "top_p"
+    assert SamplingParams(mirostat=1).strategy_label() == "mirostat_v1"
+    assert SamplingParams(min_p=0.1, dynatemp_range=0.5).strategy_label() == "min_p"
+    assert SamplingParams(dynatemp_range=0.5).strategy_label() == "dynatemp"
+    assert SamplingParams(repetition_penalty=1.3).strategy_label() == "temperature"
+
+
+def test_strategy_labels_are_strategy_names():
+    assert set(STRATEGY_LABELS) <= {s.name for s in STRATEGIES}
+    assert len(STRATEGY_LABELS) == len(set(STRATEGY_LABELS))
