@@ -34,12 +34,19 @@ class Distribution:
     logit is finite, which saves a masking pass.
     """
 
-    def __init__(self, logits: torch.Tensor, row_max: torch.Tensor | None = None,
+    def __init__(self, logits: torch.Tensor | None, row_max: torch.Tensor | None = None,
                  may_have_removed: bool = True) -> None:
-        self.logits = logits
+        if logits is not None:
+            self.__dict__["logits"] = logits
         self.may_have_removed = may_have_removed
         if row_max is not None:
             self.__dict__["max"] = row_max
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        """The logits, ``-inf`` for removed tokens (built on first use by :meth:`restricted`)."""
+        parent_logits, keep = self._restricted_from
+        return torch.where(keep, parent_logits, float("-inf"))
 
     @cached_property
     def max(self) -> torch.Tensor:
@@ -101,13 +108,19 @@ class Distribution:
         """Log-probability of tokens whose logits are ``logit_values`` (any trailing shape)."""
         return logit_values - self.max - self.log_total
 
-    def restricted(self, keep: torch.Tensor, masked_logits: torch.Tensor) -> Distribution:
-        """The renormalised distribution over ``keep`` (a subset of this one that holds the
-        maximum), reusing this one's shifted logits and weights instead of recomputing exp."""
-        child = Distribution(masked_logits, self.max)
+    def restricted(self, keep: torch.Tensor, row_max: torch.Tensor | None = None) -> Distribution:
+        """The renormalised distribution over ``keep``, reusing this one's shifted logits and
+        weights instead of recomputing exp. ``keep`` must hold each row's maximum unless the
+        caller passes the kept set's ``row_max`` (then the weights are rescaled to it).
+
+        Its masked logits are only built if something asks for them.
+        """
+        child = Distribution(None, self.max if row_max is None else row_max)
+        child._restricted_from = (self.logits, keep)
         child.__dict__["finite"] = keep
-        child.__dict__["shifted"] = self.shifted  # removed tokens only meet zero weights
-        child.__dict__["weights"] = self.weights.masked_fill(~keep, 0.0)
+        if row_max is None:
+            child.__dict__["shifted"] = self.shifted  # removed tokens only meet zero weights
+            child.__dict__["weights"] = torch.where(keep, self.weights, 0.0)
         return child
 
     @cached_property

@@ -42,10 +42,15 @@ class _Batch:
     rows: RowParams
     untempered: torch.Tensor  # after penalties and bias (greedy decides here)
     full: Distribution  # after temperature: what the truncations see
-    truncated: torch.Tensor  # after truncation (greedy rows not yet reduced to their argmax)
+    truncated_or_none: torch.Tensor | None  # after truncation; None: only ``final`` has it (lazily)
     final: Distribution | None  # cached distribution of the final logits when still valid
     greedy: torch.Tensor  # bool [B]
     first_max: torch.Tensor | None  # int64 [B, 1], argmax of untempered (when any row is greedy)
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """The truncated logits (greedy rows not yet reduced to their argmax)."""
+        return _materialise(self.truncated_or_none, self.final)
 
     @cached_property
     def final_logits(self) -> torch.Tensor:
@@ -88,7 +93,9 @@ def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
         final = batch.final or Distribution(batch.final_logits)
         noise = torch.from_numpy(uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws))
         token_ids = inverse_cdf(final.weights, noise)
-        logprobs = final.log_prob_of(batch.final_logits.gather(1, token_ids))
+        # A kept token's final logit is its full-distribution logit, except on greedy rows.
+        source = batch.full.logits if batch.first_max is None else batch.final_logits
+        logprobs = final.log_prob_of(source.gather(1, token_ids))
         truncated = _Truncated(entropy=final.entropy[:, 0], kept_tokens=final.finite.sum(dim=-1),
                                kept_mass=(final.total * torch.exp(final.max - full.max) / full.total)[:, 0])
     surprise = -full.log_prob_of(full.logits.gather(1, token_ids))
@@ -144,12 +151,12 @@ def _run_stages(logits, params, steps, states) -> _Batch:
     if bool((divisor != 1.0).any()):
         z = z / divisor
     full = Distribution(z, may_have_removed=not all_finite)
-    final_logits, current = _truncate(full, rows, greedy)
+    truncated, current = _truncate(full, rows, greedy)
     first_max = None
     if bool(greedy.any()):
         first_max = first_argmax(untempered)
-        current = None
-    return _Batch(rows, untempered, full, final_logits, current, greedy, first_max)
+        truncated, current = _materialise(truncated, current), None
+    return _Batch(rows, untempered, full, truncated, current, greedy, first_max)
 
 
 def _checked_inputs(logits, params, steps, states):
@@ -344,15 +351,23 @@ def _truncate(full: Distribution, rows: RowParams, greedy: torch.Tensor):
         if dist.may_have_removed:
             keep &= dist.finite
         keep = _protect_top_tokens(strategy, dist, sub, keep)
-        masked = dist.logits.masked_fill(~keep, _NEG_INF)
         if everyone:
-            z = masked
-            # Strategies that may drop the maximum need a fresh maximum (and exp) for stability.
-            current = Distribution(masked) if strategy.own_min_keep else dist.restricted(keep, masked)
+            current = dist.restricted(keep, _new_max(dist, keep) if strategy.own_min_keep else None)
+            z = None  # built from ``current`` only if needed
         else:
-            z = z.index_copy(0, index, masked)
+            z = _materialise(z, current).index_copy(0, index, torch.where(keep, dist.logits, _NEG_INF))
             current = None
     return z, current
+
+
+def _materialise(z: torch.Tensor | None, current: Distribution | None) -> torch.Tensor:
+    return current.logits if z is None else z
+
+
+def _new_max(dist: Distribution, keep: torch.Tensor) -> torch.Tensor | None:
+    """The kept set's row maxima when a strategy removed some row's maximum, else None."""
+    kept_max = torch.where(keep, dist.logits, _NEG_INF).amax(dim=-1, keepdim=True)
+    return None if bool((kept_max == dist.max).all()) else kept_max
 
 
 def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,11 @@ STATISTICAL_TOP_K = Parameter(
 
 
 def keep(dist, rows) -> torch.Tensor:
-    mean, std = finite_mean_std(dist.logits, dist.finite)
-    count = dist.finite.sum(dim=-1, keepdim=True).to(torch.float32)
+    mean, std = finite_mean_std(dist)
+    if dist.may_have_removed:
+        count = dist.finite.sum(dim=-1, keepdim=True).to(torch.float32)
+    else:
+        count = torch.full_like(mean, dist.logits.shape[-1])
     share = rows.float("statistical_top_k") / count
     theta = mean + std * torch.special.ndtri((1.0 - share).clamp(min=0.0))
     # k >= |F| keeps everything (Phi^-1(0) = -inf; written out so that std = 0 gives no NaN).

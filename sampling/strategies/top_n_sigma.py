@@ -18,8 +18,13 @@ TOP_N_SIGMA = Parameter(
 )
 
 
-def finite_mean_std(logits: torch.Tensor, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def finite_mean_std(dist) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population standard deviation over each row's finite logits, ``[rows, 1]`` each."""
+    logits = dist.logits
+    if not dist.may_have_removed:
+        variance, mean = torch.var_mean(logits, dim=-1, correction=0, keepdim=True)
+        return mean, variance.sqrt()
+    finite = dist.finite
     count = finite.sum(dim=-1, keepdim=True).to(logits.dtype)
     values = torch.where(finite, logits, torch.zeros_like(logits))
     mean = values.sum(dim=-1, keepdim=True) / count
@@ -29,7 +34,7 @@ def finite_mean_std(logits: torch.Tensor, finite: torch.Tensor) -> tuple[torch.T
 
 
 def keep(dist, rows) -> torch.Tensor:
-    _, std = finite_mean_std(dist.logits, dist.finite)
+    _, std = finite_mean_std(dist)
     return dist.logits >= dist.max - rows.float("top_n_sigma") * std
 
 

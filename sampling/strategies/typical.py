@@ -21,12 +21,15 @@ TYPICAL_P = Parameter(
 
 
 def keep(dist, rows) -> torch.Tensor:
-    # -ln p from the raw logits: exact, and +inf (typicality -inf) for removed tokens.
-    typicality = -(dist.log_probs + dist.entropy).abs()
+    # |-ln p - H| = |z - (max + ln Z - H)| from the raw logits: exact, and +inf (typicality
+    # -inf) for removed tokens.
+    centre = dist.max + dist.log_total - dist.entropy
+    typicality = torch.sub(dist.logits, centre).abs_().neg_()
     target = rows.float("typical_p") * dist.total
     kept = typicality >= prefix_boundary(typicality, dist.weights, target)
-    most_typical = kth_largest(typicality, rows.min_keep)
-    return kept | (typicality >= most_typical)
+    if bool((rows.min_keep == 1).all()):
+        return kept  # the prefix always holds the most typical token
+    return kept | (typicality >= kth_largest(typicality, rows.min_keep))
 
 
 STRATEGY = Strategy(
