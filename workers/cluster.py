@@ -15,7 +15,8 @@ def connect(ray_address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     ray.init(
-        address=ray_address or None,
+        # "local": start a new instance; None would join any instance already running here.
+        address=ray_address or "local",
         include_dashboard=False,
         num_cpus=None if ray_address else num_cpus,
         ignore_reinit_error=True,

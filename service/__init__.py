@@ -1,0 +1,1 @@
+"""The gRPC front end of samplerd: decoding, validation, dispatch, metrics, health, CLI."""

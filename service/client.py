@@ -1,0 +1,231 @@
+"""A small Python client for samplerd.
+
+>>> from service.client import SamplerClient
+>>> with SamplerClient("localhost:50051") as client:
+...     result = client.sample(logits, top_p=0.9, seed=7)   # logits: numpy or torch, [B, V] or [V]
+...     result.token_ids                                      # [[id], ...] one list per row
+
+Any keyword argument of :class:`sampling.SamplingParams` is accepted; ``row_params`` (one dict
+per row, merged over the keyword arguments) and ``steps`` set per-row values. Errors are the
+``grpc.RpcError`` the server answered; :func:`field_violations` lists the fields it named.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from service import params as params_codec
+from service.config import ServerConfig, message_size_options
+from service.generated.samplerd.v1 import sampler_pb2 as pb
+from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from service.security import open_channel
+
+DEFAULT_MAX_MESSAGE_BYTES = ServerConfig.max_message_bytes
+_NUMPY_WIRE = {np.dtype(np.float32): pb.Tensor.FP32, np.dtype(np.float16): pb.Tensor.FP16}
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """One row's answer: tokens, their log-probs, top log-probs and statistics (nats)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[tuple[int, float]]
+    strategy: str
+    mirostat_mu: float | None
+    entropy: float
+    varentropy: float
+    truncated_entropy: float
+    kept_tokens: int
+    kept_mass: float
+    top_k_entropy: float
+    top_k_mass: float
+    surprise: list[float]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """The answer to one ``sample`` call: one :class:`RowSample` per row, in order."""
+
+    rows: list[RowSample]
+    request_id: str
+
+    @property
+    def token_ids(self) -> list[list[int]]:
+        """The sampled ids, one list (of ``n``) per row."""
+        return [row.token_ids for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, row: int) -> RowSample:
+        return self.rows[row]
+
+    def __iter__(self) -> Iterator[RowSample]:
+        return iter(self.rows)
+
+
+def encode_logits(array: Any) -> pb.Tensor:
+    """A wire ``Tensor`` from a numpy array or torch tensor, ``[B, V]`` (or ``[V]``: one row).
+
+    torch: float32, float16, bfloat16; numpy: float32, float16 (float64 is sent as float32).
+    """
+    if type(array).__module__.startswith("torch"):
+        return _encode_torch(array)
+    values = np.asarray(array)
+    native = values.dtype.newbyteorder("=")
+    if native == np.float64:
+        native = np.dtype(np.float32)
+    if native not in _NUMPY_WIRE:
+        raise TypeError(f"logits must be float32, float16 or bfloat16, got {values.dtype}")
+    if values.ndim == 1:
+        values = values[None, :]
+    little = values.astype(native.newbyteorder("<"), copy=False)
+    return pb.Tensor(dtype=_NUMPY_WIRE[native], shape=list(values.shape), data=little.tobytes())
+
+
+def _encode_torch(tensor: Any) -> pb.Tensor:
+    import torch
+
+    wire = {torch.float32: pb.Tensor.FP32, torch.float16: pb.Tensor.FP16, torch.bfloat16: pb.Tensor.BF16}
+    if tensor.dtype not in wire:
+        raise TypeError(f"logits must be float32, float16 or bfloat16, got {tensor.dtype}")
+    values = tensor.detach().cpu().contiguous()
+    if values.dim() == 1:
+        values = values[None, :]
+    raw = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
+    data = raw.numpy()
+    if sys.byteorder != "little":
+        data = data.byteswap()
+    return pb.Tensor(dtype=wire[tensor.dtype], shape=list(values.shape), data=data.tobytes())
+
+
+def build_request(
+    array: Any,
+    *,
+    row_params: Sequence[Mapping[str, Any]] | None = None,
+    steps: Sequence[int] | None = None,
+    request_id: str = "",
+    **params: Any,
+) -> pb.SampleRequest:
+    """The ``SampleRequest`` for logits ``array`` and sampling parameters."""
+    return pb.SampleRequest(
+        logits=encode_logits(array),
+        params=params_codec.to_proto(params),
+        row_params=[params_codec.to_proto(row) for row in row_params or ()],
+        steps=list(steps or ()),
+        request_id=request_id,
+    )
+
+
+def decode_response(response: pb.SampleResponse) -> SampleResult:
+    """A :class:`SampleResult` from the wire answer."""
+    rows = []
+    for row in response.rows:
+        stats = row.stats
+        rows.append(RowSample(
+            token_ids=list(row.token_ids),
+            logprobs=list(row.logprobs),
+            top_logprobs=[(t.token_id, t.logprob) for t in row.top_logprobs],
+            strategy=row.strategy,
+            mirostat_mu=row.mirostat_mu if row.HasField("mirostat_mu") else None,
+            entropy=stats.entropy,
+            varentropy=stats.varentropy,
+            truncated_entropy=stats.truncated_entropy,
+            kept_tokens=stats.kept_tokens,
+            kept_mass=stats.kept_mass,
+            top_k_entropy=stats.top_k_entropy,
+            top_k_mass=stats.top_k_mass,
+            surprise=list(stats.surprise),
+        ))
+    return SampleResult(rows=rows, request_id=response.request_id)
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The ``(field, description)`` pairs of a google.rpc.BadRequest in an error's details."""
+    status = rpc_status.from_call(error)
+    found = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.extend((v.field, v.description) for v in bad.field_violations)
+    return found
+
+
+class SamplerClient:
+    """Blocking client: ``SamplerClient(target).sample(array, **params)``."""
+
+    def __init__(self, target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 timeout: float | None = None, tls: bool = False, ca: Any = None, cert: Any = None,
+                 key: Any = None, token: str | None = None) -> None:
+        # TLS when tls or ca/cert/key (paths or PEM bytes; cert+key: mutual TLS); token: a
+        # bearer token sent with every call. See service.security.open_channel.
+        self._channel = open_channel(target, message_size_options(max_message_bytes), tls=tls, ca=ca, cert=cert,
+                                     key=key, token=token)
+        self._stub = pb_grpc.SamplerStub(self._channel)
+        self._timeout = timeout
+
+    def sample(self, array: Any, *, row_params: Sequence[Mapping[str, Any]] | None = None,
+               steps: Sequence[int] | None = None, request_id: str = "", timeout: float | None = None,
+               **params: Any) -> SampleResult:
+        """Sample every row of ``array`` (see :func:`build_request` for the arguments)."""
+        request = build_request(array, row_params=row_params, steps=steps, request_id=request_id, **params)
+        return decode_response(self._stub.Sample(request, timeout=timeout or self._timeout))
+
+    def list_strategies(self) -> list[pb.StrategyInfo]:
+        """The server's strategies with their parameters."""
+        return list(self._stub.ListStrategies(pb.ListStrategiesRequest(), timeout=self._timeout).strategies)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> SamplerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSamplerClient:
+    """The same calls on ``grpc.aio``, for many concurrent requests from one event loop."""
+
+    def __init__(self, target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 timeout: float | None = None, tls: bool = False, ca: Any = None, cert: Any = None,
+                 key: Any = None, token: str | None = None) -> None:
+        # TLS and token options as in SamplerClient.
+        self._channel = open_channel(target, message_size_options(max_message_bytes), aio=True, tls=tls, ca=ca,
+                                     cert=cert, key=key, token=token)
+        self._stub = pb_grpc.SamplerStub(self._channel)
+        self._timeout = timeout
+
+    async def sample(self, array: Any, *, row_params: Sequence[Mapping[str, Any]] | None = None,
+                     steps: Sequence[int] | None = None, request_id: str = "", timeout: float | None = None,
+                     **params: Any) -> SampleResult:
+        """Sample every row of ``array`` (see :func:`build_request` for the arguments)."""
+        request = build_request(array, row_params=row_params, steps=steps, request_id=request_id, **params)
+        return decode_response(await self._stub.Sample(request, timeout=timeout or self._timeout))
+
+    async def list_strategies(self) -> list[pb.StrategyInfo]:
+        """The server's strategies with their parameters."""
+        response = await self._stub.ListStrategies(pb.ListStrategiesRequest(), timeout=self._timeout)
+        return list(response.strategies)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncSamplerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

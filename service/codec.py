@@ -1,0 +1,223 @@
+"""Request decoding and validation, and response encoding, for ``Sampler/Sample``.
+
+Everything a request can get wrong is checked here, before any work is queued, and raised as
+a :class:`~service.errors.RequestError` naming the field (``logits.shape``,
+``params.top_p``, ``row_params[3].top_k`` ...). The logits bytes are viewed in place (no
+copy) on little-endian hosts.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sampling import SamplingError, SamplingParams
+from service import params as params_codec
+from service.errors import from_sampling_error, invalid_argument, over_limit
+from service.generated.samplerd.v1 import sampler_pb2 as pb
+
+# Wire dtype -> (little-endian NumPy dtype of the raw elements, torch dtype).
+# bfloat16 has no NumPy dtype: its raw 16-bit patterns are viewed as int16 and reinterpreted.
+_WIRE_DTYPES: dict[int, tuple[np.dtype, torch.dtype]] = {
+    pb.Tensor.FP32: (np.dtype("<f4"), torch.float32),
+    pb.Tensor.FP16: (np.dtype("<f2"), torch.float16),
+    pb.Tensor.BF16: (np.dtype("<i2"), torch.bfloat16),
+}
+MAX_REQUEST_ID_BYTES = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits of the server."""
+
+    max_tensor_elements: int
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A validated ``SampleRequest``: logits ``[B, V]`` on the CPU and per-row parameters/steps."""
+
+    logits: torch.Tensor
+    params: list[SamplingParams]
+    steps: list[int]
+    request_id: str
+
+
+def decode_request(request: pb.SampleRequest, limits: Limits) -> DecodedRequest:
+    """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`."""
+    if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
+        raise invalid_argument("request_id", f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
+    if not request.HasField("logits"):
+        raise invalid_argument("logits", "logits is required")
+    logits = decode_tensor(request.logits, limits, "logits")
+    rows, vocab = logits.shape
+    params = decode_params(request, rows, vocab)
+    steps = decode_steps(request, rows)
+    check_logits_values(logits, "logits.data")
+    return DecodedRequest(logits=logits, params=params, steps=steps, request_id=request.request_id)
+
+
+def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str) -> torch.Tensor:
+    """A ``[B, V]`` CPU tensor viewing ``tensor.data`` (copied only on big-endian hosts)."""
+    wire = _WIRE_DTYPES.get(tensor.dtype)
+    if wire is None:
+        name = pb.Tensor.DType.Name(tensor.dtype) if tensor.dtype in pb.Tensor.DType.values() else tensor.dtype
+        raise invalid_argument(f"{field}.dtype", f"dtype must be FP32, FP16 or BF16, got {name}")
+    if len(tensor.shape) != 2:  # counted before copying: a hostile shape may hold millions of dims
+        rank = len(tensor.shape)
+        shown = list(tensor.shape[:4]) + (["..."] if rank > 4 else [])
+        raise invalid_argument(f"{field}.shape", f"shape must be [B, V] (rank 2), got rank {rank}: {shown}")
+    shape = list(tensor.shape)
+    rows, vocab = shape
+    if rows < 1 or vocab < 1:
+        raise invalid_argument(f"{field}.shape", f"shape [B, V] needs B >= 1 and V >= 1, got {shape}")
+    if rows * vocab > limits.max_tensor_elements:
+        raise over_limit(
+            f"{field}.shape",
+            f"{rows} x {vocab} = {rows * vocab} elements exceed the server limit of {limits.max_tensor_elements}",
+        )
+    raw_dtype, torch_dtype = wire
+    expected = rows * vocab * raw_dtype.itemsize
+    if len(tensor.data) != expected:
+        raise invalid_argument(
+            f"{field}.data",
+            f"data must hold B*V*itemsize = {rows}*{vocab}*{raw_dtype.itemsize} = {expected} bytes, "
+            f"got {len(tensor.data)}",
+        )
+    array = np.frombuffer(tensor.data, dtype=raw_dtype).reshape(rows, vocab)
+    if sys.byteorder != "little":
+        array = array.astype(raw_dtype.newbyteorder("="))
+    with warnings.catch_warnings():
+        # torch warns when it views read-only memory (the request's bytes); the front end
+        # never writes to the logits, and the sampler computes out of place.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        values = torch.from_numpy(array)
+    return values.view(torch_dtype) if torch_dtype is torch.bfloat16 else values
+
+
+def decode_params(request: pb.SampleRequest, rows: int, vocab: int) -> list[SamplingParams]:
+    """Per-row ``SamplingParams``: ``params`` for every row, each ``row_params[i]`` merged over it."""
+    try:
+        shared = params_codec.from_proto(request.params)
+    except SamplingError as error:
+        raise from_sampling_error(error, "params.") from None
+    check_request_fit(shared, vocab, "params.")
+    if not request.row_params:
+        return [shared] * rows
+    if len(request.row_params) != rows:
+        raise invalid_argument(
+            "row_params", f"row_params must be empty or hold exactly B = {rows} entries, got {len(request.row_params)}"
+        )
+    out = []
+    for i, message in enumerate(request.row_params):
+        try:
+            row = params_codec.from_proto(message, shared)
+        except SamplingError as error:
+            raise from_sampling_error(error, f"row_params[{i}].") from None
+        if row is not shared:
+            check_request_fit(row, vocab, f"row_params[{i}].")
+        out.append(row)
+    return out
+
+
+def decode_steps(request: pb.SampleRequest, rows: int) -> list[int]:
+    """Per-row steps: 0 when absent, else exactly B non-negative entries."""
+    if not request.steps:
+        return [0] * rows
+    if len(request.steps) != rows:
+        raise invalid_argument(
+            "steps", f"steps must be empty or hold exactly B = {rows} entries, got {len(request.steps)}"
+        )
+    steps = list(request.steps)
+    for i, step in enumerate(steps):
+        if step < 0:
+            raise invalid_argument(f"steps[{i}]", f"steps[{i}] must be >= 0, got {step}")
+    return steps
+
+
+def check_request_fit(params: SamplingParams, vocab: int, prefix: str) -> None:
+    """What a valid ``SamplingParams`` can still get wrong in a unary ``Sample``: token ids
+    outside the vocabulary, and path-aware beams, which need a session."""
+    if params.path_beams > 1:
+        raise invalid_argument(
+            f"{prefix}path_beams", f"path_beams > 1 needs a decoding session (SampleStream), got {params.path_beams}"
+        )
+    for name, ids in params_codec.token_ids_of(params):
+        largest = max(ids, default=-1)
+        if largest >= vocab:
+            raise invalid_argument(
+                f"{prefix}{name}", f"{name} token id {largest} is outside the vocabulary [0, {vocab})"
+            )
+
+
+def check_logits_values(logits: torch.Tensor, field: str) -> None:
+    """Reject NaN and +inf logits and rows without a finite logit, naming the first bad row.
+
+    ``-inf`` is a valid logit (a masked token). Checked in NumPy, several times faster than
+    torch for one row on a CPU (bfloat16, which NumPy lacks, is widened first).
+    """
+    values = (logits.float() if logits.dtype is torch.bfloat16 else logits).numpy()
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    bad_rows = np.flatnonzero(~(finite | (values == -np.inf)).all(axis=1))
+    if bad_rows.size:
+        row = int(bad_rows[0])
+        kind = "NaN" if np.isnan(values[row]).any() else "+inf"
+        raise invalid_argument(field, f"row {row} contains {kind}; logits must be finite or -inf")
+    empty_rows = np.flatnonzero(~finite.any(axis=1))
+    if empty_rows.size:
+        raise invalid_argument(field, f"row {int(empty_rows[0])} has no finite logit (all -inf)")
+
+
+def encode_response(out, params: list[SamplingParams], request_id: str) -> pb.SampleResponse:
+    """The ``SampleResponse`` for a sampler output ``out`` over rows with ``params``.
+
+    Padding of rows with fewer samples (``n``) or top log-probs than the batch maximum is
+    dropped, so each row holds exactly its own counts.
+    """
+    token_ids = out.token_ids.tolist()
+    logprobs = out.logprobs.tolist()
+    stats = out.stats
+    entropy = stats.entropy.tolist()
+    varentropy = stats.varentropy.tolist()
+    truncated_entropy = stats.truncated_entropy.tolist()
+    kept_tokens = stats.kept_tokens.tolist()
+    kept_mass = stats.kept_mass.tolist()
+    top_k_entropy = stats.top_k_entropy.tolist()
+    top_k_mass = stats.top_k_mass.tolist()
+    surprise = stats.surprise.tolist()
+    mirostat_mu = out.mirostat_mu.tolist() if out.mirostat_mu is not None else [math.nan] * len(params)
+    if out.top_logprobs is not None:
+        top_ids, top_lp = (t.tolist() for t in out.top_logprobs)
+    response = pb.SampleResponse(request_id=request_id)
+    for i, row in enumerate(params):
+        n = row.n
+        result = response.rows.add(
+            token_ids=token_ids[i][:n],
+            logprobs=logprobs[i][:n],
+            strategy=out.strategies[i],
+            stats=pb.RowStatistics(
+                entropy=entropy[i],
+                varentropy=varentropy[i],
+                truncated_entropy=truncated_entropy[i],
+                kept_tokens=kept_tokens[i],
+                kept_mass=kept_mass[i],
+                top_k_entropy=top_k_entropy[i],
+                top_k_mass=top_k_mass[i],
+                surprise=surprise[i][:n],
+            ),
+        )
+        if row.top_logprobs and out.top_logprobs is not None:
+            k = row.top_logprobs
+            for token, logprob in zip(top_ids[i][:k], top_lp[i][:k], strict=True):
+                result.top_logprobs.add(token_id=token, logprob=logprob)
+        if not math.isnan(mirostat_mu[i]):
+            result.mirostat_mu = mirostat_mu[i]
+    return response
+

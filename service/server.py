@@ -1,0 +1,208 @@
+"""The grpc.aio server: the ``Sampler`` servicer, health, reflection, metrics and shutdown.
+
+Start-up order: the port is bound and health answers NOT_SERVING first, so probes get an
+answer while Ray and the sampler workers start; health turns SERVING once the dispatcher is
+ready. On SIGTERM/SIGINT health turns NOT_SERVING, the server stops accepting RPCs and
+in-flight ones get ``grace_seconds`` to finish before the workers are stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service import catalog, oip
+from service.codec import Limits, decode_request, encode_response
+from service.config import ServerConfig, message_size_options, resolve_device
+from service.dispatcher import Dispatcher, SampleJob
+from service.errors import RequestError, classify, to_status
+from service.generated.samplerd.v1 import sampler_pb2 as pb
+from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from service.metrics import Metrics
+from service.security import server_interceptors, server_port_credentials
+from service.session_stream import SessionStreams
+from service.sessions import SessionLimits
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sampler"].full_name
+_HEALTH_REFRESH_S = 0.5
+
+
+class SamplerServicer(pb_grpc.SamplerServicer):
+    """The ``samplerd.v1.Sampler`` RPCs: decode and validate, submit to the dispatcher, answer."""
+
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
+                 sessions: SessionStreams | None = None) -> None:
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._limits = limits
+        self._strategies = catalog.list_strategies()
+        self._sessions = sessions or SessionStreams(dispatcher, metrics, limits)
+
+    async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
+        """Sample every row of the request's logits (see the .proto)."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self._metrics.inflight.inc()
+        try:
+            decoded = decode_request(request, self._limits)
+            deadline = _deadline(context)
+            job = SampleJob(logits=decoded.logits, params=decoded.params, steps=decoded.steps, deadline=deadline)
+            result = await self._dispatcher.submit(job)
+            response = encode_response(result, decoded.params, decoded.request_id)
+            self._metrics.queue_wait.observe(result.queue_wait_s)
+            self._metrics.observe_rows(result, (p.n for p in decoded.params))
+            return response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # every failure is answered, with the code classify() picks
+            refused = classify(error)
+            code = refused.code
+            await context.abort_with_status(to_status(refused))
+        finally:
+            self._metrics.inflight.dec()
+            self._metrics.observe_request("Sample", code.name, time.perf_counter() - started)
+
+    async def ListStrategies(
+        self, request: pb.ListStrategiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListStrategiesResponse:
+        """Every strategy with its parameters, from the registry."""
+        self._metrics.observe_request("ListStrategies", "OK", 0.0)  # a prebuilt answer: no time to speak of
+        return self._strategies
+
+    async def SampleStream(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
+        """A decoding session (see the .proto and :mod:`service.session_stream`)."""
+        await self._sessions.serve(request_iterator, context)
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        """Declared in the contract; built with the language-model workers."""
+        await self._unimplemented("Generate", context)
+
+    async def _unimplemented(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self._metrics.observe_request(method, "UNIMPLEMENTED", 0.0)
+        refused = RequestError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+        await context.abort_with_status(to_status(refused))
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The RPC's deadline on the ``time.monotonic()`` clock, or None; refuses expired ones."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work was queued")
+    return time.monotonic() + remaining
+
+
+class SamplerServer:
+    """One running samplerd: gRPC server, metrics endpoint, dispatcher and workers."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        device = resolve_device(config.device)
+        self.metrics = Metrics(device=device)
+        self.dispatcher = Dispatcher(config.dispatcher_config())
+        self.dispatcher.set_batch_observer(self.metrics.observe_batch)
+        self.health = health.aio.HealthServicer()
+        sessions = SessionStreams(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), SessionLimits(
+            config.max_sessions, config.max_sequences_per_session, config.session_idle_timeout_s))
+        self.servicer = SamplerServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), sessions)
+        # so_reuseport off: a second server on a taken port must fail, not share it.
+        self.server = grpc.aio.server(
+            options=[*message_size_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
+            interceptors=server_interceptors(config),  # bearer tokens; unparsable requests -> INVALID_ARGUMENT
+        )
+        pb_grpc.add_SamplerServicer_to_server(self.servicer, self.server)
+        # The Open Inference Protocol (KServe v2 / Triton) on the same port: see service.oip.
+        self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements))
+        oip.add_to_server(self.inference, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, oip.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+        self.metrics_port = 0
+        self._refresher: asyncio.Task | None = None
+        self._stopping = False
+
+    async def bind(self) -> None:
+        """Bind the gRPC and metrics ports and start answering; health is NOT_SERVING."""
+        address = f"{self.config.host}:{self.config.port}"
+        credentials = server_port_credentials(self.config)  # TLS / mutual TLS, or None
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host or self.config.host)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def start_workers(self) -> None:
+        """Start the dispatcher and its workers; health follows their readiness from then on."""
+        await self.dispatcher.start()
+        self._refresher = asyncio.create_task(self._refresh())
+
+    async def stop(self) -> None:
+        """NOT_SERVING, stop accepting, let in-flight RPCs finish within the grace period, stop
+        the workers."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_seconds)
+        if self._refresher is not None:
+            self._refresher.cancel()
+        await self.dispatcher.stop()
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _refresh(self) -> None:
+        """Keep health and the queue/worker gauges in step with the dispatcher."""
+        serving = None
+        while not self._stopping:
+            ready = self.dispatcher.ready()
+            if ready != serving:
+                serving = ready
+                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._set_health(status)
+            self.metrics.queue_depth.set(self.dispatcher.queue_depth())
+            self.metrics.set_workers(self.dispatcher.worker_states())
+            await asyncio.sleep(_HEALTH_REFRESH_S)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Once the ports are bound it prints ``samplerd: serving grpc=HOST:PORT metrics=PORT`` (the
+    bound ports, which is how port 0 is used: see :mod:`service.process`).
+    """
+    server = SamplerServer(config)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await server.bind()
+    print(f"samplerd: serving grpc={config.host}:{server.port} metrics={server.metrics_port}", flush=True)
+    starting = asyncio.create_task(server.start_workers())
+    stopping = asyncio.create_task(stop_requested.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            await stopping
+        else:
+            starting.cancel()
+    finally:
+        stopping.cancel()
+        log.info("shutting down (grace %.1fs)", config.grace_seconds)
+        await server.stop()
