@@ -11,7 +11,7 @@ Pure PyTorch; imports neither grpc nor ray, and is usable as a library on its ow
 from sampling.errors import SamplingError
 from sampling.output import SampleOutput, SampleStats
 from sampling.params import SamplingParams
-from sampling.pipeline import filter_logits, sample
+from sampling.pipeline import check_logits, check_token_ids, filter_logits, sample
 from sampling.registry import PARAMETERS, STRATEGIES, STRATEGY_LABELS
 from sampling.state import SequenceState, advance
 
@@ -25,6 +25,8 @@ __all__ = [
     "SamplingParams",
     "SequenceState",
     "advance",
+    "check_logits",
+    "check_token_ids",
     "filter_logits",
     "sample",
 ]

@@ -169,7 +169,7 @@ def _checked_inputs(logits, params, steps, states):
     rows, vocab = logits.shape
     if rows < 1 or vocab < 1:
         raise SamplingError("logits", f"logits must have B >= 1 and V >= 1, got {list(logits.shape)}")
-    all_finite = _check_numbers(logits)
+    all_finite = check_logits(logits)
     if isinstance(params, SamplingParams):
         params = [params] * rows
     else:
@@ -186,15 +186,16 @@ def _checked_inputs(logits, params, steps, states):
             raise SamplingError("states", f"states must hold one entry per row ({rows}), got {len(states)}")
         _check_states(states, vocab)
     for i, p in enumerate(params):
-        _check_vocabulary_ids(p, vocab, i, rows)
+        check_token_ids(p, vocab, f" (row {i})" if rows > 1 else "")
         if p.path_beams > 1:
             raise SamplingError("path_beams", "path_beams > 1 needs a decoding session "
                                 "(sampling.strategies.path_top_p.path_aware_step)")
     return logits, params, steps, states, all_finite
 
 
-def _check_numbers(logits: torch.Tensor) -> bool:
-    """Raise on NaN, +inf or a row with no finite logit; return whether every logit is finite.
+def check_logits(logits: torch.Tensor) -> bool:
+    """Raise :class:`SamplingError` on NaN, +inf or a row with no finite logit (``-inf`` is a
+    masked token, valid); return whether every logit is finite.
 
     Two reductions decide it: max and min propagate NaN, the max is +inf with any +inf and
     -inf only when the row has no finite logit, and the min is -inf when a token is masked.
@@ -256,8 +257,9 @@ def _check_states(states, vocab: int) -> None:
             raise SamplingError(f"states[{row}].mirostat_mu", f"states[{row}].mirostat_mu must be finite, got {mu!r}")
 
 
-def _check_vocabulary_ids(p, vocab: int, row: int, rows: int) -> None:
-    where = f" (row {row})" if rows > 1 else ""
+def check_token_ids(p: SamplingParams, vocab: int, where: str = "") -> None:
+    """Raise :class:`SamplingError` when a token id in ``p`` (logit bias, DRY breakers) is outside
+    a vocabulary of ``vocab`` tokens; ``where`` is appended to the message."""
     for token, _ in p.logit_bias:
         if token >= vocab:
             raise SamplingError("logit_bias", f"logit_bias token {token} is outside the vocabulary (V={vocab}){where}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sampling import SamplingError, SamplingParams
+from sampling import SamplingError, SamplingParams, check_logits, check_token_ids
 from service import params as params_codec
 from service.errors import from_sampling_error, invalid_argument, over_limit
 from service.generated.samplerd.v1 import sampler_pb2 as pb
@@ -147,32 +147,19 @@ def check_request_fit(params: SamplingParams, vocab: int, prefix: str) -> None:
         raise invalid_argument(
             f"{prefix}path_beams", f"path_beams > 1 needs a decoding session (SampleStream), got {params.path_beams}"
         )
-    for name, ids in params_codec.token_ids_of(params):
-        largest = max(ids, default=-1)
-        if largest >= vocab:
-            raise invalid_argument(
-                f"{prefix}{name}", f"{name} token id {largest} is outside the vocabulary [0, {vocab})"
-            )
+    try:
+        check_token_ids(params, vocab)
+    except SamplingError as error:
+        raise from_sampling_error(error, prefix) from None
 
 
 def check_logits_values(logits: torch.Tensor, field: str) -> None:
-    """Reject NaN and +inf logits and rows without a finite logit, naming the first bad row.
-
-    ``-inf`` is a valid logit (a masked token). Checked in NumPy, several times faster than
-    torch for one row on a CPU (bfloat16, which NumPy lacks, is widened first).
-    """
-    values = (logits.float() if logits.dtype is torch.bfloat16 else logits).numpy()
-    finite = np.isfinite(values)
-    if finite.all():
-        return
-    bad_rows = np.flatnonzero(~(finite | (values == -np.inf)).all(axis=1))
-    if bad_rows.size:
-        row = int(bad_rows[0])
-        kind = "NaN" if np.isnan(values[row]).any() else "+inf"
-        raise invalid_argument(field, f"row {row} contains {kind}; logits must be finite or -inf")
-    empty_rows = np.flatnonzero(~finite.any(axis=1))
-    if empty_rows.size:
-        raise invalid_argument(field, f"row {int(empty_rows[0])} has no finite logit (all -inf)")
+    """Reject NaN and +inf logits and rows without a finite logit, naming the first bad row
+    (the sampler's own check, :func:`sampling.check_logits`, answered as ``field``)."""
+    try:
+        check_logits(logits)
+    except SamplingError as error:
+        raise invalid_argument(field, error.reason) from None
 
 
 def encode_response(out, params: list[SamplingParams], request_id: str) -> pb.SampleResponse:
