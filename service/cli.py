@@ -169,6 +169,15 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     serve = commands.add_parser("serve", help="run the sampling service", description=__doc__)
     _add_serve_options(serve, environ)
 
+    from service import commands as user_commands  # sample / strategies (light imports only)
+
+    user_commands.add_sample_arguments(commands.add_parser(
+        "sample", help="sample from a saved logits array (.npy), on a server or in-process",
+        description=user_commands.SAMPLE_DESCRIPTION))
+    user_commands.add_strategies_arguments(commands.add_parser(
+        "strategies", help="list the strategies with their parameters and papers",
+        description=user_commands.STRATEGIES_DESCRIPTION))
+
     bench = commands.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     service_bench = targets.add_parser(
@@ -177,6 +186,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     targets.add_parser(
         "kernels", help="sampling kernels against sort-based implementations (options: see its --help)",
         add_help=False)
+    from service.session_bench import add_arguments as add_session_bench_arguments
+
+    add_session_bench_arguments(targets.add_parser(
+        "session", help="one SampleStream session of 64 sequences against 64 unary calls per step"))
+    from service.bench_generate import add_arguments as add_generate_bench_arguments
+
+    add_generate_bench_arguments(targets.add_parser(
+        "generate", help="generation tokens/s for 1 and 16 concurrent prompts on a tiny model: engine and gRPC"))
     from service.soak import add_arguments as add_soak_arguments
 
     add_soak_arguments(targets.add_parser(
@@ -207,10 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("sample", "strategies"):
+            from service import commands as user_commands
+
+            run_command = user_commands.run_sample if args.command == "sample" else user_commands.run_strategies
+            return user_commands.main_guard(run_command, args)
         if args.target == "kernels":
             from sampling.bench import main as kernels_main  # written separately; imported only when asked
 
             return kernels_main(args.args) or 0
+        if args.target == "session":
+            from service.session_bench import run as run_session_bench
+
+            return run_session_bench(args)
+        if args.target == "generate":
+            from service.bench_generate import run as run_generate_bench
+
+            return run_generate_bench(args)
         if args.target == "soak":
             from service.soak import run as run_soak
 

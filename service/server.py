@@ -24,8 +24,9 @@ from service.dispatcher import Dispatcher, SampleJob
 from service.errors import RequestError, classify, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from service.generation import Generation
 from service.metrics import Metrics
-from service.security import server_interceptors, server_port_credentials
+from service.security import ShutdownGate, server_interceptors, server_port_credentials
 from service.session_stream import SessionStreams
 from service.sessions import SessionLimits
 
@@ -39,12 +40,13 @@ class SamplerServicer(pb_grpc.SamplerServicer):
     """The ``samplerd.v1.Sampler`` RPCs: decode and validate, submit to the dispatcher, answer."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
-                 sessions: SessionStreams | None = None) -> None:
+                 sessions: SessionStreams | None = None, generation: Generation | None = None) -> None:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._limits = limits
         self._strategies = catalog.list_strategies()
         self._sessions = sessions or SessionStreams(dispatcher, metrics, limits)
+        self._generation = generation or Generation(metrics)  # None: no model (FAILED_PRECONDITION)
 
     async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
         """Sample every row of the request's logits (see the .proto)."""
@@ -83,8 +85,8 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         await self._sessions.serve(request_iterator, context)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        """Declared in the contract; built with the language-model workers."""
-        await self._unimplemented("Generate", context)
+        """Text generation with the server's language model (see the .proto and :mod:`service.generation`)."""
+        await self._generation.serve(request, context)
 
     async def _unimplemented(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self._metrics.observe_request(method, "UNIMPLEMENTED", 0.0)
@@ -114,11 +116,15 @@ class SamplerServer:
         self.health = health.aio.HealthServicer()
         sessions = SessionStreams(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), SessionLimits(
             config.max_sessions, config.max_sequences_per_session, config.session_idle_timeout_s))
-        self.servicer = SamplerServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), sessions)
+        self.generation = Generation.from_config(config, self.metrics)  # --model: the language-model actor
+        self.servicer = SamplerServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), sessions,
+                                        self.generation)
+        self.gate = ShutdownGate()
         # so_reuseport off: a second server on a taken port must fail, not share it.
         self.server = grpc.aio.server(
             options=[*message_size_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
-            interceptors=server_interceptors(config),  # bearer tokens; unparsable requests -> INVALID_ARGUMENT
+            # shutdown gate; bearer tokens; unparsable requests -> INVALID_ARGUMENT (service.security)
+            interceptors=server_interceptors(config, self.gate),
         )
         pb_grpc.add_SamplerServicer_to_server(self.servicer, self.server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port: see service.oip.
@@ -149,6 +155,7 @@ class SamplerServer:
         """Start the dispatcher and its workers; health follows their readiness from then on."""
         await self.dispatcher.start()
         self._refresher = asyncio.create_task(self._refresh())
+        await self.generation.start()  # after the dispatcher: Ray is connected; no-op without --model
 
     async def stop(self) -> None:
         """NOT_SERVING, stop accepting, let in-flight RPCs finish within the grace period, stop
@@ -156,10 +163,13 @@ class SamplerServer:
         if self._stopping:
             return
         self._stopping = True
+        self.gate.close()  # calls not picked up yet get UNAVAILABLE, not grpc's CANCELLED
         await self.health.enter_graceful_shutdown()
+        await self.gate.drain(limit_s=min(2.0, self.config.grace_seconds))
         await self.server.stop(self.config.grace_seconds)
         if self._refresher is not None:
             self._refresher.cancel()
+        await self.generation.stop()  # before the dispatcher, which may stop Ray
         await self.dispatcher.stop()
 
     async def _set_health(self, status: int) -> None:
@@ -170,7 +180,7 @@ class SamplerServer:
         """Keep health and the queue/worker gauges in step with the dispatcher."""
         serving = None
         while not self._stopping:
-            ready = self.dispatcher.ready()
+            ready = self.dispatcher.ready() and self.generation.ready()  # workers up, and the model if any
             if ready != serving:
                 serving = ready
                 status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -154,10 +154,17 @@ def test_list_strategies_answers_every_registered_strategy(client: SamplerClient
     assert strategies["top_k"].parameters[0].range == PARAMETERS["top_k"].range_text()
 
 
-def test_generate_answers_unimplemented_until_it_is_built(stub: pb_grpc.SamplerStub) -> None:
+def test_generate_without_a_model_is_failed_precondition_saying_how_to_start_one(
+        server: ServerProcess, stub: pb_grpc.SamplerStub) -> None:
+    # This module's server runs without --model (the model's own tests are in tests/generate).
     with pytest.raises(grpc.RpcError) as caught:
-        next(stub.Generate(pb.GenerateRequest(), timeout=10))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        next(stub.Generate(pb.GenerateRequest(prompt_text="Once upon"), timeout=10))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "samplerd serve --model DIR" in caught.value.details()
+    assert health_status(server) == health_pb2.HealthCheckResponse.SERVING  # no model, still serving
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    assert 'samplerd_requests_total{code="FAILED_PRECONDITION",method="Generate"} 1.0' in text
 
 
 # -- sampling --------------------------------------------------------------------------------

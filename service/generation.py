@@ -1,0 +1,328 @@
+"""``Generate``: prompt in, tokens out, with the server's own language model.
+
+:class:`Generation` owns the language-model actor of ``samplerd serve --model DIR`` (or knows
+there is none) and answers ``Sampler/Generate``; the servicer's ``Generate`` only delegates
+to :meth:`Generation.serve`. The proto contract is ``GenerateRequest`` / ``GenerateResponse``
+in ``proto/samplerd/v1/sampler.proto``.
+
+One call is one prompt. Concurrent calls are batched by the engine (continuous batching in
+the actor's decode loop), so a client wanting several continuations opens several calls.
+
+Request handling:
+
+1. no model: FAILED_PRECONDITION, saying to start the server with ``--model DIR``;
+2. the request is decoded and validated here (oneof prompt, token ids against the model's
+   vocabulary, ``max_tokens`` against ``--model-max-tokens``, stop strings, sampling
+   parameters) and by the engine (prompt length against the context, ``n``/``path_beams``,
+   logit-bias ids); every violation is INVALID_ARGUMENT naming the proto field
+   (``prompt_token_ids``, ``stop[2]``, ``params.top_p``, ...), except ``max_tokens`` over the
+   server's limit, which is RESOURCE_EXHAUSTED like every other configured size limit;
+3. each :class:`~workers.generation.TokenEvent` becomes one ``GenerateResponse.token``
+   message (and feeds the per-strategy metrics and ``samplerd_generated_tokens_total``), the
+   :class:`~workers.generation.FinishEvent` the final ``GenerateResponse.finish``;
+4. a client that cancels, disconnects or passes its deadline cancels the handler's task; the
+   events generator is closed (``aclosing``), which cancels the request on the actor and
+   frees its batch slot at the next decode step. The deadline is also enforced here (not
+   only by gRPC), so a generation never outlives it;
+5. an engine failure mid-generation (finish reason ``error``) ends the stream with INTERNAL,
+   a lost actor with UNAVAILABLE; tokens already sent stand.
+
+Every accepted call gets exactly one status; the metrics count each under ``Generate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from sampling import SamplingError
+from service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
+from service.generated.samplerd.v1 import sampler_pb2 as pb
+from service.params import from_proto
+from workers.generation import FinishEvent, GenerationRequest, InvalidGenerationRequest, TokenEvent
+from workers.lm_actor import LanguageModelClient, LMActorConfig
+from workers.pool import ACTOR_LOST
+
+if TYPE_CHECKING:
+    from service.config import ServerConfig
+    from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: max_tokens when the request leaves it unset.
+DEFAULT_MAX_TOKENS = 16
+#: Bounds on the stop conditions and the caller's id (see GenerateRequest in the .proto).
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+MAX_STOP_TOKEN_IDS = 1024
+MAX_REQUEST_ID_BYTES = 256
+#: How often the model's load (running / waiting sequences) and liveness are refreshed.
+LOAD_REFRESH_S = 0.5
+
+NO_MODEL_MESSAGE = (
+    "this server runs without a language model, so Generate is unavailable: start it with "
+    "`samplerd serve --model DIR` (DIR: a local Hugging Face causal LM directory with its tokenizer; "
+    "env SAMPLERD_MODEL)"
+)
+
+_FINISH_REASONS = {
+    "length": pb.GenerateFinish.LENGTH,
+    "stop": pb.GenerateFinish.STOP,
+    "eos": pb.GenerateFinish.EOS,
+    "cancelled": pb.GenerateFinish.CANCELLED,
+}
+# InvalidGenerationRequest fields that are sampling parameters (proto path params.<name>).
+_PARAMS_FIELDS = frozenset({"n", "path_beams", "logit_bias", "dry_sequence_breakers"})
+_LN2 = math.log(2.0)
+# asyncio.timeout is Python 3.11+; on 3.10 the deadline is left to gRPC's own cancellation.
+_timeout = getattr(asyncio, "timeout", None)
+
+
+class Generation:
+    """The language model of one server and the ``Generate`` handler.
+
+    ``model`` None: no model (every call is FAILED_PRECONDITION, and :meth:`ready` is True so
+    health depends on the sampler workers alone). Otherwise :meth:`start` creates the actor
+    and waits for the model (Ray must be connected: start the dispatcher first), and
+    :meth:`ready` is True while the actor answers.
+    """
+
+    def __init__(self, metrics: Metrics, model: LMActorConfig | None = None,
+                 max_tokens_limit: int = 4096) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._max_tokens_limit = max_tokens_limit
+        self._lm: LanguageModelClient | None = None
+        self._alive = False
+        self._monitor: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, metrics: Metrics) -> Generation:
+        """The generation side of ``samplerd serve``: ``--model``, ``--model-device``,
+        ``--model-dtype``, ``--model-max-tokens``."""
+        model = None
+        if config.model is not None:
+            model = LMActorConfig(model_dir=config.model, device=config.model_device, dtype=config.model_dtype)
+        return cls(metrics, model, config.model_max_tokens)
+
+    @property
+    def has_model(self) -> bool:
+        """True when the server was started with a model."""
+        return self._model is not None
+
+    @property
+    def client(self) -> LanguageModelClient | None:
+        """The language-model client once the model is loaded (None without a model)."""
+        return self._lm
+
+    def ready(self) -> bool:
+        """True when Generate can run: no model configured, or the model loaded and its actor alive."""
+        return self._model is None or (self._lm is not None and self._alive)
+
+    async def start(self) -> None:
+        """Create the language-model actor and wait until the model is loaded (no-op without a
+        model). Raises ``ModelLoadError`` (the directory holds no loadable model) or ``TimeoutError``."""
+        if self._model is None:
+            return
+        started = time.perf_counter()
+        self._lm = await LanguageModelClient.start(self._model)
+        self._alive = True
+        info = self._lm.info
+        log.info("language model %s loaded in %.1fs: %s on %s (%s), V=%d, context %s, batching %s",
+                 info.model_dir, time.perf_counter() - started, info.architecture, info.device, info.dtype,
+                 info.vocab_size, info.max_positions, info.batching)
+        self._monitor = asyncio.create_task(self._watch(), name="generation-monitor")
+
+    async def stop(self) -> None:
+        """Stop the actor (live generations end as cancelled)."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self._lm is not None:
+            lm, self._lm = self._lm, None
+            self._alive = False
+            await lm.close()
+
+    async def _watch(self) -> None:
+        """Keep ``samplerd_generate_sequences`` and the actor's liveness up to date."""
+        assert self._lm is not None
+        while True:
+            try:
+                load = await asyncio.wait_for(self._lm.load(), timeout=10.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a dead or hung actor: health turns NOT_SERVING
+                if self._alive:
+                    log.error("language-model actor not answering: %s", error)
+                self._alive = False
+            else:
+                self._alive = True
+                self._metrics.generate_sequences.labels("running").set(load.get("running", 0))
+                self._metrics.generate_sequences.labels("waiting").set(
+                    load.get("waiting", 0) + load.get("submitted", 0))
+            await asyncio.sleep(LOAD_REFRESH_S)
+
+    # -- the RPC -----------------------------------------------------------------------------
+
+    async def serve(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        """Answer one ``Generate`` call: stream its tokens, then the finish message."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        deadline = None
+        self._metrics.inflight.inc()
+        try:
+            remaining = context.time_remaining()
+            if remaining is not None:
+                if remaining <= 0:
+                    raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before generation started")
+                deadline = time.monotonic() + remaining
+            lm = self._lm
+            if lm is None:
+                if self._model is None:
+                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, NO_MODEL_MESSAGE)
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "the language model is not loaded (yet); retry")
+            generation = self.decode(request, lm.info.vocab_size)
+            scope = _timeout(remaining) if _timeout is not None and remaining is not None else contextlib.nullcontext()
+            async with scope:
+                await self._stream(lm, generation, request, context)
+        except asyncio.CancelledError:
+            expired = deadline is not None and time.monotonic() >= deadline
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # every failure is answered, with the code _refusal() picks
+            refused = _refusal(error, request)
+            code = refused.code
+            await context.abort_with_status(to_status(refused))
+        finally:
+            self._metrics.inflight.dec()
+            self._metrics.observe_request("Generate", code.name, time.perf_counter() - started)
+
+    async def _stream(self, lm: LanguageModelClient, generation: GenerationRequest, request: pb.GenerateRequest,
+                      context: grpc.aio.ServicerContext) -> None:
+        """Write a message per token event, then the finish message."""
+        finish: FinishEvent | None = None
+        async with contextlib.aclosing(lm.generate(generation)) as events:
+            async for event in events:
+                if isinstance(event, TokenEvent):
+                    self._metrics.observe_generated_token(event)
+                    await context.write(pb.GenerateResponse(request_id=request.request_id, token=token_message(event)))
+                else:
+                    finish = event
+        if finish is None:  # the engine always ends a stream with a FinishEvent
+            raise RuntimeError("the generation stream ended without its finish event")
+        if finish.finish_reason == "error":
+            raise RequestError(grpc.StatusCode.INTERNAL, f"generation failed: {finish.error}")
+        await context.write(pb.GenerateResponse(request_id=request.request_id, finish=finish_message(finish)))
+
+    # -- decoding and validation ------------------------------------------------------------------
+
+    def decode(self, request: pb.GenerateRequest, vocab_size: int) -> GenerationRequest:
+        """The :class:`GenerationRequest` of ``request``; raises :class:`RequestError` naming the
+        field (the engine checks the rest when the request is submitted)."""
+        which = request.WhichOneof("prompt")
+        prompt = prompt_ids = None
+        if which is None:
+            raise invalid_argument("prompt", "give the prompt as prompt_text or prompt_token_ids")
+        if which == "prompt_text":
+            if not request.prompt_text:
+                raise invalid_argument("prompt_text", "prompt_text must not be empty (for unconditional "
+                                       "generation send the model's BOS token id as prompt_token_ids)")
+            prompt = request.prompt_text
+        else:
+            prompt_ids = tuple(request.prompt_token_ids.token_ids)
+            if not prompt_ids:
+                raise invalid_argument("prompt_token_ids", "prompt_token_ids must hold at least one token id")
+            _check_ids("prompt_token_ids", prompt_ids, vocab_size)
+        try:
+            params = from_proto(request.params)
+        except SamplingError as error:
+            raise from_sampling_error(error, "params.") from None
+        max_tokens = request.max_tokens if request.HasField("max_tokens") else DEFAULT_MAX_TOKENS
+        if max_tokens < 1:
+            raise invalid_argument("max_tokens", f"max_tokens must be >= 1, got {max_tokens}")
+        if max_tokens > self._max_tokens_limit:
+            raise over_limit("max_tokens", f"max_tokens {max_tokens} is over this server's limit of "
+                             f"{self._max_tokens_limit} (--model-max-tokens)")
+        if len(request.stop) > MAX_STOP_STRINGS:
+            raise invalid_argument("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(request.stop)}")
+        for i, stop in enumerate(request.stop):
+            if not stop or len(stop) > MAX_STOP_STRING_CHARS:
+                raise invalid_argument(f"stop[{i}]", f"stop strings must hold 1 to {MAX_STOP_STRING_CHARS} "
+                                       f"characters, got {len(stop)}")
+        if len(request.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise invalid_argument("stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} stop token ids, "
+                                   f"got {len(request.stop_token_ids)}")
+        _check_ids("stop_token_ids", request.stop_token_ids, vocab_size)
+        if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
+            raise invalid_argument("request_id", f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
+        # The caller's request_id is only echoed: the engine's own id keeps concurrent calls
+        # with the same caller id apart.
+        return GenerationRequest(prompt=prompt, prompt_token_ids=prompt_ids, params=params, max_tokens=max_tokens,
+                                 stop=tuple(request.stop), stop_token_ids=tuple(request.stop_token_ids),
+                                 ignore_eos=request.ignore_eos)
+
+
+def _check_ids(field: str, ids, vocab_size: int) -> None:
+    for i, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise invalid_argument(f"{field}[{i}]", f"token id {token} is outside the model's vocabulary "
+                                   f"[0, {vocab_size})")
+
+
+def _refusal(error: BaseException, request: pb.GenerateRequest) -> RequestError:
+    """The status an exception answers as; engine field names become proto field paths."""
+    if isinstance(error, InvalidGenerationRequest):
+        field = error.field
+        if field == "prompt":
+            field = request.WhichOneof("prompt") or "prompt"
+        elif field in _PARAMS_FIELDS:
+            field = "params." + field
+        return invalid_argument(field, error.reason)
+    if isinstance(error, TimeoutError):  # our own deadline scope fired
+        return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed during generation")
+    if isinstance(error, ACTOR_LOST):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, f"the language-model worker is gone: {error}")
+    return classify(error)
+
+
+def token_message(event: TokenEvent) -> pb.GeneratedToken:
+    """The ``GeneratedToken`` of a token event."""
+    message = pb.GeneratedToken(
+        index=event.index, token_id=event.token_id, text=event.text, logprob=event.logprob,
+        stats=pb.RowStatistics(
+            entropy=event.entropy, varentropy=event.varentropy, truncated_entropy=event.truncated_entropy,
+            kept_tokens=event.kept_tokens, kept_mass=event.kept_mass, top_k_entropy=event.top_k_entropy,
+            top_k_mass=event.top_k_mass, surprise=[event.surprise]),
+        strategy=event.strategy,
+        top_logprobs=[pb.TokenLogprob(token_id=t, logprob=lp) for t, lp in event.top_logprobs],
+    )
+    if event.mirostat_mu is not None:
+        message.mirostat_mu = event.mirostat_mu
+    return message
+
+
+def finish_message(event: FinishEvent) -> pb.GenerateFinish:
+    """The ``GenerateFinish`` of a finish event (not ``error``: that one is a status)."""
+    stats = event.stats
+    message = pb.GenerateFinish(
+        reason=_FINISH_REASONS[event.finish_reason], text=event.text, output_text=event.output_text,
+        token_ids=event.token_ids, prompt_tokens=event.prompt_tokens)
+    if stats.tokens > 0:
+        message.statistics.CopyFrom(pb.SessionStatistics(
+            tokens=stats.tokens, mean_surprise_bits=stats.mean_surprise / _LN2, log_perplexity=stats.log_perplexity,
+            mean_entropy=stats.mean_entropy, perplexity_entropy_gap=stats.detection_gap))
+    else:
+        message.statistics.SetInParent()  # all zero, as the .proto says
+    if event.finish_reason == "stop" and event.stop_reason is not None:
+        if isinstance(event.stop_reason, str):
+            message.stop_string = event.stop_reason
+        else:
+            message.stop_token_id = int(event.stop_reason)
+    return message
