@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 
@@ -14,6 +16,9 @@ def connect(ray_address: str | None, num_cpus: int | None) -> bool:
     """
     if ray.is_initialized():
         return False
+    # Ray's core installs a failure-signal handler that catches SIGTERM, prints a stack and ends
+    # the process with SIGABRT, defeating the front end's graceful shutdown on SIGTERM.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     ray.init(
         # "local": start a new instance; None would join any instance already running here.
         address=ray_address or "local",

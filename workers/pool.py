@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import math
 import os
@@ -27,6 +28,10 @@ from workers.cluster import cluster_gpus, connect, disconnect
 from workers.sampler_actor import DEVICES, SamplerActor
 
 _log = logging.getLogger(__name__)
+
+#: Sampler actors are named ``samplerd-sampler-<front-end pid>-<n>``, n counting the pool's
+#: actors from 0 in creation order (replacements get new numbers).
+ACTOR_NAME_PREFIX = "samplerd-sampler-"
 
 #: The errors that mean "this actor is gone": its batch may be retried elsewhere.
 ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -133,6 +138,8 @@ class SamplerPool:
         self._started_ray = False
         self._stopping = False
         self._actor_class: Any = None
+        self._actor_options: dict[str, Any] = {}
+        self._spawned = itertools.count()
 
     async def start(self) -> None:
         """Connect to (or start) Ray, create the actors and wait for their warm-up calls.
@@ -152,9 +159,8 @@ class SamplerPool:
             raise NoLiveWorkerError(
                 f"device={cfg.device} needs {num_gpus:g} GPU per actor; the local Ray instance has {cluster_gpus():g}"
             )
-        self._actor_class = ray.remote(SamplerActor).options(
-            num_cpus=cfg.num_cpus_per_worker, num_gpus=num_gpus, max_restarts=0
-        )
+        self._actor_options = {"num_cpus": cfg.num_cpus_per_worker, "num_gpus": num_gpus, "max_restarts": 0}
+        self._actor_class = ray.remote(SamplerActor)
         self._workers = [self._spawn() for _ in range(cfg.num_workers)]
         await asyncio.gather(*(self._warm(worker) for worker in self._workers))
         if not any(w.state is WorkerState.ALIVE for w in self._workers):
@@ -255,7 +261,10 @@ class SamplerPool:
         return 1.0 if cluster_gpus() > 0 else 0.0
 
     def _spawn(self) -> _Worker:
-        return _Worker(actor=self._actor_class.remote(self._config.device))
+        # Named (see ACTOR_NAME_PREFIX) only so that operators and fault-injection tests can
+        # find a server's actors with ray.util.list_named_actors(all_namespaces=True).
+        name = f"{ACTOR_NAME_PREFIX}{os.getpid()}-{next(self._spawned)}"
+        return _Worker(actor=self._actor_class.options(**self._actor_options, name=name).remote(self._config.device))
 
     async def _warm(self, worker: _Worker) -> bool:
         """Wait for a new actor's warm-up call; mark it alive, or dead (and killed)."""

@@ -1,0 +1,317 @@
+"""The ``SampleStream`` handler: one decoding session over one bidirectional stream.
+
+Each client message gets exactly one answer, in order (see the .proto): ``open`` ->
+``opened``, ``step`` -> ``step``, ``close`` or the client's half-close -> ``closed``. An
+invalid message, an idle timeout or a failed step ends the stream with its status; a client
+that vanishes cancels the handler. Whatever ends it, the session is released (its slot,
+``samplerd_sessions_active``).
+
+Where the work runs:
+
+- ordinary sequences: their rows go to the dispatcher as one :class:`SampleJob` per step,
+  with each sequence's :class:`sampling.SequenceState` (history, mirostat mu) and step
+  counter, so any sampler actor can serve any step and the dispatcher's retry after an
+  actor died gives the same seeded tokens;
+- path-aware sequences (``path_beams > 1``): the dispatcher's jobs run ``sampling.sample``,
+  which has no path-aware stage, so this first version runs the per-step work
+  (``sampling.filter_logits`` per path, then ``path_aware_step``) in a worker thread of the
+  front end (``asyncio.to_thread``), never on the event loop. It needs no actor state either,
+  so it is unaffected by actor deaths. Moving it onto the sampler actors needs a path-step
+  job type in the dispatcher (see ``.notes/sessions.md``).
+
+Messages are read by a pump task into a queue of two, so the idle timeout is a plain
+``asyncio.wait_for`` on the queue (a gRPC read is never cancelled half-way) and a client
+cannot run ahead by more than two messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import torch
+
+from sampling import filter_logits
+from sampling.state import advance
+from sampling.strategies.path_top_p import PathStep, path_aware_step
+from service.codec import Limits, check_logits_values, decode_tensor, encode_response
+from service.dispatcher import Dispatcher, SampleJob
+from service.errors import RequestError, classify, invalid_argument, to_status
+from service.generated.samplerd.v1 import sampler_pb2 as pb
+from service.metrics import Metrics
+from service.sessions import (
+    Path,
+    Sequence,
+    Session,
+    SessionLimits,
+    SessionRegistry,
+    build_session,
+    check_vocabulary,
+)
+
+log = logging.getLogger(__name__)
+
+METHOD = "SampleStream"
+PATH_STRATEGY = "path_top_p"
+_QUEUE_MESSAGES = 2
+_END = object()  # the client half-closed
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepPlan:
+    """A validated step: forced tokens per sequence, and the listed sequences with their rows."""
+
+    forced: list[tuple[Sequence, list[int]]]
+    listed: list[Sequence]
+    logits: torch.Tensor | None
+    vocab: int | None
+
+
+class SessionStreams:
+    """Serves ``SampleStream`` RPCs: one session each, against the server's session limits."""
+
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
+                 session_limits: SessionLimits | None = None) -> None:
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._limits = limits
+        self._session_limits = session_limits or SessionLimits()
+        self.registry = SessionRegistry(self._session_limits, metrics.sessions_active.set)
+
+    async def serve(self, request_iterator: AsyncIterator[pb.SampleStreamRequest],
+                    context: grpc.aio.ServicerContext) -> None:
+        """Run one session to its end (see the module docstring)."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self._metrics.inflight.inc()
+        messages: asyncio.Queue = asyncio.Queue(_QUEUE_MESSAGES)
+        pump = asyncio.create_task(_pump(request_iterator, messages))
+        session: Session | None = None
+        try:
+            while True:
+                message = await self._next(messages)
+                if message is _END:
+                    if session is not None:
+                        await context.write(_closed(session))
+                    return
+                kind = message.WhichOneof("kind")
+                if session is None:
+                    if kind != "open":
+                        raise invalid_argument("open", "the first message must open the session (set `open`)")
+                    candidate = build_session(message.open, self._session_limits)
+                    self.registry.admit(candidate)
+                    session = candidate
+                    await context.write(pb.SampleStreamResponse(opened=pb.SessionOpened(
+                        session_id=session.session_id, sequences=len(session.sequences),
+                        idle_timeout_s=self._session_limits.idle_timeout_s)))
+                elif kind == "step":
+                    await context.write(pb.SampleStreamResponse(step=await self._step(session, message.step, context)))
+                elif kind == "close":
+                    await context.write(_closed(session))
+                    return
+                elif kind == "open":
+                    raise invalid_argument("open", "the session is already open; `open` is only the first message")
+                else:
+                    raise invalid_argument("kind", "set one of open, step or close")
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # every failure ends the stream with the code classify() picks
+            refused = classify(error)
+            code = refused.code
+            await context.abort_with_status(to_status(refused))
+        finally:
+            pump.cancel()
+            if session is not None:
+                self.registry.release(session)
+            self._metrics.inflight.dec()
+            self._metrics.observe_request(METHOD, code.name, time.perf_counter() - started)
+
+    async def _next(self, messages: asyncio.Queue) -> object:
+        """The next client message, or ``_END``; DEADLINE_EXCEEDED after the idle timeout."""
+        timeout = self._session_limits.idle_timeout_s
+        try:
+            item = await asyncio.wait_for(messages.get(), timeout or None)
+        except asyncio.TimeoutError:
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"session idle for more than {timeout:g} s (server --session-idle-timeout-s); the session is closed",
+            ) from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def _step(self, session: Session, step: pb.SessionStep,
+                    context: grpc.aio.ServicerContext) -> pb.SessionStepResult:
+        """Validate, apply forced tokens, sample the listed sequences, update their state."""
+        plan = _plan_step(session, step, self._limits)
+        if plan.vocab is not None and session.vocab is None:
+            session.vocab = plan.vocab
+        for sequence, tokens in plan.forced:
+            sequence.force(tokens)
+        answers: dict[str, pb.SequenceResult] = {}
+        if plan.listed:
+            deadline = _deadline(context)
+            ordinary: list[tuple[Sequence, int]] = []
+            path_aware: list[tuple[Sequence, int]] = []
+            row = 0
+            for sequence in plan.listed:
+                (path_aware if sequence.path_aware else ordinary).append((sequence, row))
+                row += sequence.rows()
+            await asyncio.gather(
+                self._sample_ordinary(session, ordinary, plan.logits, deadline, answers),
+                self._sample_paths(path_aware, plan.logits, answers),
+            )
+        result = pb.SessionStepResult(step=session.steps, statistics=session.statistics.to_proto())
+        result.sequences.extend(answers[s.sequence_id] for s in plan.listed)
+        session.steps += 1
+        return result
+
+    async def _sample_ordinary(self, session: Session, work: list[tuple[Sequence, int]], logits: torch.Tensor,
+                               deadline: float | None, answers: dict[str, pb.SequenceResult]) -> None:
+        """One dispatcher job for every ordinary sequence of the step."""
+        if not work:
+            return
+        sequences = [sequence for sequence, _ in work]
+        rows = [row for _, row in work]
+        if rows != list(range(logits.shape[0])):
+            logits = logits[torch.tensor(rows)]
+        params = [s.params for s in sequences]
+        job = SampleJob(logits=logits, params=params, steps=[s.step for s in sequences], deadline=deadline,
+                        states=[s.state for s in sequences])
+        result = await self._dispatcher.submit(job)
+        encoded = encode_response(result.output, params, "").rows
+        token_ids = result.token_ids[:, 0].tolist()
+        mirostat_mu = result.mirostat_mu.tolist()
+        surprise = result.stats.surprise[:, 0].tolist()
+        entropy = result.stats.entropy.tolist()
+        for i, sequence in enumerate(sequences):
+            answer = pb.SequenceResult(sequence_id=sequence.sequence_id, step=sequence.step, row=encoded[i])
+            sequence.accept(token_ids[i], mirostat_mu[i], surprise[i], entropy[i])
+            if math.isfinite(surprise[i]):
+                session.statistics.add(surprise[i], entropy[i])
+            answer.statistics.CopyFrom(sequence.statistics.to_proto())
+            answers[sequence.sequence_id] = answer
+        self._metrics.queue_wait.observe(result.queue_wait_s)
+        self._metrics.observe_rows(result, (p.n for p in params))
+
+    async def _sample_paths(self, work: list[tuple[Sequence, int]], logits: torch.Tensor,
+                            answers: dict[str, pb.SequenceResult]) -> None:
+        """The path-aware sequences of the step, in a worker thread (see the module docstring)."""
+        if not work:
+            return
+        inputs = [(s, logits[row:row + s.rows()], [p.state for p in s.paths], [p.logprob for p in s.paths])
+                  for s, row in work]
+        steps = await asyncio.to_thread(_path_steps, inputs)
+        for (sequence, _, _, _), chosen in zip(inputs, steps, strict=True):
+            parents = chosen.parent.tolist()
+            tokens = chosen.token.tolist()
+            token_logprobs = chosen.token_logprob.tolist()
+            path_logprobs = chosen.path_logprob.tolist()
+            answer = pb.SequenceResult(
+                sequence_id=sequence.sequence_id, step=sequence.step,
+                row=pb.RowResult(token_ids=tokens, logprobs=token_logprobs, strategy=PATH_STRATEGY))
+            new_paths = []
+            for parent, token, token_logprob, path_logprob in zip(
+                    parents, tokens, token_logprobs, path_logprobs, strict=True):
+                answer.paths.add(parent=parent, token_id=token, token_logprob=token_logprob,
+                                 path_logprob=path_logprob)
+                new_paths.append(Path(advance(sequence.paths[parent].state, token, math.nan), path_logprob))
+            sequence.accept_paths(new_paths)
+            answer.statistics.CopyFrom(sequence.statistics.to_proto())
+            answers[sequence.sequence_id] = answer
+            self._metrics.rows.labels(PATH_STRATEGY).inc(len(parents))
+
+
+def _path_steps(inputs: list[tuple[Sequence, torch.Tensor, list, list[float]]]) -> list[PathStep]:
+    """Per path-aware sequence: ``filter_logits`` over its live paths, then ``path_aware_step``.
+
+    Runs in a worker thread; reads only immutable values (parameters, states, the step)."""
+    out = []
+    for sequence, rows, states, logprobs in inputs:
+        params = sequence.params
+        per_path = dataclasses.replace(params, path_beams=1, path_top_p=1.0)
+        filtered = filter_logits(rows, per_path, sequence.step, states)
+        out.append(path_aware_step(filtered, torch.tensor(logprobs, dtype=torch.float64), params.path_beams,
+                                   params.path_top_p, sequence.seed, sequence.step))
+    return out
+
+
+def _plan_step(session: Session, step: pb.SessionStep, limits: Limits) -> _StepPlan:
+    """Validate a step against the session without changing anything; raises RequestError."""
+    listed: list[Sequence] = []
+    seen: set[str] = set()
+    for j, sequence_id in enumerate(step.sequence_ids):
+        sequence = session.sequences.get(sequence_id)
+        if sequence is None:
+            raise invalid_argument(f"step.sequence_ids[{j}]", f"unknown sequence id {sequence_id!r}")
+        if sequence_id in seen:
+            raise invalid_argument(f"step.sequence_ids[{j}]", f"sequence id {sequence_id!r} is listed twice")
+        seen.add(sequence_id)
+        listed.append(sequence)
+    logits = None
+    vocab = session.vocab
+    if listed:
+        if not step.HasField("logits"):
+            raise invalid_argument("step.logits", "logits are required when sequence_ids is non-empty")
+        logits = decode_tensor(step.logits, limits, "step.logits")
+        rows, step_vocab = logits.shape
+        expected = sum(s.rows() for s in listed)
+        if rows != expected:
+            raise invalid_argument(
+                "step.logits.shape",
+                f"logits must have {expected} rows (one per listed sequence, one per live path for path-aware "
+                f"ones), got {rows}")
+        if vocab is not None and step_vocab != vocab:
+            raise invalid_argument(
+                "step.logits.shape", f"V must stay {vocab} (the session's first logits), got {step_vocab}")
+        check_logits_values(logits, "step.logits.data")
+        if vocab is None:
+            check_vocabulary(session, step_vocab)
+            vocab = step_vocab
+    elif step.HasField("logits"):
+        raise invalid_argument("step.logits", "logits given but sequence_ids is empty")
+    forced: list[tuple[Sequence, list[int]]] = []
+    for j, entry in enumerate(step.forced):
+        sequence = session.sequences.get(entry.sequence_id)
+        if sequence is None:
+            raise invalid_argument(f"step.forced[{j}].sequence_id", f"unknown sequence id {entry.sequence_id!r}")
+        tokens = list(entry.token_ids)
+        outside = [t for t in tokens if t < 0 or (vocab is not None and t >= vocab)]
+        if outside:
+            bound = f"[0, {vocab})" if vocab is not None else ">= 0"
+            raise invalid_argument(f"step.forced[{j}].token_ids", f"token id {outside[0]} is outside {bound}")
+        forced.append((sequence, tokens))
+    return _StepPlan(forced, listed, logits, vocab)
+
+
+def _closed(session: Session) -> pb.SampleStreamResponse:
+    """The final answer: steps, pooled and per-sequence statistics."""
+    closed = pb.SessionClosed(steps=session.steps, statistics=session.statistics.to_proto())
+    for sequence in session.sequences.values():
+        closed.sequences.add(sequence_id=sequence.sequence_id, tokens=sequence.appended(),
+                             statistics=sequence.statistics.to_proto())
+    return pb.SampleStreamResponse(closed=closed)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The stream's deadline on the ``time.monotonic()`` clock, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + max(remaining, 0.0)
+
+
+async def _pump(request_iterator: AsyncIterator[pb.SampleStreamRequest], messages: asyncio.Queue) -> None:
+    """Move client messages into ``messages``; then ``_END``, or the error that stopped reading."""
+    try:
+        async for message in request_iterator:
+            await messages.put(message)
+        await messages.put(_END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # handed to the handler, which answers with its status
+        await messages.put(error)
