@@ -133,9 +133,11 @@ class Row:
     vs_hf: float | None
     target: str
     met: bool | None
+    rows: int = 0  # batch size B
 
 
-def run(rows: int, vocab: int, devices: list[str], cases: list[str], repeats: int) -> list[Row]:
+def run(rows: int, vocab: int, devices: list[str], cases: list[str], repeats: int,
+        on_row: Callable[[Row], None] | None = None) -> list[Row]:
     hf = hf_paths()
     results = []
     for device in devices:
@@ -153,8 +155,11 @@ def run(rows: int, vocab: int, devices: list[str], cases: list[str], repeats: in
                     fns.append(lambda f=hf[name], x=logits: f(x))
                 times = interleaved(fns, device, repeats)
                 row = _row(device, case, name, times)
+                row.rows = rows
                 results.append(row)
                 print(_format(row))
+                if on_row is not None:
+                    on_row(row)
     return results
 
 
@@ -178,24 +183,96 @@ def _format(row: Row) -> str:
             f"HF/ours {hf}   {row.target:26s} {'met' if row.met else 'MISSED'}")
 
 
+def batch_sizes(text: str) -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]`` (each >= 1)."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,8,32, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def run_all(sizes: list[int], vocab: int, devices: list[str], cases: list[str], repeats: int,
+            progress: bool = True) -> list[Row]:
+    """:func:`run` for each batch size, with a progress bar on stderr (rich, imported lazily)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = len(sizes) * len(devices) * len(cases) * len(CASES)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    results: list[Row] = []
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
+        task = bar.add_task("kernels", total=total)
+
+        def advance(row: Row) -> None:
+            bar.update(task, advance=1, description=f"B={row.rows} {row.device} {row.case} {row.strategy}")
+
+        for size in sizes:
+            results += run(size, vocab, devices, cases, repeats, on_row=advance)
+    return results
+
+
+def plot(results: list[Row], path: str) -> None:
+    """Latency (ms per call) and throughput (rows/s) against batch size, one line per strategy, one
+    pair of panels per (device, case); written to ``path`` (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("samplerd: error: --plot needs matplotlib (pip install matplotlib)") from None
+    panels = sorted({(r.device, r.case) for r in results})
+    figure, axes = plt.subplots(len(panels), 2, figsize=(13, 4.5 * len(panels)), squeeze=False)
+    for (device, case), (latency, throughput) in zip(panels, axes, strict=True):
+        for index, strategy in enumerate(CASES):
+            style = {"marker": "o", "label": strategy, "linestyle": "-" if index < 10 else "--"}
+            points = sorted((r.rows, r.ms) for r in results
+                            if (r.device, r.case, r.strategy) == (device, case, strategy))
+            if not points:
+                continue
+            sizes, ms = zip(*points, strict=True)
+            latency.plot(sizes, ms, **style)
+            throughput.plot(sizes, [b / (t / 1e3) for b, t in points], **style)
+        for ax, ylabel in ((latency, "ms per sample() call"), (throughput, "rows per second")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size B")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{device}, {case} logits: {ylabel}")
+            ax.grid(True, which="both", alpha=0.3)
+        latency.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samplerd bench kernels", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32, help="batch size B (default 32)")
+    parser.add_argument("--rows", type=batch_sizes, default=[32], metavar="B[,B...]",
+                        help="batch size B, or comma-separated sizes for a curve, e.g. 1,8,32 (default 32)")
     parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size V (default 128256)")
     parser.add_argument("--cases", default="randn,peaked", help="comma-separated logits cases: randn, peaked")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, plus CUDA when present)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per figure; the median is shown")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw latency and throughput against batch size (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
     args = parser.parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
     print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    results = run(args.rows, args.vocab, devices, args.cases.split(","), args.repeats)
+    results = run_all(args.rows, args.vocab, devices, args.cases.split(","), args.repeats, not args.no_progress)
     missed = [r for r in results if not r.met]
     print(f"\n{len(results) - len(missed)}/{len(results)} rows meet their target")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([asdict(r) for r in results], handle, indent=2)
+    if args.plot:
+        plot(results, args.plot)
     return 0
 
 

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-rows", type=int, default=256, help="server --max-batch-rows [256]")
     parser.add_argument("--batch-window-ms", type=float, default=2.0, help="server --batch-window-ms [2]")
     parser.add_argument("--json", metavar="PATH", help="also write the measurements as JSON")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw rows/s and p50/p99 latency against concurrency (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
 
 
 class EmptySampler(pb_grpc.SamplerServicer):
@@ -164,6 +167,45 @@ def server_breakdown(metrics_port: int) -> str:
             f"kernel per batch group {kernel_ms:.2f} ms, rows per batch {mean('samplerd_batch_rows'):.1f}")
 
 
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr (transient: gone once the run ends), or a disabled one."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=Console(stderr=True), transient=True, disable=not enabled)
+
+
+def plot(results: list[Measurement], path: str, title: str) -> None:
+    """Throughput (rows/s) and latency (p50, p99) against concurrency, samplerd beside the empty
+    handler, written to ``path`` (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib (pip install matplotlib)") from None
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for target, color in (("samplerd", "tab:blue"), ("empty", "tab:gray")):
+        points = sorted((m for m in results if m.target == target), key=lambda m: m.concurrency)
+        concurrency = [m.concurrency for m in points]
+        throughput.plot(concurrency, [m.rows_per_s for m in points], marker="o", color=color, label=target)
+        latency.plot(concurrency, [m.p50_ms for m in points], marker="o", color=color, label=f"{target} p50")
+        latency.plot(concurrency, [m.p99_ms for m in points], marker="^", linestyle="--", color=color,
+                     label=f"{target} p99")
+    for ax, ylabel in ((throughput, "rows per second"), (latency, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (closed-loop clients)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    figure.suptitle(f"samplerd bench service: {title}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table and the target ratios."""
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -181,16 +223,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"B={args.rows} V={args.vocab} fp32 top_p={args.top_p}; {args.seconds:g}s per point after "
               f"{args.warmup_seconds:g}s warm-up; samplerd workers={args.workers}", flush=True)
         results = []
-        for concurrency in concurrencies:
-            for label, target in (("empty", empty_target), ("samplerd", samplerd.target)):
-                results.append(asyncio.run(
-                    drive(target, request, concurrency, args.warmup_seconds, args.seconds, label)))
+        with progress_bar(not args.no_progress) as bar:
+            task = bar.add_task("bench service", total=2 * len(concurrencies))
+            for concurrency in concurrencies:
+                for label, target in (("empty", empty_target), ("samplerd", samplerd.target)):
+                    bar.update(task, description=f"{label} C={concurrency}")
+                    results.append(asyncio.run(
+                        drive(target, request, concurrency, args.warmup_seconds, args.seconds, label)))
+                    bar.advance(task)
         print(format_table(results))
         print(format_targets(results))
         print(server_breakdown(samplerd.metrics_port))
         if args.json:
             with open(args.json, "w") as out:
                 json.dump([asdict(m) for m in results], out, indent=2)
+        if args.plot:
+            plot(results, args.plot, f"B={args.rows} V={args.vocab} fp32 top_p={args.top_p}")
     finally:
         empty.stdin.close()
         empty.wait(30)
