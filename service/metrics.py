@@ -24,11 +24,12 @@ from prometheus_client import (
 
 from sampling.registry import STRATEGY_LABELS
 
-METHODS = ("Sample", "ListStrategies", "SampleStream", "Generate")
+METHODS = ("Sample", "ListStrategies", "SampleStream", "Generate", "ModelInfer")
 # Codes the service answers with; pre-created so error-rate queries have a denominator of zeros.
 CODES = (
     "OK", "CANCELLED", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "FAILED_PRECONDITION",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "FAILED_PRECONDITION", "NOT_FOUND", "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
 )
 WORKER_STATES = ("alive", "starting", "dead")
 
