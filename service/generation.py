@@ -65,6 +65,7 @@ MAX_REQUEST_ID_BYTES = 256
 #: How often the model's load (running / waiting sequences) and liveness are refreshed.
 LOAD_REFRESH_S = 0.5
 
+DEADLINE_CLOCK_SLACK_S = 0.25
 NO_MODEL_MESSAGE = (
     "this server runs without a language model, so Generate is unavailable: start it with "
     "`samplerd serve --model DIR` (DIR: a local Hugging Face causal LM directory with its tokenizer; "
@@ -193,7 +194,9 @@ class Generation:
             async with scope:
                 await self._stream(lm, generation, request, context)
         except asyncio.CancelledError:
-            expired = deadline is not None and time.monotonic() >= deadline
+            # gRPC cancels the handler when the client's deadline passes, which it measures on
+            # its own clock: a cancellation within a moment of our deadline is that deadline.
+            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_CLOCK_SLACK_S
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception as error:  # every failure is answered, with the code _refusal() picks
