@@ -29,9 +29,10 @@ from workers.sampler_actor import DEVICES, SamplerActor
 
 _log = logging.getLogger(__name__)
 
-#: Sampler actors are named ``samplerd-sampler-<front-end pid>-<n>``, n counting the pool's
-#: actors from 0 in creation order (replacements get new numbers).
+#: Sampler actors are named ``samplerd-sampler-<front-end pid>-<pool>-<n>``: ``pool`` numbers the
+#: process's pools from 0, ``n`` the pool's actors in creation order (replacements get new numbers).
 ACTOR_NAME_PREFIX = "samplerd-sampler-"
+_POOL_NUMBERS = itertools.count()
 
 #: The errors that mean "this actor is gone": its batch may be retried elsewhere.
 ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -140,6 +141,7 @@ class SamplerPool:
         self._actor_class: Any = None
         self._actor_options: dict[str, Any] = {}
         self._spawned = itertools.count()
+        self._pool_number = next(_POOL_NUMBERS)
 
     async def start(self) -> None:
         """Connect to (or start) Ray, create the actors and wait for their warm-up calls.
@@ -263,7 +265,7 @@ class SamplerPool:
     def _spawn(self) -> _Worker:
         # Named (see ACTOR_NAME_PREFIX) only so that operators and fault-injection tests can
         # find a server's actors with ray.util.list_named_actors(all_namespaces=True).
-        name = f"{ACTOR_NAME_PREFIX}{os.getpid()}-{next(self._spawned)}"
+        name = f"{ACTOR_NAME_PREFIX}{os.getpid()}-{self._pool_number}-{next(self._spawned)}"
         return _Worker(actor=self._actor_class.options(**self._actor_options, name=name).remote(self._config.device))
 
     async def _warm(self, worker: _Worker) -> bool:
