@@ -96,7 +96,7 @@ def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
         # A kept token's final logit is its full-distribution logit, except on greedy rows.
         source = batch.full.logits if batch.first_max is None else batch.final_logits
         logprobs = final.log_prob_of(source.gather(1, token_ids))
-        truncated = _Truncated(entropy=final.entropy[:, 0], kept_tokens=final.finite.sum(dim=-1),
+        truncated = _Truncated(entropy=final.entropy[:, 0], kept_tokens=torch.count_nonzero(final.finite, dim=-1),
                                kept_mass=(final.total * torch.exp(final.max - full.max) / full.total)[:, 0])
     surprise = -full.log_prob_of(full.logits.gather(1, token_ids))
     stats = _statistics(batch, truncated, surprise)

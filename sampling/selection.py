@@ -50,7 +50,7 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
         torch.zeros_like(target),
     )
     in_bin = bins == boundary_bin
-    width = int(in_bin.sum(dim=1).max().item())
+    width = int(torch.count_nonzero(in_bin, dim=1).max().item())
     candidates = torch.where(in_bin, score, float("-inf"))
     values, index = candidates.topk(max(width, 1), dim=-1)
     inside = before + (weight.gather(1, index) * (values > float("-inf"))).cumsum(dim=1)
