@@ -42,6 +42,14 @@ def set_fields(message: pb.SamplingParams) -> dict[str, Any]:
     return values
 
 
+def _check_counts(message: pb.SamplingParams) -> None:
+    """Refuse over-long id lists and bias maps of ``message`` (``len`` on them is O(1))."""
+    for name in TOKEN_IDS:
+        _check_count(name, len(getattr(message, name)), "ids")
+    for name in TOKEN_BIAS:
+        _check_count(name, len(getattr(message, name)), "entries")
+
+
 def _check_count(name: str, count: int, what: str) -> None:
     """Refuse an over-long list or map before it is copied into Python objects (a client
     could otherwise have millions of entries converted, ~100 bytes each, before the library
@@ -66,6 +74,7 @@ def from_proto(message: pb.SamplingParams, base: SamplingParams | None = None) -
     Validation costs tens of microseconds and clients repeat the same parameters, so valid
     results are cached by the message's bytes (``SamplingParams`` is immutable).
     """
+    _check_counts(message)  # before the message is serialised (a copy) or converted
     serialized = message.SerializeToString(deterministic=True)
     if len(serialized) > _CACHED_MESSAGE_BYTES:  # big lists/maps: not worth keeping 4096 of
         return _from_bytes.__wrapped__(serialized, base)

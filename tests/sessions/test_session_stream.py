@@ -115,7 +115,7 @@ def test_killing_a_sampler_actor_mid_session_keeps_the_seeded_output(channel, se
 
     def live_actor_names() -> list[str]:
         named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
-        return sorted((n for n in named if n not in killed), key=lambda n: int(n.removeprefix(prefix)))
+        return sorted((n for n in named if n not in killed), key=lambda n: int(n.rsplit("-", 1)[1]))
 
     def kill_first_actor(step: int) -> None:
         if step not in (10, 20):
