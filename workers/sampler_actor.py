@@ -15,6 +15,7 @@ from collections import Counter
 import torch
 
 from sampling import SampleOutput, SamplingParams, sample
+from sampling.allocator import keep_freed_memory
 from workers.batch import BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
@@ -41,6 +42,8 @@ class SamplerActor:
 
     def __init__(self, device: str = "auto") -> None:
         self._device = resolve_device(device)
+        # A long-lived process sampling large batches: keep freed tensor memory (see module).
+        keep_freed_memory()
 
     def device_name(self) -> str:
         """The device label for metrics: ``cpu`` or ``cuda``."""
