@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from batch_log import BatchLog
 
 from service.dispatcher import Dispatcher, DispatcherConfig
 
@@ -18,21 +19,6 @@ from service.dispatcher import Dispatcher, DispatcherConfig
 def ray_instance(ray_connected: str) -> Iterator[None]:
     """The session's local Ray instance (tests/conftest.py), joined by this process."""
     yield
-
-
-class BatchLog:
-    """A batch observer that records every executed batch."""
-
-    def __init__(self) -> None:
-        self.batches: list[tuple[int, dict[str, float], str]] = []
-
-    def __call__(self, rows: int, kernel_seconds_by_strategy: dict[str, float], device: str) -> None:
-        self.batches.append((rows, kernel_seconds_by_strategy, device))
-
-    @property
-    def rows(self) -> list[int]:
-        """Rows of each executed batch, in order."""
-        return [rows for rows, _, _ in self.batches]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import ray
 import torch
+from batch_log import BatchLog
 
 from sampling import SampleOutput, SamplingError, SamplingParams, SequenceState, sample
 from service.dispatcher import (
@@ -30,27 +31,6 @@ from service.dispatcher import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ALL_ALIVE_2 = {"alive": 2, "starting": 0, "dead": 0}
-
-
-class BatchLog:
-    """A batch observer that records every executed batch."""
-
-    def __init__(self) -> None:
-        self.batches: list[tuple[int, dict[str, float], str]] = []
-
-    def __call__(self, rows: int, kernel_seconds_by_strategy: dict[str, float], device: str) -> None:
-        self.batches.append((rows, kernel_seconds_by_strategy, device))
-
-    @property
-    def rows(self) -> list[int]:
-        """Rows of each executed batch, in order."""
-        return [rows for rows, _, _ in self.batches]
-
-
-@pytest.fixture
-def batch_log() -> BatchLog:
-    """A fresh :class:`BatchLog`; install it with ``d.set_batch_observer(batch_log)``."""
-    return BatchLog()
 
 
 def slow_job(seed: int = 1) -> SampleJob:
