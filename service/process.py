@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -93,3 +95,15 @@ def start_server(*options: str, env: dict[str, str] | None = None, bind_timeout_
         process.wait()
         raise RuntimeError("samplerd did not bind its ports:\n" + "\n".join(output))
     return ServerProcess(process, ports[0], ports[1], output, reader)
+
+
+@contextlib.contextmanager
+def serving(*options: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A ``samplerd serve`` child (see :func:`start_server`) that is SERVING for the ``with``
+    block and terminated after it."""
+    process = start_server(*options, env=env)
+    try:
+        process.wait_serving()
+        yield process
+    finally:
+        process.terminate()

@@ -37,3 +37,13 @@ def ray_connected() -> Iterator[str]:
 def ray_address(ray_connected: str) -> str:
     """GCS address of the session's Ray instance, for ``samplerd serve --ray-address``."""
     return ray_connected
+
+
+@pytest.fixture(scope="module")
+def server(ray_address: str) -> Iterator:
+    """One ``samplerd serve`` for the module (one CPU worker, joined to the session's Ray
+    instance), SERVING. Modules that need other options define their own ``server``."""
+    from service.process import serving
+
+    with serving("--workers", "1", "--device", "cpu", "--ray-address", ray_address) as process:
+        yield process

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from sampling import SamplingParams, sample
-from service.process import ServerProcess, start_server
+from service.process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -44,17 +43,6 @@ def node() -> str:
         command = "ci" if (NODE_DIR / "package-lock.json").exists() else "install"
         subprocess.run([npm, command, "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600)
     return node
-
-
-@pytest.fixture(scope="module")
-def server(ray_address: str) -> Iterator[ServerProcess]:
-    """One samplerd for the module, joined to the session's Ray instance."""
-    process = start_server("--workers", "1", "--device", "cpu", "--ray-address", ray_address)
-    try:
-        process.wait_serving()
-        yield process
-    finally:
-        process.terminate()
 
 
 def test_node_client_samples_with_the_proto_and_via_reflection(node: str, server: ServerProcess) -> None:

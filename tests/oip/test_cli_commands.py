@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from service.bench import Measurement
 from service.bench import plot as plot_service
 from service.cli import main
 from service.commands import flag_of
-from service.process import ServerProcess, start_server
+from service.process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,17 +39,6 @@ def logits_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "logits.npy"
     np.save(path, (np.random.default_rng(5).standard_normal((3, 400)) * 3).astype(np.float32))
     return path
-
-
-@pytest.fixture(scope="module")
-def server(ray_address: str) -> Iterator[ServerProcess]:
-    """One samplerd for the module, joined to the session's Ray instance."""
-    process = start_server("--workers", "1", "--device", "cpu", "--ray-address", ray_address)
-    try:
-        process.wait_serving()
-        yield process
-    finally:
-        process.terminate()
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:

@@ -27,7 +27,7 @@ from service.client import SamplerClient, field_violations
 from service.generated.inference import grpc_service_pb2 as oip
 from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.oip import OUTPUTS, SERVICE_NAME
-from service.process import ServerProcess, start_server
+from service.process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -35,17 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 TRITON_VENV = Path(os.environ.get("SAMPLERD_TRITONCLIENT_VENV", REPO / ".venv-tritonclient"))
 CHECK_SCRIPT = Path(__file__).with_name("tritonclient_check.py")
 PARAMS = {"top_p": 0.9, "seed": 7}
-
-
-@pytest.fixture(scope="module")
-def server(ray_address: str) -> Iterator[ServerProcess]:
-    """One samplerd for the module, joined to the session's Ray instance."""
-    process = start_server("--workers", "1", "--device", "cpu", "--ray-address", ray_address)
-    try:
-        process.wait_serving()
-        yield process
-    finally:
-        process.terminate()
 
 
 @pytest.fixture(scope="module")
