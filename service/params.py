@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sampling import SamplingError, SamplingParams
@@ -57,14 +57,6 @@ def _check_count(name: str, count: int, what: str) -> None:
     high = PARAMETERS[name].high
     if high is not None and count > high:
         raise SamplingError(name, f"{name} holds at most {int(high)} {what}, got {count}")
-
-
-def token_ids_of(params: SamplingParams) -> Iterator[tuple[str, Iterable[int]]]:
-    """``(name, token ids)`` of every parameter that names tokens (id lists and bias maps)."""
-    for name in TOKEN_IDS:
-        yield name, getattr(params, name)
-    for name in TOKEN_BIAS:
-        yield name, (token for token, _ in getattr(params, name))
 
 
 def from_proto(message: pb.SamplingParams, base: SamplingParams | None = None) -> SamplingParams:
