@@ -278,9 +278,12 @@ def _initial_mu(params, states, device) -> torch.Tensor:
     return torch.tensor(mu, dtype=torch.float64, device=device)[:, None]
 
 
-def _active_rows(strategy, params, device, exclude: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Indices of the rows that switch ``strategy`` on, or None when there are none."""
-    flags = [p.uses(strategy) for p in params]
+def _active_rows(strategies, params, device, exclude: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Indices of the rows that switch on any of ``strategies`` (one declaration or several),
+    less those in ``exclude``; None when there are none."""
+    if not isinstance(strategies, (list, tuple)):
+        strategies = (strategies,)
+    flags = [any(p.uses(s) for s in strategies) for p in params]
     if not any(flags):
         return None
     active = torch.tensor(flags, device=device)
@@ -295,7 +298,7 @@ def _apply_processors(z: torch.Tensor, rows: RowParams, states, vocab: int) -> t
     params = rows.params
     device = z.device
     counted = [penalties.REPETITION_PENALTY, penalties.FREQUENCY_PENALTY, penalties.PRESENCE_PENALTY]
-    penalised = _any_rows(counted, params, device)
+    penalised = _active_rows(counted, params, device)
     if penalised is not None:
         sub = rows.subset(penalised)
         counts = penalties.token_counts(_histories(states, penalised, device), vocab)
@@ -313,11 +316,6 @@ def _apply_processors(z: torch.Tensor, rows: RowParams, states, vocab: int) -> t
         z = z.index_put((torch.tensor(row_index, device=device), torch.tensor(token_index, device=device)),
                         torch.tensor(amount, dtype=z.dtype, device=device), accumulate=True)
     return z
-
-
-def _any_rows(strategies, params, device) -> torch.Tensor | None:
-    flags = [any(p.uses(s) for s in strategies) for p in params]
-    return torch.tensor(flags, device=device).nonzero()[:, 0] if any(flags) else None
 
 
 def _history(states, row: int) -> tuple[int, ...]:
@@ -408,7 +406,7 @@ def _statistics(batch: _Batch, truncated: _Truncated, surprise: torch.Tensor) ->
 def _next_mirostat_mu(batch: _Batch, surprise_nats: torch.Tensor) -> torch.Tensor:
     rows = batch.rows
     mu = torch.full((len(rows),), float("nan"), dtype=torch.float64, device=surprise_nats.device)
-    index = _any_rows(MIROSTATS, rows.params, surprise_nats.device)
+    index = _active_rows(MIROSTATS, rows.params, surprise_nats.device)
     if index is None:
         return mu
     sub = rows.subset(index)
