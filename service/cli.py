@@ -97,6 +97,8 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--max-batch-rows", _positive_int, _DEFAULTS.max_batch_rows, "most rows a worker samples in one batch"),
     ("--batch-window-ms", _non_negative_float, _DEFAULTS.batch_window_ms,
      "longest a row waits for others to join its batch, in milliseconds"),
+    ("--max-batches-per-worker", _positive_int, _DEFAULTS.max_batches_per_worker,
+     "batches in flight per worker; 2 overlaps the Ray transfer with sampling but halves batches"),
     ("--max-queue", _positive_int, _DEFAULTS.max_queue,
      "rows waiting for a worker before new requests get RESOURCE_EXHAUSTED"),
     ("--max-message-bytes", _positive_int, _DEFAULTS.max_message_bytes,

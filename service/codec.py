@@ -30,6 +30,13 @@ _WIRE_DTYPES: dict[int, tuple[np.dtype, torch.dtype]] = {
 }
 MAX_REQUEST_ID_BYTES = 256
 
+# torch warns whenever it views read-only memory, as the request's bytes are; the front end
+# never writes to the logits and the sampler computes out of place. A filter installed once
+# (for warnings raised from this module only) costs nothing per request, unlike
+# ``warnings.catch_warnings`` around each view.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -83,20 +90,17 @@ def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str) -> torch.Tensor
         )
     raw_dtype, torch_dtype = wire
     expected = rows * vocab * raw_dtype.itemsize
-    if len(tensor.data) != expected:
+    data = tensor.data  # each read of a bytes field copies it out of the message
+    if len(data) != expected:
         raise invalid_argument(
             f"{field}.data",
             f"data must hold B*V*itemsize = {rows}*{vocab}*{raw_dtype.itemsize} = {expected} bytes, "
-            f"got {len(tensor.data)}",
+            f"got {len(data)}",
         )
-    array = np.frombuffer(tensor.data, dtype=raw_dtype).reshape(rows, vocab)
+    array = np.frombuffer(data, dtype=raw_dtype).reshape(rows, vocab)
     if sys.byteorder != "little":
         array = array.astype(raw_dtype.newbyteorder("="))
-    with warnings.catch_warnings():
-        # torch warns when it views read-only memory (the request's bytes); the front end
-        # never writes to the logits, and the sampler computes out of place.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-        values = torch.from_numpy(array)
+    values = torch.from_numpy(array)
     return values.view(torch_dtype) if torch_dtype is torch.bfloat16 else values
 
 

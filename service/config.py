@@ -25,6 +25,7 @@ class ServerConfig:
     num_gpus_per_worker: float = 1.0
     max_batch_rows: int = 256
     batch_window_ms: float = 2.0
+    max_batches_per_worker: int = 1
     max_queue: int = 4096
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024
@@ -55,6 +56,7 @@ class ServerConfig:
             num_gpus_per_worker=self.num_gpus_per_worker if device == "cuda" else 0.0,
             max_batch_rows=self.max_batch_rows,
             batch_window_s=self.batch_window_ms / 1000.0,
+            max_batches_per_worker=self.max_batches_per_worker,
             max_queue_rows=self.max_queue,
             ray_address=self.ray_address,
         )

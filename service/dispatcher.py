@@ -10,10 +10,10 @@ turns the queue into batches:
 3. it takes the waiting jobs in order, up to ``max_batch_rows`` rows (a larger job goes
    alone) and no more than an even share of what waits per idle actor, dropping those whose
    deadline has passed;
-4. it launches the batch as its own task, so several batches are in flight at once: the rows
-   are grouped by (V, dtype), stacked with one ``torch.cat`` per group and stored once in
-   Ray's object store (off the event loop), ONE actor call samples the whole batch, and each
-   job's rows are sliced back out of its group's result.
+4. it launches the batch as its own task (several may be in flight): the rows are grouped
+   by (V, dtype), stacked with one ``torch.cat`` per group and stored once in Ray's object
+   store (off the event loop when large: :data:`PUT_ON_LOOP_BYTES`), ONE actor call samples
+   the whole batch, and each job's rows are sliced back out of its group's result.
 
 Every accepted job gets exactly one answer: its result, :class:`DeadlineExceededError` (its
 deadline passed while it waited), :class:`WorkersUnavailableError` (no live actor, or its
@@ -54,6 +54,11 @@ from workers.batch import DTYPE_NAMES
 
 _log = logging.getLogger(__name__)
 
+#: Batches of up to this many logits bytes are stacked and stored in Ray's object store on the
+#: event loop itself: handing them to a worker thread costs more (GIL hand-offs delay both
+#: sides) than the copy. Larger ones go to a thread so that the loop never stalls for long.
+PUT_ON_LOOP_BYTES = 4 << 20
+
 #: fn(batch_rows, kernel_seconds_by_strategy, device), called once per executed batch.
 BatchObserver = Callable[[int, dict[str, float], str], None]
 
@@ -81,8 +86,8 @@ class DispatcherConfig:
     ``num_gpus_per_worker`` may be fractional; None picks 1 for ``device="cuda"`` and, for
     ``device="auto"``, 1 when the Ray cluster has GPUs, else 0. ``ray_address`` None starts a
     local Ray instance in-process (or joins the one this process is already connected to).
-    ``max_batches_per_worker`` batches may be in flight per actor, so an actor finds its next
-    batch waiting when it finishes one. ``num_cpus_per_worker`` is each actor's Ray CPU
+    ``max_batches_per_worker`` batches may be in flight per actor (see
+    ``workers.PoolConfig``). ``num_cpus_per_worker`` is each actor's Ray CPU
     reservation, which is also its torch thread count (Ray sets ``OMP_NUM_THREADS`` from it).
     """
 
@@ -93,7 +98,7 @@ class DispatcherConfig:
     batch_window_s: float = 0.002
     max_queue_rows: int = 4096
     ray_address: str | None = None
-    max_batches_per_worker: int = 2
+    max_batches_per_worker: int = 1
     num_cpus_per_worker: float = 1.0
     startup_timeout_s: float = 120.0
 
@@ -441,7 +446,10 @@ class Dispatcher:
         try:
             if not plan:
                 return
-            payload = await asyncio.to_thread(lambda: self._pool.put(_stack(plan)))
+            if sum(p.logits.nbytes for pendings in plan.values() for p in pendings) <= PUT_ON_LOOP_BYTES:
+                payload = self._pool.put(_stack(plan))
+            else:
+                payload = await asyncio.to_thread(lambda: self._pool.put(_stack(plan)))
             self._deliver(plan, await self._pool.run(payload))
         except NoLiveWorkerError as error:
             _answer_all(batch, WorkersUnavailableError(str(error)))

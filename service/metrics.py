@@ -114,10 +114,12 @@ class Metrics:
         self._preinitialise(device, tuple(strategies))
 
     def _preinitialise(self, device: str, strategies: tuple[str, ...]) -> None:
+        self._answered: dict[tuple[str, str], Counter] = {}  # requests children, looked up once
+        self._durations: dict[str, Histogram] = {}
         for method in METHODS:
-            self.request_duration.labels(method)
+            self._durations[method] = self.request_duration.labels(method)
             for code in CODES:
-                self.requests.labels(method, code)
+                self._answered[method, code] = self.requests.labels(method, code)
         for strategy in strategies:
             self.sample_duration.labels(strategy, device)
             self._add_row_series(strategy)
@@ -127,8 +129,14 @@ class Metrics:
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         """One answered RPC."""
-        self.requests.labels(method, code).inc()
-        self.request_duration.labels(method).observe(seconds)
+        answered = self._answered.get((method, code))
+        if answered is None:
+            answered = self._answered[method, code] = self.requests.labels(method, code)
+        answered.inc()
+        duration = self._durations.get(method)
+        if duration is None:
+            duration = self._durations[method] = self.request_duration.labels(method)
+        duration.observe(seconds)
 
     def observe_rows(self, out, row_samples: Iterable[int]) -> None:
         """The statistics of sampled rows: ``out`` is a sampler output, ``row_samples`` the

@@ -7,10 +7,11 @@
   (:func:`hmac.compare_digest`, against every token, no early exit); otherwise the call is
   answered UNAUTHENTICATED before its request is even parsed. Health checks and reflection
   stay open, so load-balancer and Kubernetes probes need no token.
-- :class:`MalformedRequestInterceptor`: a request whose bytes are not a valid protobuf
-  message of the method's type (corrupt wire format, invalid UTF-8 in a string field) is
-  answered INVALID_ARGUMENT. Without it grpc answers UNKNOWN ("Unexpected DecodeError"),
-  and bad input must never look like a server fault.
+- :class:`ShutdownGate`: services registered through it answer UNAVAILABLE once the server
+  is shutting down, and INVALID_ARGUMENT for a request whose bytes are not a valid protobuf
+  message of the method's type (corrupt wire format, invalid UTF-8 in a string field).
+  Without it grpc answers UNKNOWN ("Unexpected DecodeError"), and bad input must never look
+  like a server fault.
 
 Nothing here (or anywhere in ``service/`` and ``workers/``) unpickles client bytes: requests
 are parsed by protobuf and tensor bytes are only viewed as their declared dtype
@@ -154,32 +155,6 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Answers INVALID_ARGUMENT (not UNKNOWN) for a unary request whose bytes do not parse.
-
-    Request-streaming methods are left as they are: a handler may read them through
-    ``context.read()``, which no wrapper of the request iterator would cover.
-    """
-
-    def __init__(self) -> None:
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """Wrap the handler's request deserializer and behaviour."""
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or handler.request_streaming:
-            return handler
-        cached = self._guarded.get(handler_call_details.method)
-        if cached is None or cached[0] is not handler:  # grpc hands out one handler per method
-            cached = (handler, _guard(handler))
-            self._guarded[handler_call_details.method] = cached
-        return cached[1]
-
-
 class _Undecodable:
     """Stands in for a request that failed to parse."""
 
@@ -187,27 +162,33 @@ class _Undecodable:
         self.error = error
 
 
-def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` with a deserializer that never raises and a behaviour that answers an
-    unparsable request INVALID_ARGUMENT (same kind of behaviour: coroutine or async generator)."""
-    parse = handler.request_deserializer
-    field = "unary_stream" if handler.response_streaming else "unary_unary"
-    behaviour = getattr(handler, field)
+def _guard(handler: grpc.RpcMethodHandler, gate: ShutdownGate | None, always_open: bool) -> grpc.RpcMethodHandler:
+    """``handler`` answering, in this order: UNAVAILABLE once ``gate`` is closed (unless
+    ``always_open``), INVALID_ARGUMENT for a unary request that does not parse (its
+    deserializer never raises), else what ``handler`` answers. Same kind of behaviour
+    (coroutine or async generator); synchronous behaviours are left as they are.
 
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except DecodeError as error:
-            return _Undecodable(error)
+    Request-streaming methods keep their deserializer: a handler may read them through
+    ``context.read()``, which no wrapper of the request iterator would cover.
+    """
+    kind = ("stream" if handler.request_streaming else "unary") + "_" + (
+        "stream" if handler.response_streaming else "unary")
+    behaviour = getattr(handler, kind)
+    check_request = not handler.request_streaming and handler.request_deserializer is not None
+    watched = gate is not None and not always_open
 
-    async def refuse(bad: _Undecodable, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {bad.error}")
+    async def refuse_if_needed(request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Abort the call (``context.abort`` raises) when it must be refused."""
+        if watched and gate.closed:
+            gate.note_call()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
+        if check_request and isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {request.error}")
 
     if inspect.isasyncgenfunction(behaviour):
 
         async def generate(request: Any, context: grpc.aio.ServicerContext):
-            if isinstance(request, _Undecodable):
-                await refuse(request, context)
+            await refuse_if_needed(request, context)
             async for response in behaviour(request, context):
                 yield response
 
@@ -215,26 +196,69 @@ def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     elif inspect.iscoroutinefunction(behaviour):
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                await refuse(request, context)
+            await refuse_if_needed(request, context)
             return await behaviour(request, context)
 
         wrapped = call
     else:  # a synchronous handler: grpc runs it in a thread; leave it as it is
         return handler
-    return handler._replace(request_deserializer=deserialize, **{field: wrapped})
+    changes: dict[str, Any] = {kind: wrapped}
+    if check_request:
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError as error:
+                return _Undecodable(error)
+
+        changes["request_deserializer"] = deserialize
+    return handler._replace(**changes)
 
 
-def server_interceptors(config: Any, gate: ShutdownGate | None = None) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors a server with ``config`` (a ``ServerConfig``) runs, in order: the
-    shutdown ``gate`` (which is also the unparsable-request guard; a plain guard without one),
-    then the token check when ``auth_token_file`` is set. The guard wraps whatever handler the
-    token check hands back, so refused calls are never parsed. One interceptor layer by
-    default: each costs a coroutine per call."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [gate if gate is not None else MalformedRequestInterceptor()]
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come out guarded (each wrapped once)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: Callable[[grpc.RpcMethodHandler], grpc.RpcMethodHandler]):
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._wrap(handler))
+            self._wrapped[handler_call_details.method] = cached
+        return cached[1]
+
+
+class _GuardingRegistrar:
+    """Stands in for the server while a generated ``add_*Servicer_to_server`` registers a
+    service, guarding each method handler as it goes in (see :meth:`ShutdownGate.register`)."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Callable[[grpc.RpcMethodHandler], grpc.RpcMethodHandler]):
+        self._server = server
+        self._wrap = wrap
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGenericHandler(h, self._wrap) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(service, {name: self._wrap(h) for name, h in handlers.items()})
+
+
+def server_interceptors(config: Any) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors a server with ``config`` (a ``ServerConfig``) runs: the token check
+    when ``auth_token_file`` is set, else none. (The shutdown gate and the unparsable-request
+    guard wrap the handlers once, at registration, through :meth:`ShutdownGate.register`: an
+    interceptor would cost a coroutine on every call.) Refused calls are never parsed: the
+    token check hands back a handler without a deserializer."""
     if config.auth_token_file is not None:
-        interceptors.append(BearerTokenInterceptor(load_tokens(config.auth_token_file)))
-    return interceptors
+        return [BearerTokenInterceptor(load_tokens(config.auth_token_file))]
+    return []
 
 
 def server_port_credentials(config: Any) -> grpc.ServerCredentials | None:
@@ -338,9 +362,12 @@ def open_channel(
 # -- shutdown ------------------------------------------------------------------------------
 
 
-class ShutdownGate(MalformedRequestInterceptor):
-    """Answers UNAVAILABLE to calls the server starts handling after :meth:`close`; until
-    then passes them on, guarded as by :class:`MalformedRequestInterceptor`.
+class ShutdownGate:
+    """Answers UNAVAILABLE to calls the server starts handling after :meth:`close`, and
+    INVALID_ARGUMENT (not grpc's UNKNOWN) to unary requests whose bytes do not parse (corrupt
+    wire format, invalid UTF-8 in a string field): bad input must never look like a server
+    fault. Services are registered through :meth:`register`, which wraps each method handler
+    once.
 
     grpc cancels (CANCELLED, which clients do not retry) the calls it has received but the
     application has not picked up yet when ``server.stop()`` begins; under load that is a
@@ -351,13 +378,22 @@ class ShutdownGate(MalformedRequestInterceptor):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self._closed = False
+        self.closed = False
         self._last_call = 0.0
+
+    def register(self, add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server,
+                 always_open: bool = False) -> None:
+        """``add_to_server(servicer, server)`` (a generated ``add_*Servicer_to_server``), with
+        every handler guarded; ``always_open`` services (health) stay open after :meth:`close`."""
+        add_to_server(servicer, _GuardingRegistrar(server, lambda handler: _guard(handler, self, always_open)))
 
     def close(self) -> None:
         """From now on, new calls get UNAVAILABLE."""
-        self._closed = True
+        self.closed = True
+
+    def note_call(self) -> None:
+        """A call arrived after :meth:`close` (:meth:`drain` waits for these to stop)."""
+        self._last_call = time.monotonic()
 
     async def drain(self, quiet_s: float = 0.3, limit_s: float = 2.0) -> None:
         """Wait until no call has arrived for ``quiet_s`` (the backlog is answered), at most
@@ -369,15 +405,3 @@ class ShutdownGate(MalformedRequestInterceptor):
             if quiet_for >= quiet_s:
                 return
             await asyncio.sleep(quiet_s - quiet_for)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """Pass the call on (guarded), or (closed) answer it UNAVAILABLE."""
-        if not self._closed or (handler_call_details.method or "").startswith(OPEN_PREFIXES):
-            return await super().intercept_service(continuation, handler_call_details)
-        self._last_call = time.monotonic()
-        handler = await continuation(handler_call_details)
-        return _refusing_handler(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")

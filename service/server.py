@@ -14,6 +14,7 @@ import signal
 import time
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -119,18 +120,18 @@ class SamplerServer:
         self.generation = Generation.from_config(config, self.metrics)  # --model: the language-model actor
         self.servicer = SamplerServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), sessions,
                                         self.generation)
-        self.gate = ShutdownGate()
         # so_reuseport off: a second server on a taken port must fail, not share it.
         self.server = grpc.aio.server(
             options=[*message_size_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
-            # shutdown gate; bearer tokens; unparsable requests -> INVALID_ARGUMENT (service.security)
-            interceptors=server_interceptors(config, self.gate),
+            interceptors=server_interceptors(config),  # bearer tokens, when configured
         )
-        pb_grpc.add_SamplerServicer_to_server(self.servicer, self.server)
+        # Shutdown gate, and unparsable requests -> INVALID_ARGUMENT (service.security).
+        self.gate = ShutdownGate()
+        self.gate.register(pb_grpc.add_SamplerServicer_to_server, self.servicer, self.server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port: see service.oip.
         self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements))
-        oip.add_to_server(self.inference, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.gate.register(oip.add_to_server, self.inference, self.server)
+        self.gate.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, always_open=True)
         reflection.enable_server_reflection(
             (SERVICE_NAME, oip.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
@@ -196,6 +197,9 @@ async def serve(config: ServerConfig) -> None:
     Once the ports are bound it prints ``samplerd: serving grpc=HOST:PORT metrics=PORT`` (the
     bound ports, which is how port 0 is used: see :mod:`service.process`).
     """
+    # The front end's tensor work is small (views, stacking, slicing); torch's intra-op threads
+    # would only spin between ops, taking CPU from the sampler actors on the same machine.
+    torch.set_num_threads(1)
     server = SamplerServer(config)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sampling import SampleOutput, SamplingError, SamplingParams, SequenceState
+from sampling import SampleOutput, SampleStats, SamplingError, SamplingParams, SequenceState
 
 #: The logits dtypes a batch may carry, by torch dtype, with their names on the wire.
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -161,41 +161,36 @@ def stack_group(
     )
 
 
-def take_rows(value: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of a sampler result: tensors and per-row lists are sliced,
-    tuples and dataclasses (``SampleOutput``, ``SampleStats``) are sliced field by field."""
-    if isinstance(value, torch.Tensor):
-        return value[start:stop] if value.dim() > 0 else value
-    if isinstance(value, list):
-        return value[start:stop]
-    if isinstance(value, tuple):
-        return tuple(take_rows(item, start, stop) for item in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {
-            f.name: take_rows(getattr(value, f.name), start, stop) for f in dataclasses.fields(value) if f.init
-        }
-        return dataclasses.replace(value, **changes)
-    return value
-
-
 def take_job(output: SampleOutput, start: int, stop: int, draws: int, top_logprobs: int) -> SampleOutput:
     """One request's rows ``start:stop`` of its group's output, shaped as ``sample()`` shapes
     them for those rows alone.
 
     A group's output is padded to the group's largest ``n`` (token ids -1, log-probs NaN) and
     largest ``top_logprobs``; the request gets its own: ``draws`` columns (its largest ``n``)
-    and ``top_logprobs`` columns of top log-probs (None when 0).
+    and ``top_logprobs`` columns of top log-probs (None when 0). Written out field by field:
+    this runs once per request, and a generic walk over the dataclasses cost ~10x more.
     """
-    rows = take_rows(output, start, stop)
+    rows = slice(start, stop)
+    stats = output.stats
     top = None
-    if top_logprobs > 0 and rows.top_logprobs is not None:
-        ids, logprobs = rows.top_logprobs
-        top = (ids[:, :top_logprobs], logprobs[:, :top_logprobs])
-    return dataclasses.replace(
-        rows,
-        token_ids=rows.token_ids[:, :draws],
-        logprobs=rows.logprobs[:, :draws],
-        stats=dataclasses.replace(rows.stats, surprise=rows.stats.surprise[:, :draws]),
+    if top_logprobs > 0 and output.top_logprobs is not None:
+        ids, logprobs = output.top_logprobs
+        top = (ids[rows, :top_logprobs], logprobs[rows, :top_logprobs])
+    return SampleOutput(
+        token_ids=output.token_ids[rows, :draws],
+        logprobs=output.logprobs[rows, :draws],
+        stats=SampleStats(
+            entropy=stats.entropy[rows],
+            varentropy=stats.varentropy[rows],
+            truncated_entropy=stats.truncated_entropy[rows],
+            kept_tokens=stats.kept_tokens[rows],
+            kept_mass=stats.kept_mass[rows],
+            top_k_entropy=stats.top_k_entropy[rows],
+            top_k_mass=stats.top_k_mass[rows],
+            surprise=stats.surprise[rows, :draws],
+        ),
+        strategies=output.strategies[rows],
+        mirostat_mu=output.mirostat_mu[rows],
         top_logprobs=top,
     )
 

@@ -126,13 +126,14 @@ def test_ten_times_the_queue_refuses_the_excess_at_once_and_stays_bounded(server
 
 
 def blockers(count: int) -> list:
-    """Requests that keep the one actor busy for a while (4M-token vocabulary)."""
-    return [build_request(make_logits(1, 4_000_000, seed=900 + i), top_p=0.9, seed=i) for i in range(count)]
+    """Requests that keep the one actor busy for a while (4M-token vocabulary, typical sampling:
+    off the fused fast path)."""
+    return [build_request(make_logits(1, 4_000_000, seed=900 + i), typical_p=0.9, seed=i) for i in range(count)]
 
 
 def test_expired_deadlines_are_never_executed(server: ServerProcess) -> None:
-    """Requests whose 0.2 s deadline passes while they wait behind slow work (two batches
-    running, two more queued ahead of them) are answered DEADLINE_EXCEEDED and never reach a
+    """Requests whose 0.2 s deadline passes while they wait behind slow work (batches running
+    and queued ahead of them) are answered DEADLINE_EXCEEDED and never reach a
     worker: the executed-rows counter grows only by the slow requests' rows."""
     rows_before = metric(server, "samplerd_batch_rows_sum")
 

@@ -34,9 +34,10 @@ ALL_ALIVE_2 = {"alive": 2, "starting": 0, "dead": 0}
 
 
 def slow_job(seed: int = 1) -> SampleJob:
-    """A job that keeps a sampler actor busy for a few tenths of a second (4 rows, V = 2**19)."""
+    """A job that keeps a sampler actor busy for about a tenth of a second or more (4 rows,
+    V = 2**19, typical sampling: not on the fused fast path, which takes ~15 ms for these)."""
     generator = torch.Generator().manual_seed(seed)
-    return SampleJob(torch.randn(4, 2**19, generator=generator), SamplingParams(top_p=0.9, seed=seed))
+    return SampleJob(torch.randn(4, 2**19, generator=generator), SamplingParams(typical_p=0.9, seed=seed))
 
 
 def small_job(rows: int, vocab: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32) -> SampleJob:
