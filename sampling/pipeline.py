@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from sampling import fused
 from sampling.distribution import Distribution
 from sampling.draw import inverse_cdf
 from sampling.errors import SamplingError
@@ -70,12 +71,41 @@ def filter_logits(logits: torch.Tensor, params, steps=0, states=None) -> torch.T
     ``steps`` (the decoding step, keys XTC's coin) an int or one per row; ``states`` one
     :class:`SequenceState` (or None) per row, for penalties and mirostat.
     """
-    return _run_stages(logits, params, steps, states).final_logits
+    return _run_stages(*_checked_inputs(logits, params, steps, states)).final_logits
 
 
 def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
-    """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`."""
-    batch = _run_stages(logits, params, steps, states)
+    """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`.
+
+    Rows that only use temperature, top-k, top-p and min-p take the fused CPU fast path
+    (:mod:`sampling.fused`, same decisions); the others the stages below. Each row's result
+    depends on its own parameters alone, whichever path it takes.
+    """
+    try:
+        logits, params, steps, states, _ = _checked_inputs(logits, params, steps, states, values=False)
+    except SamplingError as error:
+        if error.field != "logits":
+            check_logits(logits)  # bad logits are reported first, as filter_logits does
+        raise
+    fast = fused.eligible_rows(logits, params)
+    if len(fast) == len(params):
+        return fused.sample(logits, params, steps)  # checks the logits' values in its first pass
+    all_finite = check_logits(logits)
+    if not fast:
+        return _sample(logits, params, steps, states, all_finite)
+    fast_set = set(fast)
+    general = [i for i in range(len(params)) if i not in fast_set]
+    parts = [
+        (fast, fused.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast])),
+        (general, _sample(logits[general], [params[i] for i in general], [steps[i] for i in general],
+                          None if states is None else [states[i] for i in general], all_finite)),
+    ]
+    return _merge_rows(parts, len(params))
+
+
+def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
+    """:func:`sample` through the pipeline's stages, for checked inputs."""
+    batch = _run_stages(logits, params, steps, states, all_finite)
     rows = batch.rows
     full = batch.full
     counts = [p.n for p in rows.params]
@@ -117,6 +147,39 @@ def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
     )
 
 
+def _merge_rows(parts, rows: int) -> SampleOutput:
+    """One output from the outputs of row groups: ``parts`` holds (row indices, output) pairs.
+    Token ids are padded with -1 (log-probabilities and surprise with NaN) to the widest
+    ``n``, top log-probabilities with -1 / -inf to the widest group."""
+    order = torch.tensor([i for index, _ in parts for i in index])
+    where = torch.empty_like(order)
+    where[order] = torch.arange(rows)
+
+    def merged(values, pad=None):
+        if pad is not None:
+            width = max(v.shape[1] for v in values)
+            values = [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=pad) for v in values]
+        return torch.cat(values)[where]
+
+    outputs = [out for _, out in parts]
+    stats = {name: merged([getattr(out.stats, name) for out in outputs], float("nan") if name == "surprise" else None)
+             for name in SampleStats.__dataclass_fields__}
+    top = None
+    if any(out.top_logprobs is not None for out in outputs):
+        tops = [out.top_logprobs or (torch.empty(len(index), 0, dtype=torch.int64), torch.empty(len(index), 0))
+                for index, out in parts]
+        top = (merged([ids for ids, _ in tops], -1), merged([values for _, values in tops], _NEG_INF))
+    labels = [label for out in outputs for label in out.strategies]
+    return SampleOutput(
+        token_ids=merged([out.token_ids for out in outputs], -1),
+        logprobs=merged([out.logprobs for out in outputs], float("nan")),
+        stats=SampleStats(**stats),
+        strategies=[labels[i] for i in where.tolist()],
+        mirostat_mu=merged([out.mirostat_mu for out in outputs]),
+        top_logprobs=top,
+    )
+
+
 @dataclass(frozen=True)
 class _Truncated:
     """Statistics of the final distribution, per row."""
@@ -126,8 +189,7 @@ class _Truncated:
     kept_mass: torch.Tensor
 
 
-def _run_stages(logits, params, steps, states) -> _Batch:
-    logits, params, steps, states, all_finite = _checked_inputs(logits, params, steps, states)
+def _run_stages(logits, params, steps, states, all_finite) -> _Batch:
     device = logits.device
     vocab = logits.shape[1]
     seeds = np.array([p.seed if p.seed is not None else 0 for p in params], dtype=np.uint64)
@@ -159,7 +221,9 @@ def _run_stages(logits, params, steps, states) -> _Batch:
     return _Batch(rows, untempered, full, truncated, current, greedy, first_max)
 
 
-def _checked_inputs(logits, params, steps, states):
+def _checked_inputs(logits, params, steps, states, values: bool = True):
+    """The inputs validated (the logits' values too unless ``values=False``; then
+    ``all_finite`` is None), params one per row, steps a list, states a list or None."""
     if not isinstance(logits, torch.Tensor):
         raise SamplingError("logits", f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dtype not in _ACCEPTED_DTYPES:
@@ -169,7 +233,7 @@ def _checked_inputs(logits, params, steps, states):
     rows, vocab = logits.shape
     if rows < 1 or vocab < 1:
         raise SamplingError("logits", f"logits must have B >= 1 and V >= 1, got {list(logits.shape)}")
-    all_finite = check_logits(logits)
+    all_finite = check_logits(logits) if values else None
     if isinstance(params, SamplingParams):
         params = [params] * rows
     else:
@@ -200,19 +264,28 @@ def check_logits(logits: torch.Tensor) -> bool:
     Two reductions decide it: max and min propagate NaN, the max is +inf with any +inf and
     -inf only when the row has no finite logit, and the min is -inf when a token is masked.
     """
-    row_max = logits.amax(dim=-1).float()
-    row_min = logits.amin(dim=-1).float()
-    bad = ~torch.isfinite(row_max)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        if bool(torch.isnan(row_max[row])):
+    if logits.device.type == "cpu" and logits.dtype != torch.bfloat16:
+        # numpy reduces a few rows several times faster than torch dispatches its ops (the
+        # front end checks every request this way); numpy has no bfloat16.
+        values = logits.numpy()
+        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or an overflowing sum: checked below
+            if np.isfinite(values.sum(dtype=np.float32)):  # one pass: NaN and +-inf propagate into a sum
+                return True
+        row_max, row_min = values.max(axis=-1), values.min(axis=-1)
+    else:
+        row_max = logits.amax(dim=-1).float().cpu().numpy()
+        row_min = logits.amin(dim=-1).float().cpu().numpy()
+    bad = ~np.isfinite(row_max)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        if np.isnan(row_max[row]):
             what = "contains NaN"
-        elif float(row_max[row]) == float("inf"):
+        elif row_max[row] == np.inf:
             what = "contains +inf"
         else:
             what = "has no finite logit"
         raise SamplingError("logits", f"logits row {row} {what}")
-    return bool(torch.isfinite(row_min).all())
+    return bool(np.isfinite(row_min).all())
 
 
 def _per_row(name: str, value, rows: int) -> list[int]:
