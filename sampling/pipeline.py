@@ -267,7 +267,7 @@ def check_logits(logits: torch.Tensor) -> bool:
     if logits.device.type == "cpu" and logits.dtype != torch.bfloat16:
         # numpy reduces a few rows several times faster than torch dispatches its ops (the
         # front end checks every request this way); numpy has no bfloat16.
-        values = logits.numpy()
+        values = logits.detach().numpy()
         with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or an overflowing sum: checked below
             if np.isfinite(values.sum(dtype=np.float32)):  # one pass: NaN and +-inf propagate into a sum
                 return True
