@@ -50,11 +50,15 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
         torch.zeros_like(target),
     )
     in_bin = bins == boundary_bin
-    width = int(torch.count_nonzero(in_bin, dim=1).max().item())
+    members = torch.count_nonzero(in_bin, dim=1).unsqueeze(1)
+    width = max(int(members.max().item()), 1)
     candidates = torch.where(in_bin, score, float("-inf"))
-    values, index = candidates.topk(max(width, 1), dim=-1)
+    values, index = candidates.topk(width, dim=-1)
     inside = before + (weight.gather(1, index) * (values > float("-inf"))).cumsum(dim=1)
-    position = (inside < target).sum(dim=1, keepdim=True).clamp_(max=max(width, 1) - 1)
+    # When rounding leaves the running sum just short of the target at the bin's last member,
+    # the boundary is that member: clamped per row (not to the batch's widest bin, whose
+    # padding is -inf), so that a row's answer never depends on the rows beside it.
+    position = torch.minimum((inside < target).sum(dim=1, keepdim=True), (members - 1).clamp_(min=0))
     threshold = values.gather(1, position)
     return torch.where(reached, threshold, torch.full_like(threshold, float("-inf")))
 

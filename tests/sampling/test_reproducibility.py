@@ -164,3 +164,27 @@ def test_half_precision_minus_infinity_is_a_masked_token(dtype):
     logits = torch.tensor([[float("-inf"), 1.0, 0.5, float("-inf")]], dtype=dtype)
     out = sample(logits.expand(50, 4), SamplingParams(seed=1, n=8), steps=list(range(50)))
     assert set(out.token_ids.flatten().tolist()) <= {1, 2}
+
+
+def test_prefix_boundary_of_a_row_does_not_depend_on_its_neighbours() -> None:
+    """When float32 rounding leaves the in-bin running sum short of the target (the bin's total,
+    summed in float32 in index order, rounds up twice), the boundary is the bin's last member:
+    for the row alone, and beside a row whose boundary bin is wider (which once made it -inf,
+    keeping every token)."""
+    from sampling.selection import prefix_boundary
+
+    score_a = torch.tensor([[0.0, -0.001, -0.002]])  # one histogram bin
+    weight_a = torch.tensor([[1.0, 6e-8, 6e-8]])
+    target_a = torch.zeros(1, 2048).scatter_add_(1, torch.zeros(1, 3, dtype=torch.long), weight_a)[:, :1]
+    assert float(target_a) > float(weight_a.cumsum(dim=1)[0, -1])  # the rounding this test is about
+    score_b = torch.tensor([[-0.0001 * i for i in range(20)] + [-9.0] * 20])
+    weight_b = score_b.exp()
+    target_b = weight_b.sum(dim=1, keepdim=True) * 0.5
+
+    alone = prefix_boundary(score_a, weight_a, target_a)
+    padding = score_b.shape[1] - score_a.shape[1]  # row A beside row B: -inf scores, zero weights
+    score = torch.cat([torch.cat([score_a, torch.full((1, padding), float("-inf"))], 1), score_b])
+    weight = torch.cat([torch.cat([weight_a, torch.zeros(1, padding)], 1), weight_b])
+    beside = prefix_boundary(score, weight, torch.cat([target_a, target_b]))
+    assert float(alone) == pytest.approx(-0.002)
+    assert float(beside[0]) == float(alone)
