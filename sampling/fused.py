@@ -421,8 +421,6 @@ def _full_pass(z, w, best, with_bins, bins, groups, stats):
     """Over the whole distribution: ``stats`` = float64 ``sum w``, ``sum w s``, ``sum w s^2``
     (``s = max(z - best, EXP_FLOOR)``); the column group sums of ``w`` into ``groups``
     (returns the number of whole groups); with ``with_bins``, every token's bin into ``bins``."""
-    if with_bins:
-        return _full_pass_binning(z, w, best, bins, groups, stats)
     vocab = z.shape[0]
     steps = vocab // _WIDTH
     acc = np.zeros(_WIDTH, dtype=np.float32)
@@ -438,6 +436,9 @@ def _full_pass(z, w, best, with_bins, bins, groups, stats):
             acc[t] += w[base + t]
             first[t] += weighted
             second[t] += weighted * s
+            if with_bins:
+                d = (best - z[base + t]) * _SCALE
+                bins[base + t] = np.uint16(d if d < _LAST_BIN else _F32(_LAST_BIN))
         if (i & 15) == 15:
             _flush(acc, first, second, groups[g], stats)
             g += 1
@@ -447,40 +448,9 @@ def _full_pass(z, w, best, with_bins, bins, groups, stats):
         stats[0] += w[i]
         stats[1] += w[i] * s
         stats[2] += w[i] * s * s
-    return g
-
-
-@_jit
-def _full_pass_binning(z, w, best, bins, groups, stats):
-    """:func:`_full_pass` that also bins every token."""
-    vocab = z.shape[0]
-    steps = vocab // _WIDTH
-    acc = np.zeros(_WIDTH, dtype=np.float32)
-    first = np.zeros(_WIDTH, dtype=np.float32)
-    second = np.zeros(_WIDTH, dtype=np.float32)
-    stats[:] = 0.0
-    g = 0
-    for i in range(steps):
-        base = i * _WIDTH
-        for t in range(_WIDTH):
-            s = max(z[base + t] - best, _FLOOR)
-            weighted = w[base + t] * s
-            acc[t] += w[base + t]
-            first[t] += weighted
-            second[t] += weighted * s
-            d = (best - z[base + t]) * _SCALE
-            bins[base + t] = np.uint16(d if d < _LAST_BIN else _F32(_LAST_BIN))
-        if (i & 15) == 15:
-            _flush(acc, first, second, groups[g], stats)
-            g += 1
-    _flush(acc, first, second, groups[g], stats)
-    for i in range(steps * _WIDTH, vocab):
-        s = max(z[i] - best, _FLOOR)
-        stats[0] += w[i]
-        stats[1] += w[i] * s
-        stats[2] += w[i] * s * s
-        d = (best - z[i]) * _SCALE
-        bins[i] = np.uint16(d if d < _LAST_BIN else _F32(_LAST_BIN))
+        if with_bins:
+            d = (best - z[i]) * _SCALE
+            bins[i] = np.uint16(d if d < _LAST_BIN else _F32(_LAST_BIN))
     return g
 
 
