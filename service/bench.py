@@ -3,8 +3,11 @@
 Both servers run as child processes on loopback: samplerd (real Ray, real workers) and an
 empty handler that receives the same ``SampleRequest`` bytes and answers an empty response
 (the floor of any Python gRPC service on this machine). This process is the load generator:
-for each concurrency C, C tasks send requests back to back for a fixed time, after a
-warm-up, and the completed requests give requests/s, rows/s and latency percentiles.
+for each concurrency C, C tasks send requests back to back, and the completed requests give
+requests/s, rows/s and latency percentiles. The two targets take turns in short rounds (each
+after its own warm-up) and each target's rounds are pooled, so that a machine whose speed
+drifts (shared or throttled cores: the empty handler's rate moved by +-30% within minutes on
+the development machine) slows both alike instead of skewing their ratio.
 
 The targets (issue 3): samplerd's throughput at C=16 at least 40% of the empty handler's;
 rows/s at C=64 at least 4x rows/s at C=1 (batching must pay); p99 at C=16 under 3x p50.
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import grpc
 import numpy as np
@@ -48,8 +51,10 @@ class Measurement:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``samplerd bench service``."""
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured time per concurrency [5]")
-    parser.add_argument("--warmup-seconds", type=float, default=1.0, help="unmeasured time before each [1]")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="measured time per target and concurrency, over all rounds [6]")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each target takes per concurrency [3]")
+    parser.add_argument("--warmup-seconds", type=float, default=0.5, help="unmeasured time before each turn [0.5]")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts [1,16,64]")
     parser.add_argument("--rows", type=int, default=1, help="rows (B) per request [1]")
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size (V) [32000]")
@@ -81,10 +86,30 @@ async def serve_empty() -> None:
     await server.stop(0)
 
 
-async def drive(target: str, request: pb.SampleRequest, concurrency: int, warmup_s: float, seconds: float,
-                label: str) -> Measurement:
+@dataclass
+class Sampled:
+    """What C closed-loop clients saw over one or more measured windows."""
+
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    def add(self, other: Sampled) -> None:
+        self.seconds += other.seconds
+        self.latencies.extend(other.latencies)
+        self.errors += other.errors
+
+    def measurement(self, label: str, concurrency: int, rows: int) -> Measurement:
+        """Requests/s and rows/s over the windows, and latency percentiles over all requests."""
+        if not self.latencies:
+            return Measurement(label, concurrency, 0.0, 0.0, float("nan"), float("nan"), self.errors)
+        per_s = len(self.latencies) / self.seconds
+        cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return Measurement(label, concurrency, per_s, per_s * rows, cuts[49] * 1e3, cuts[98] * 1e3, self.errors)
+
+
+async def drive(target: str, request: pb.SampleRequest, concurrency: int, warmup_s: float, seconds: float) -> Sampled:
     """C closed-loop clients against ``target``; what completed inside the measured window."""
-    rows = request.logits.shape[0]
     async with grpc.aio.insecure_channel(target, options=message_size_options(DEFAULT_MAX_MESSAGE_BYTES)) as channel:
         call = pb_grpc.SamplerStub(channel).Sample
         start = time.perf_counter()
@@ -108,11 +133,7 @@ async def drive(target: str, request: pb.SampleRequest, concurrency: int, warmup
                     latencies.append(done - sent)
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
-    if not latencies:
-        return Measurement(label, concurrency, 0.0, 0.0, float("nan"), float("nan"), errors)
-    per_s = len(latencies) / seconds
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Measurement(label, concurrency, per_s, per_s * rows, cuts[49] * 1e3, cuts[98] * 1e3, errors)
+    return Sampled(seconds, latencies, errors)
 
 
 def format_table(results: list[Measurement]) -> str:
@@ -220,17 +241,23 @@ def run(args: argparse.Namespace) -> int:
                                 "--max-batch-rows", str(args.max_batch_rows),
                                 "--batch-window-ms", str(args.batch_window_ms))
         samplerd.wait_serving()
-        print(f"B={args.rows} V={args.vocab} fp32 top_p={args.top_p}; {args.seconds:g}s per point after "
-              f"{args.warmup_seconds:g}s warm-up; samplerd workers={args.workers}", flush=True)
+        rounds = max(1, args.rounds)
+        print(f"B={args.rows} V={args.vocab} fp32 top_p={args.top_p}; {args.seconds:g}s per point in {rounds} "
+              f"alternating rounds, each after {args.warmup_seconds:g}s warm-up; samplerd workers={args.workers}",
+              flush=True)
         results = []
+        targets = (("empty", empty_target), ("samplerd", samplerd.target))
         with progress_bar(not args.no_progress) as bar:
-            task = bar.add_task("bench service", total=2 * len(concurrencies))
+            task = bar.add_task("bench service", total=2 * rounds * len(concurrencies))
             for concurrency in concurrencies:
-                for label, target in (("empty", empty_target), ("samplerd", samplerd.target)):
-                    bar.update(task, description=f"{label} C={concurrency}")
-                    results.append(asyncio.run(
-                        drive(target, request, concurrency, args.warmup_seconds, args.seconds, label)))
-                    bar.advance(task)
+                pooled = {label: Sampled() for label, _ in targets}
+                for _ in range(rounds):
+                    for label, target in targets:
+                        bar.update(task, description=f"{label} C={concurrency}")
+                        pooled[label].add(asyncio.run(
+                            drive(target, request, concurrency, args.warmup_seconds, args.seconds / rounds)))
+                        bar.advance(task)
+                results.extend(pooled[label].measurement(label, concurrency, args.rows) for label, _ in targets)
         print(format_table(results))
         print(format_targets(results))
         print(server_breakdown(samplerd.metrics_port))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.bench import add_arguments as add_bench_arguments
-from service.config import DEVICES, MODEL_DTYPES, ServerConfig
+from service.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES, ServerConfig
 
 _DEFAULTS = ServerConfig()
 
@@ -52,6 +52,12 @@ def _optional_address(text: str) -> str | None:
     return None if text.lower() in ("", "none") else text
 
 
+def _batch_transport(text: str) -> str:
+    if text not in BATCH_TRANSPORTS:
+        raise ValueError(text)
+    return text
+
+
 def _model_dir(text: str) -> str | None:
     """A model directory that exists ('' or 'none': no model), made absolute for the actor."""
     if text.lower() in ("", "none"):
@@ -83,6 +89,7 @@ _non_negative_float.__name__ = "non-negative number"
 _optional_address.__name__ = "address"
 _device.__name__ = "device (auto, cpu or cuda)"
 _model_dir.__name__ = "model directory (an existing directory, or 'none')"
+_batch_transport.__name__ = f"batch transport ({' or '.join(BATCH_TRANSPORTS)})"
 _model_dtype.__name__ = f"dtype ({', '.join(MODEL_DTYPES)})"
 
 # (flag, type, default, help). The environment variable is derived from the flag.
@@ -99,6 +106,10 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "longest a row waits for others to join its batch, in milliseconds"),
     ("--max-batches-per-worker", _positive_int, _DEFAULTS.max_batches_per_worker,
      "batches in flight per worker; 2 overlaps the Ray transfer with sampling but halves batches"),
+    ("--batch-transport", _batch_transport, _DEFAULTS.batch_transport,
+     "how batches reach the workers through Ray's object store: 'channel' writes each into a reusable "
+     "shared-memory buffer per worker (falls back to 'put' where Ray has no channels), 'put' stores "
+     "each with ray.put"),
     ("--max-queue", _positive_int, _DEFAULTS.max_queue,
      "rows waiting for a worker before new requests get RESOURCE_EXHAUSTED"),
     ("--max-message-bytes", _positive_int, _DEFAULTS.max_message_bytes,

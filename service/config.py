@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")
 #: ``--model-dtype`` values (those of ``workers.generation.loader.DTYPES``, which imports torch).
 MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: ``--batch-transport`` values (those of ``workers.pool.BATCH_TRANSPORTS``, which imports ray).
+BATCH_TRANSPORTS = ("channel", "put")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class ServerConfig:
     max_batch_rows: int = 256
     batch_window_ms: float = 2.0
     max_batches_per_worker: int = 1
+    batch_transport: str = "channel"
     max_queue: int = 4096
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024
@@ -57,6 +60,7 @@ class ServerConfig:
             max_batch_rows=self.max_batch_rows,
             batch_window_s=self.batch_window_ms / 1000.0,
             max_batches_per_worker=self.max_batches_per_worker,
+            batch_transport=self.batch_transport,
             max_queue_rows=self.max_queue,
             ray_address=self.ray_address,
         )

@@ -10,10 +10,11 @@ turns the queue into batches:
 3. it takes the waiting jobs in order, up to ``max_batch_rows`` rows (a larger job goes
    alone) and no more than an even share of what waits per idle actor, dropping those whose
    deadline has passed;
-4. it launches the batch as its own task (several may be in flight): the rows are grouped
-   by (V, dtype), stacked with one ``torch.cat`` per group and stored once in Ray's object
-   store (off the event loop when large: :data:`PUT_ON_LOOP_BYTES`), ONE actor call samples
-   the whole batch, and each job's rows are sliced back out of its group's result.
+4. it launches the batch as its own task (several may be in flight): the jobs are grouped
+   by (V, dtype), their logits bytes are copied once, into Ray's object store (a batch
+   channel of the chosen actor, see ``workers.channels``), ONE actor call samples the whole
+   batch (the actor stacks each group's rows), and each job's rows are cut back out of its
+   group's result.
 
 Every accepted job gets exactly one answer: its result, :class:`DeadlineExceededError` (its
 deadline passed while it waited), :class:`WorkersUnavailableError` (no live actor, or its
@@ -54,11 +55,6 @@ from workers.batch import DTYPE_NAMES
 
 _log = logging.getLogger(__name__)
 
-#: Batches of up to this many logits bytes are stacked and stored in Ray's object store on the
-#: event loop itself: handing them to a worker thread costs more (GIL hand-offs delay both
-#: sides) than the copy. Larger ones go to a thread so that the loop never stalls for long.
-PUT_ON_LOOP_BYTES = 4 << 20
-
 #: fn(batch_rows, kernel_seconds_by_strategy, device), called once per executed batch.
 BatchObserver = Callable[[int, dict[str, float], str], None]
 
@@ -86,8 +82,8 @@ class DispatcherConfig:
     ``num_gpus_per_worker`` may be fractional; None picks 1 for ``device="cuda"`` and, for
     ``device="auto"``, 1 when the Ray cluster has GPUs, else 0. ``ray_address`` None starts a
     local Ray instance in-process (or joins the one this process is already connected to).
-    ``max_batches_per_worker`` batches may be in flight per actor (see
-    ``workers.PoolConfig``). ``num_cpus_per_worker`` is each actor's Ray CPU
+    ``max_batches_per_worker`` batches may be in flight per actor, and ``batch_transport`` says
+    how they get there (see ``workers.PoolConfig``). ``num_cpus_per_worker`` is each actor's Ray CPU
     reservation, which is also its torch thread count (Ray sets ``OMP_NUM_THREADS`` from it).
     """
 
@@ -99,6 +95,7 @@ class DispatcherConfig:
     max_queue_rows: int = 4096
     ray_address: str | None = None
     max_batches_per_worker: int = 1
+    batch_transport: str = "channel"
     num_cpus_per_worker: float = 1.0
     startup_timeout_s: float = 120.0
 
@@ -119,6 +116,7 @@ class DispatcherConfig:
             num_gpus_per_worker=self.num_gpus_per_worker,
             num_cpus_per_worker=self.num_cpus_per_worker,
             max_batches_per_worker=self.max_batches_per_worker,
+            batch_transport=self.batch_transport,
             ray_address=self.ray_address,
             startup_timeout_s=self.startup_timeout_s,
         )
@@ -446,11 +444,7 @@ class Dispatcher:
         try:
             if not plan:
                 return
-            if sum(p.logits.nbytes for pendings in plan.values() for p in pendings) <= PUT_ON_LOOP_BYTES:
-                payload = self._pool.put(_stack(plan))
-            else:
-                payload = await asyncio.to_thread(lambda: self._pool.put(_stack(plan)))
-            self._deliver(plan, await self._pool.run(payload))
+            self._deliver(plan, await self._pool.run(_stack(plan)))
         except NoLiveWorkerError as error:
             _answer_all(batch, WorkersUnavailableError(str(error)))
         except asyncio.CancelledError:
@@ -469,16 +463,14 @@ class Dispatcher:
                     if isinstance(job_output, RowError):
                         pending.answer(job_output.to_exception())
                     else:
-                        pending.answer(SampleResult(job_output, pending.queue_wait_s))
-                continue
-            if len(pendings) == 1:
-                pendings[0].answer(SampleResult(group.output, pendings[0].queue_wait_s))
+                        own = take_job(job_output, 0, pending.rows, pending.draws, pending.top_logprobs)
+                        pending.answer(SampleResult(own, pending.queue_wait_s))
                 continue
             start = 0
             for pending in pendings:
                 stop = start + pending.rows
-                output_rows = take_job(group.output, start, stop, pending.draws, pending.top_logprobs)
-                pending.answer(SampleResult(output_rows, pending.queue_wait_s))
+                own = take_job(group.output, start, stop, pending.draws, pending.top_logprobs)
+                pending.answer(SampleResult(own, pending.queue_wait_s))
                 start = stop
         if self._observer is not None:
             rows = sum(p.rows for pendings in plan.values() for p in pendings)
@@ -521,7 +513,7 @@ def _widths(given: Sequence[SamplingParams] | SamplingParams, params: list[Sampl
 
 
 def _stack(plan: dict[tuple[int, torch.dtype], list[_Pending]]) -> list[RowGroup]:
-    """One row group per (V, dtype): rows stacked once, per-row lists joined per job."""
+    """One row group per (V, dtype): the jobs' logits in order, per-row lists joined."""
     groups = []
     for pendings in plan.values():
         params: list[SamplingParams] = []

@@ -3,13 +3,13 @@
 - :mod:`workers.batch`: what a batch and its answer look like on the wire;
 - :mod:`workers.sampler_actor`: the sampler actor, batched sampling on one device;
 - :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
+- :mod:`workers.channels`: reusable batch buffers in Ray's object store, one per in-flight batch;
 - :mod:`workers.cluster`: joining or starting Ray.
 """
 
 from workers.batch import BatchOutput, GroupResult, RowError, RowGroup, stack_group, take_job
 from workers.pool import (
     BatchFailedError,
-    BatchPayload,
     NoLiveWorkerError,
     PoolConfig,
     SamplerPool,
@@ -20,7 +20,6 @@ from workers.pool import (
 __all__ = [
     "BatchFailedError",
     "BatchOutput",
-    "BatchPayload",
     "GroupResult",
     "NoLiveWorkerError",
     "PoolConfig",

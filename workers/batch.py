@@ -1,24 +1,22 @@
 """What travels between the dispatcher and a sampler actor: one batch of row groups, and its answer.
 
-A batch is a list of :class:`RowGroup` values. A group holds rows of one vocabulary size and
-dtype stacked into one numpy array, so Ray stores the logits bytes once, zero-copy, in its
-object store (numpy buffers are serialised out of band; a torch tensor would be pickled in
-band). numpy has no bfloat16, so bf16 logits travel as their int16 bit pattern and are
-viewed back on the actor.
+A batch is a list of :class:`RowGroup` values. A group holds the rows of one vocabulary size
+and dtype, as the requests' own numpy arrays in order: Ray stores their bytes once, out of
+band, in its object store (a torch tensor would be pickled in band), and the actor
+concatenates them (its one copy, which also makes them writable). numpy has no bfloat16, so
+bf16 logits travel as their int16 bit pattern and are viewed back on the actor.
 
 The answer is a :class:`BatchOutput`: per group the ``sampling.SampleOutput`` of the whole
-group, the group's kernel time, and the device name. Its tensors travel back as numpy arrays
-(:func:`to_numpy`) and are CPU tensors again (:func:`outputs_from_numpy`) by the time
-:meth:`workers.pool.SamplerPool.run` returns.
+group with numpy arrays for tensors (:func:`to_numpy`: they pickle out of band, cheaply), the
+group's kernel time, and the device name. :func:`take_job` cuts one request's rows out of it
+as CPU tensors again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,25 +33,33 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 
 @dataclass(frozen=True)
 class RowGroup:
-    """Rows of one vocabulary size and dtype, stacked, with their per-row parameters and steps,
-    and per-row ``sampling.SequenceState`` (or None) when any request of the group has state.
-
-    ``job_rows`` gives the row counts of the requests stacked here, in order; the actor uses
-    it only when sampling the whole group fails, to sample each request on its own so that
-    one request's bad rows never fail its neighbours.
+    """Rows of one vocabulary size and dtype: each request's ``[rows, V]`` logits array in order
+    (see :func:`pack_logits`), with the per-row parameters and steps of all of them, and per-row
+    ``sampling.SequenceState`` (or None) when any request of the group has state.
     """
 
-    logits: np.ndarray
+    logits: list[np.ndarray]
     dtype: str
     params: list[SamplingParams]
     steps: list[int]
-    job_rows: tuple[int, ...]
     states: list[SequenceState | None] | None = None
 
     @property
     def rows(self) -> int:
         """Number of rows in the group."""
-        return int(self.logits.shape[0])
+        return sum(int(part.shape[0]) for part in self.logits)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of logits in the group."""
+        return sum(part.nbytes for part in self.logits)
+
+    @property
+    def job_rows(self) -> tuple[int, ...]:
+        """The row counts of the requests in the group, in order; the actor uses them only when
+        sampling the whole group fails, to sample each request on its own so that one
+        request's bad rows never fail its neighbours."""
+        return tuple(int(part.shape[0]) for part in self.logits)
 
 
 @dataclass(frozen=True)
@@ -117,19 +123,16 @@ def pack_logits(logits: torch.Tensor) -> np.ndarray:
     return logits.numpy()
 
 
-def unpack_logits(array: np.ndarray, dtype: str, device: torch.device) -> torch.Tensor:
-    """The tensor of :func:`pack_logits`, on ``device``.
+def unpack_logits(parts: Sequence[np.ndarray], dtype: str, device: torch.device) -> torch.Tensor:
+    """The requests' arrays of :func:`pack_logits` as one ``[rows, V]`` tensor on ``device``.
 
-    Arrays that come out of Ray's object store are read-only views of shared memory; on the
-    CPU the rows are copied once so the sampler owns writable memory, on a GPU the host to
-    device copy is that copy.
+    Arrays that come out of Ray's object store are read-only views of shared memory; they are
+    concatenated into one new array, which the sampler owns (and which on a GPU is copied to
+    the device once).
     """
-    if device.type == "cpu":
-        tensor = torch.from_numpy(np.array(array, copy=True))
-    else:
-        with warnings.catch_warnings():  # torch warns about read-only arrays; it only reads this one
-            warnings.simplefilter("ignore", UserWarning)
-            tensor = torch.from_numpy(array).to(device)
+    tensor = torch.from_numpy(np.concatenate(parts))
+    if device.type != "cpu":
+        tensor = tensor.to(device)
     if dtype == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
     return tensor
@@ -144,93 +147,79 @@ def stack_group(
     """One :class:`RowGroup` from requests' [rows, V] tensors of equal V and dtype.
 
     ``params``, ``steps`` and ``states`` are the per-row lists of all the tensors,
-    concatenated in order (``states`` None when no row has any).
-    The rows are stacked with one ``torch.cat`` (no copy for a lone contiguous tensor).
+    concatenated in order (``states`` None when no row has any). The tensors are not copied
+    here: their bytes are copied once, into Ray's object store.
     """
-    if len(tensors) == 1 and tensors[0].is_contiguous():
-        stacked = tensors[0]
-    else:
-        stacked = torch.cat(list(tensors), dim=0)
     return RowGroup(
-        logits=pack_logits(stacked),
-        dtype=DTYPE_NAMES[stacked.dtype],
+        logits=[pack_logits(t) for t in tensors],
+        dtype=DTYPE_NAMES[tensors[0].dtype],
         params=params,
         steps=steps,
-        job_rows=tuple(int(t.shape[0]) for t in tensors),
         states=states,
     )
 
 
 def take_job(output: SampleOutput, start: int, stop: int, draws: int, top_logprobs: int) -> SampleOutput:
-    """One request's rows ``start:stop`` of its group's output, shaped as ``sample()`` shapes
-    them for those rows alone.
+    """One request's rows ``start:stop`` of its group's output as it came back from the actor
+    (numpy arrays, see :func:`to_numpy`), as CPU tensors shaped as ``sample()`` shapes them for
+    those rows alone.
 
     A group's output is padded to the group's largest ``n`` (token ids -1, log-probs NaN) and
     largest ``top_logprobs``; the request gets its own: ``draws`` columns (its largest ``n``)
-    and ``top_logprobs`` columns of top log-probs (None when 0). Written out field by field:
-    this runs once per request, and a generic walk over the dataclasses cost ~10x more.
+    and ``top_logprobs`` columns of top log-probs (None when 0). Written out field by field,
+    slicing numpy arrays: this runs once per request, and slicing tensors, or a generic walk
+    over the dataclasses, cost several times more.
     """
     rows = slice(start, stop)
     stats = output.stats
     top = None
     if top_logprobs > 0 and output.top_logprobs is not None:
         ids, logprobs = output.top_logprobs
-        top = (ids[rows, :top_logprobs], logprobs[rows, :top_logprobs])
+        top = (_tensor(ids[rows, :top_logprobs]), _tensor(logprobs[rows, :top_logprobs]))
     return SampleOutput(
-        token_ids=output.token_ids[rows, :draws],
-        logprobs=output.logprobs[rows, :draws],
+        token_ids=_tensor(output.token_ids[rows, :draws]),
+        logprobs=_tensor(output.logprobs[rows, :draws]),
         stats=SampleStats(
-            entropy=stats.entropy[rows],
-            varentropy=stats.varentropy[rows],
-            truncated_entropy=stats.truncated_entropy[rows],
-            kept_tokens=stats.kept_tokens[rows],
-            kept_mass=stats.kept_mass[rows],
-            top_k_entropy=stats.top_k_entropy[rows],
-            top_k_mass=stats.top_k_mass[rows],
-            surprise=stats.surprise[rows, :draws],
+            entropy=_tensor(stats.entropy[rows]),
+            varentropy=_tensor(stats.varentropy[rows]),
+            truncated_entropy=_tensor(stats.truncated_entropy[rows]),
+            kept_tokens=_tensor(stats.kept_tokens[rows]),
+            kept_mass=_tensor(stats.kept_mass[rows]),
+            top_k_entropy=_tensor(stats.top_k_entropy[rows]),
+            top_k_mass=_tensor(stats.top_k_mass[rows]),
+            surprise=_tensor(stats.surprise[rows, :draws]),
         ),
         strategies=output.strategies[rows],
-        mirostat_mu=output.mirostat_mu[rows],
+        mirostat_mu=_tensor(output.mirostat_mu[rows]),
         top_logprobs=top,
     )
 
 
-def to_numpy(value: Any) -> Any:
-    """``value`` with every tensor in it moved to the CPU as a numpy array, for the trip back.
+def to_numpy(output: SampleOutput) -> SampleOutput:
+    """``output`` with its tensors as CPU numpy arrays, for the trip back to the front end.
 
     numpy arrays pickle out of band in microseconds; torch tensors pickle in band at tens of
     microseconds each, which for a ``SampleOutput`` (a dozen tensors) cost milliseconds per
     batch.
     """
-    return _map_tensors(value, torch.Tensor, lambda t: t.cpu().numpy())
-
-
-def from_numpy(value: Any) -> Any:
-    """The inverse of :func:`to_numpy`: numpy arrays back to (writable) CPU tensors."""
-    return _map_tensors(
-        value, np.ndarray, lambda a: torch.from_numpy(a if a.flags.writeable else a.copy())
+    stats = output.stats
+    return SampleOutput(
+        token_ids=_array(output.token_ids),
+        logprobs=_array(output.logprobs),
+        stats=SampleStats(*(_array(getattr(stats, field.name)) for field in dataclasses.fields(SampleStats))),
+        strategies=output.strategies,
+        mirostat_mu=_array(output.mirostat_mu),
+        top_logprobs=None if output.top_logprobs is None else (
+            _array(output.top_logprobs[0]), _array(output.top_logprobs[1])
+        ),
     )
 
 
-def outputs_from_numpy(batch: BatchOutput) -> BatchOutput:
-    """A batch answer as it arrived from the actor, with its outputs holding tensors again."""
-    groups = [
-        dataclasses.replace(
-            group,
-            output=from_numpy(group.output),
-            job_outputs=None if group.job_outputs is None else [from_numpy(o) for o in group.job_outputs],
-        )
-        for group in batch.groups
-    ]
-    return dataclasses.replace(batch, groups=groups)
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.cpu().numpy()
 
 
-def _map_tensors(value: Any, kind: type, convert: Any) -> Any:
-    if isinstance(value, kind):
-        return convert(value)
-    if isinstance(value, tuple):
-        return tuple(_map_tensors(item, kind, convert) for item in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _map_tensors(getattr(value, f.name), kind, convert) for f in dataclasses.fields(value)}
-        return dataclasses.replace(value, **changes)
-    return value
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor of ``array``'s values; arrays that arrived read-only (they view Ray's
+    receive buffer) are copied, the others shared."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

@@ -17,13 +17,14 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 
-from workers.batch import BatchOutput, RowGroup, outputs_from_numpy
+from workers import channels
+from workers.batch import BatchOutput, RowGroup
 from workers.cluster import cluster_gpus, connect, disconnect
 from workers.sampler_actor import DEVICES, SamplerActor
 
@@ -33,6 +34,10 @@ _log = logging.getLogger(__name__)
 #: process's pools from 0, ``n`` the pool's actors in creation order (replacements get new numbers).
 ACTOR_NAME_PREFIX = "samplerd-sampler-"
 _POOL_NUMBERS = itertools.count()
+
+#: How batches reach the actors: ``channel``, a reusable buffer in Ray's object store per in-flight
+#: batch (:mod:`workers.channels`; ``put`` where unavailable), or ``put``, one ``ray.put`` per batch.
+BATCH_TRANSPORTS = ("channel", "put")
 
 #: The errors that mean "this actor is gone": its batch may be retried elsewhere.
 ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -72,6 +77,7 @@ class PoolConfig:
     num_gpus_per_worker: float | None = None
     num_cpus_per_worker: float = 1.0
     max_batches_per_worker: int = 1
+    batch_transport: str = "channel"
     ray_address: str | None = None
     startup_timeout_s: float = 120.0
     health_interval_s: float = 2.0
@@ -90,32 +96,35 @@ class PoolConfig:
             raise ValueError(f"num_cpus_per_worker must be > 0, got {self.num_cpus_per_worker}")
         if self.max_batches_per_worker < 1:
             raise ValueError(f"max_batches_per_worker must be >= 1, got {self.max_batches_per_worker}")
+        if self.batch_transport not in BATCH_TRANSPORTS:
+            raise ValueError(
+                f"batch_transport must be one of {', '.join(BATCH_TRANSPORTS)}, got {self.batch_transport!r}"
+            )
 
 
-#: Batches with fewer logits bytes than this travel inside the actor call itself (as Ray
-#: does with small arguments anyway): a ``ray.put`` costs about a millisecond even when tiny.
+#: Batches with fewer logits bytes than this travel inside the actor call itself when the actor
+#: has no free batch channel (as Ray does with small arguments anyway): a ``ray.put`` costs about
+#: a millisecond even when tiny.
 INLINE_BYTES = 64 * 1024
 
-
-@dataclass(frozen=True)
-class BatchPayload:
-    """A batch ready to send: stored once in Ray's object store (``ref``, and a retry sends the
-    same reference again), or, when small, the batch itself (``groups``)."""
-
-    ref: Any
-    groups: list[RowGroup] | None
-    rows: int
+#: Batches of up to this many logits bytes are written into a channel (or stored with
+#: ``ray.put``) on the event loop itself: handing them to a worker thread costs more (GIL
+#: hand-offs delay both sides) than the copy. Larger ones go to a thread so that the loop never
+#: stalls for long.
+COPY_ON_LOOP_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """One worker slot as seen at one moment: its actor handle, state, device and load."""
+    """One worker slot as seen at one moment: its actor handle, state, device, load, and how many
+    batch channels it has (0: its batches go by ``ray.put``)."""
 
     actor: Any
     state: WorkerState
     device: str
     inflight_rows: int
     inflight_batches: int
+    channels: int
 
 
 @dataclass(eq=False)
@@ -125,6 +134,10 @@ class _Worker:
     device: str = ""
     inflight_rows: int = 0
     inflight_batches: int = 0
+    #: The actor's batch channels by slot (see :mod:`workers.channels`; None once retired) and
+    #: the free slots. No usable channel: batches go by ``ray.put``.
+    channels: list[Any] = field(default_factory=list)
+    free_slots: list[int] = field(default_factory=list)
 
 
 class SamplerPool:
@@ -212,22 +225,26 @@ class SamplerPool:
 
     def workers(self) -> list[WorkerInfo]:
         """A snapshot of every worker slot, in slot order, for diagnostics and fault-injection tests."""
-        return [WorkerInfo(w.actor, w.state, w.device, w.inflight_rows, w.inflight_batches) for w in self._workers]
+        return [
+            WorkerInfo(
+                w.actor, w.state, w.device, w.inflight_rows, w.inflight_batches,
+                sum(channel is not None for channel in w.channels),
+            )
+            for w in self._workers
+        ]
 
-    def put(self, groups: list[RowGroup]) -> BatchPayload:
-        """Store a batch in Ray's object store, once, unless it is small enough to travel inline
-        (see :data:`INLINE_BYTES`); safe to call from a worker thread."""
-        rows = sum(group.rows for group in groups)
-        if sum(group.logits.nbytes for group in groups) < INLINE_BYTES:
-            return BatchPayload(None, groups, rows)
-        return BatchPayload(ray.put(groups), None, rows)
-
-    async def run(self, payload: BatchPayload) -> BatchOutput:
+    async def run(self, groups: list[RowGroup]) -> BatchOutput:
         """Run a batch on the least-loaded live actor; if that actor dies, once more on another.
 
+        The batch goes through one of the actor's batch channels when it has a free one, else it
+        is stored once with ``ray.put`` (small batches travel inline in the call). The answer's
+        outputs hold numpy arrays (``workers.batch.take_job`` makes a request's tensors).
         Raises :class:`NoLiveWorkerError` when there is no live actor to try, or the retry's
         actor died as well, and :class:`BatchFailedError` on any other Ray failure.
         """
+        rows = sum(group.rows for group in groups)
+        nbytes = sum(group.nbytes for group in groups)
+        stored: list[Any] = []  # the ray.put payload, made at most once for both attempts
         tried: list[_Worker] = []
         lost: BaseException | None = None
         for attempt in range(2):
@@ -237,23 +254,52 @@ class SamplerPool:
             if worker is None:
                 break
             tried.append(worker)
-            worker.inflight_rows += payload.rows
+            worker.inflight_rows += rows
             worker.inflight_batches += 1
             try:
-                batch = payload.groups if payload.groups is not None else payload.ref
-                return outputs_from_numpy(await worker.actor.sample_batch.remote(batch))
+                if worker.free_slots:
+                    return await self._call_through_channel(worker, groups, nbytes)
+                if not stored:
+                    stored.append(await _store(groups, nbytes))
+                return await worker.actor.sample_batch.remote(stored[0])
             except ACTOR_LOST as error:
                 lost = error
                 self._lose(worker, error)
             except RayError as error:
                 raise BatchFailedError(f"sampler actor failed to run the batch: {error}") from error
             finally:
-                worker.inflight_rows -= payload.rows
+                worker.inflight_rows -= rows
                 worker.inflight_batches -= 1
                 self._on_change()
         if lost is None:
             raise NoLiveWorkerError("no live sampler actor")
         raise NoLiveWorkerError(f"sampler actor died and the retry failed: {lost}") from lost
+
+    async def _call_through_channel(self, worker: _Worker, groups: list[RowGroup], nbytes: int) -> Any:
+        """Write the batch into one of the worker's free channels and have the actor sample it.
+
+        The slot is free again once the actor answered (even if the awaiting task was cancelled).
+        A channel whose write or call failed is retired: its buffer may still hold a batch the
+        actor never let go of, and the next write would wait for it. A batch whose channel
+        did not take it goes by ``ray.put``.
+        """
+        slot = worker.free_slots.pop()
+        try:
+            await _off_loop_if_large(nbytes, channels.write, worker.channels[slot], groups)
+        except channels.ChannelBrokenError as error:
+            _log.warning("a sampler actor's batch channel is broken and retired: %s", error)
+            worker.channels[slot] = None
+            return await worker.actor.sample_batch.remote(await _store(groups, nbytes))
+        call = asyncio.ensure_future(worker.actor.sample_from_channel.remote(slot))
+
+        def release(call: asyncio.Future[Any]) -> None:
+            if not call.cancelled() and call.exception() is None:
+                worker.free_slots.append(slot)
+            else:
+                worker.channels[slot] = None
+
+        call.add_done_callback(release)
+        return await asyncio.shield(call)
 
     def _resolve_num_gpus(self) -> float:
         cfg = self._config
@@ -282,6 +328,11 @@ class SamplerPool:
             self._on_change()
             return False
         worker.device = device
+        opened = None
+        if self._config.batch_transport == "channel":
+            opened = await channels.open_channels(worker.actor, self._config.max_batches_per_worker)
+        if opened is not None:
+            worker.channels, worker.free_slots = list(opened), list(range(len(opened)))
         worker.state = WorkerState.ALIVE
         self._on_change()
         return True
@@ -342,6 +393,19 @@ class SamplerPool:
     def _kill(worker: _Worker) -> None:
         with contextlib.suppress(Exception):
             ray.kill(worker.actor, no_restart=True)
+
+
+async def _store(groups: list[RowGroup], nbytes: int) -> Any:
+    """What ``sample_batch`` is called with when no channel is used: the batch itself when small
+    (:data:`INLINE_BYTES`), else its reference after one ``ray.put``."""
+    return groups if nbytes < INLINE_BYTES else await _off_loop_if_large(nbytes, ray.put, groups)
+
+
+async def _off_loop_if_large(nbytes: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, on the event loop for up to :data:`COPY_ON_LOOP_BYTES`, else in a thread."""
+    if nbytes <= COPY_ON_LOOP_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 async def _resolve(ref: Any) -> Any:

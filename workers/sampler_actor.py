@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Any
 
 import torch
 
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
+from workers import channels
 from workers.batch import BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
@@ -44,6 +46,7 @@ class SamplerActor:
         self._device = resolve_device(device)
         # A long-lived process sampling large batches: keep freed tensor memory (see module).
         keep_freed_memory()
+        self._channels: list[Any] = []
 
     def device_name(self) -> str:
         """The device label for metrics: ``cpu`` or ``cuda``."""
@@ -54,6 +57,20 @@ class SamplerActor:
         sample(torch.zeros(2, 16, device=self._device), SamplingParams(), 0)
         self._synchronize()
         return self.device_name()
+
+    def attach_channels(self, batch_channels: list[Any]) -> None:
+        """Become the reader of the front end's batch channels (see :mod:`workers.channels`)."""
+        for channel in batch_channels:
+            channels.register_reader(channel)
+        self._channels = list(batch_channels)
+
+    def sample_from_channel(self, slot: int) -> BatchOutput:
+        """:meth:`sample_batch` on the batch the front end wrote into channel ``slot``.
+
+        The batch's arrays are views of the channel's buffer, which stays held while they live:
+        they are copied (``unpack_logits``) and dropped before this returns.
+        """
+        return self.sample_batch(channels.read(self._channels[slot]))
 
     def sample_batch(self, groups: list[RowGroup]) -> BatchOutput:
         """Sample every group of one batch; never raises for bad rows (see :class:`GroupResult`)."""

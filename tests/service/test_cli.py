@@ -37,7 +37,8 @@ def test_a_bad_environment_value_is_one_clear_line(monkeypatch: pytest.MonkeyPat
     assert err == "samplerd: error: SAMPLERD_PORT='http' is not a valid port (0-65535)"
 
 
-@pytest.mark.parametrize("argv", [["serve", "--device", "tpu"], ["serve", "--workers", "0"], ["serve", "--port", "-1"]])
+@pytest.mark.parametrize("argv", [["serve", "--device", "tpu"], ["serve", "--workers", "0"], ["serve", "--port", "-1"],
+                                  ["serve", "--batch-transport", "socket"]])
 def test_a_bad_flag_is_a_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         build_parser({}).parse_args(argv)

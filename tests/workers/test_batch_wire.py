@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sampling import SamplingParams, sample
-from workers.batch import DTYPE_NAMES, from_numpy, pack_logits, stack_group, take_job, to_numpy, unpack_logits
+from workers.batch import DTYPE_NAMES, pack_logits, stack_group, take_job, to_numpy, unpack_logits
 
 
 def test_logits_of_every_dtype_survive_packing_bit_for_bit() -> None:
@@ -15,7 +15,7 @@ def test_logits_of_every_dtype_survive_packing_bit_for_bit() -> None:
         packed = pack_logits(logits)
         packed.flags.writeable = False  # as it comes out of Ray's object store
 
-        back = unpack_logits(packed, DTYPE_NAMES[dtype], torch.device("cpu"))
+        back = unpack_logits([packed], DTYPE_NAMES[dtype], torch.device("cpu"))
         assert back.dtype == dtype and torch.equal(back, logits)
 
 
@@ -26,7 +26,7 @@ def test_stack_group_concatenates_requests_in_order() -> None:
     group = stack_group([a, b], params, [0, 1, 2, 3, 4])
 
     assert group.rows == 5 and group.job_rows == (2, 3) and group.dtype == "float32"
-    assert torch.equal(torch.from_numpy(group.logits), torch.cat([a, b]))
+    assert torch.equal(unpack_logits(group.logits, group.dtype, torch.device("cpu")), torch.cat([a, b]))
 
 
 def test_take_job_shapes_rows_as_sampling_them_alone_would() -> None:
@@ -35,7 +35,7 @@ def test_take_job_shapes_rows_as_sampling_them_alone_would() -> None:
     narrow = SamplingParams(seed=2)
     group = sample(logits, [wide, narrow, narrow], [0, 1, 2])
 
-    got = take_job(group, 1, 3, draws=1, top_logprobs=0)
+    got = take_job(to_numpy(group), 1, 3, draws=1, top_logprobs=0)
 
     want = sample(logits[1:], [narrow, narrow], [1, 2])
     assert torch.equal(got.token_ids, want.token_ids)
@@ -46,8 +46,13 @@ def test_take_job_shapes_rows_as_sampling_them_alone_would() -> None:
 def test_outputs_round_trip_through_numpy() -> None:
     out = sample(torch.randn(2, 30), SamplingParams(top_logprobs=2, seed=3), 0)
 
-    back = from_numpy(to_numpy(out))
+    wire = to_numpy(out)
+    for array in (wire.token_ids, wire.top_logprobs[0], wire.stats.kept_tokens):
+        array.flags.writeable = False  # as they come out of a Ray reply
+
+    back = take_job(wire, 0, 2, draws=1, top_logprobs=2)
 
     assert torch.equal(back.token_ids, out.token_ids)
     assert torch.equal(back.top_logprobs[0], out.top_logprobs[0])
     assert torch.equal(back.stats.kept_tokens, out.stats.kept_tokens)
+    assert back.token_ids.numpy().flags.writeable
