@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -71,6 +72,8 @@ def classify(error: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.UNAVAILABLE, f"no sampler worker available: {error}")
     if isinstance(error, DeadlineExceededError):
         return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before the work ran: {error}")
+    if isinstance(error, DecodeError):  # a streamed message that does not parse (unary ones: service.security)
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {error}")
     log.exception("internal error", exc_info=error)
     return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 

@@ -184,6 +184,20 @@ def test_invalid_utf8_request_id_is_invalid_argument(raw_sample, bad: bytes) -> 
     assert answer_code(raw_sample, data + b"\x2a" + bytes([len(bad)]) + bad) == "INVALID_ARGUMENT"
 
 
+def test_a_stream_message_that_does_not_parse_is_invalid_argument(server: ServerProcess) -> None:
+    """Unparsable bytes in a SampleStream, first or after a valid message, answer
+    INVALID_ARGUMENT (as they do for Sample), not INTERNAL."""
+    valid = pb.SampleStreamRequest(open=pb.SessionOpen(sequences=[pb.SequenceSpec(sequence_id="a")]))
+    valid = valid.SerializeToString()
+    with grpc.insecure_channel(server.target) as channel:
+        stream = channel.stream_stream("/samplerd.v1.Sampler/SampleStream")
+        for messages in ([b"\xff\xff\xff"], [valid, b"\x0a\xff\xff\xff\x0f"]):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stream(iter(messages), timeout=60))
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            assert "does not parse" in refused.value.details()
+
+
 def test_oversized_message_is_resource_exhausted_and_server_keeps_serving(raw_sample) -> None:
     """A message over --max-message-bytes is RESOURCE_EXHAUSTED; the next valid request is served."""
     logits = np.zeros((1, MAX_MESSAGE_BYTES // 4 + 1000), dtype=np.float32)
