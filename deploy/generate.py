@@ -241,6 +241,38 @@ PANELS: list[tuple[str, list[tuple[str, str, str, str, list[dict]]]]] = [
             ),
         ],
     ),
+    (
+        "Sessions and generation",
+        [
+            (
+                "Open SampleStream sessions",
+                "timeseries",
+                "short",
+                "Decoding sessions open now, per front end (each holds its sequences' state).",
+                [{"expr": "sum by (instance) (samplerd_sessions_active)", "legendFormat": "{{instance}}"}],
+            ),
+            (
+                "Generated tokens/s",
+                "timeseries",
+                "short",
+                "Tokens Generate produced per second, by the strategy that decided them.",
+                [
+                    {
+                        "expr": f"sum by (strategy) (rate(samplerd_generated_tokens_total{{{STRATEGY}}}[{RATE}]))",
+                        "legendFormat": "{{strategy}}",
+                    }
+                ],
+            ),
+            (
+                "Generate sequences",
+                "timeseries",
+                "short",
+                "Generate sequences on the language model: running in the decode batch, or waiting "
+                "for a batch slot.",
+                [{"expr": "sum by (state) (samplerd_generate_sequences)", "legendFormat": "{{state}}"}],
+            ),
+        ],
+    ),
 ]
 
 
