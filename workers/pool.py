@@ -280,15 +280,18 @@ class SamplerPool:
 
         The slot is free again once the actor answered (even if the awaiting task was cancelled).
         A channel whose write or call failed is retired: its buffer may still hold a batch the
-        actor never let go of, and the next write would wait for it. A batch whose channel
-        did not take it goes by ``ray.put``.
+        actor never let go of, and the next write would wait for it. A batch that does not fit
+        in a channel, or whose channel broke, goes by ``ray.put``.
         """
         slot = worker.free_slots.pop()
         try:
-            await _off_loop_if_large(nbytes, channels.write, worker.channels[slot], groups)
+            written = await _off_loop_if_large(nbytes, channels.write, worker.channels[slot], groups, nbytes)
         except channels.ChannelBrokenError as error:
             _log.warning("a sampler actor's batch channel is broken and retired: %s", error)
             worker.channels[slot] = None
+            return await worker.actor.sample_batch.remote(await _store(groups, nbytes))
+        if not written:  # larger than a channel
+            worker.free_slots.append(slot)
             return await worker.actor.sample_batch.remote(await _store(groups, nbytes))
         call = asyncio.ensure_future(worker.actor.sample_from_channel.remote(slot))
 

@@ -1,9 +1,10 @@
 """How batches reach the sampler actors: shared-memory batch channels, or one ``ray.put`` each.
 
 Either way every job gets the library's own answer, whatever its batch's size: small enough to
-travel inline, one channel buffer, larger than the buffer (the channel grows), or large enough
-to be copied off the event loop. A channel that stops taking batches costs no job its answer:
-that actor's batches go by ``ray.put`` from then on.
+travel inline, a channel's worth written on the event loop, large enough to be written off it,
+or larger than a channel (it goes by ``ray.put``, and the channel does not grow: Ray never
+frees a channel's old buffer). A channel that stops taking batches costs no job its answer:
+it is retired and its batches go by ``ray.put``.
 """
 
 from __future__ import annotations
@@ -24,21 +25,19 @@ from workers.pool import COPY_ON_LOOP_BYTES, INLINE_BYTES
 
 on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
 
-#: (rows, V, dtype) per job: inline-sized, sub-buffer, larger than a channel's first buffer, and
-#: larger than what is copied on the event loop; fp16 and bf16 travel as their bits.
+#: (rows, V, dtype) per job: inline-sized, written on the event loop, written off it, and larger
+#: than a channel; fp16 and bf16 travel as their bits.
 JOB_SHAPES = [
     (1, 64, torch.float32),
     (3, 32000, torch.bfloat16),
-    (20, 32000, torch.float16),
     (9, 131072, torch.float32),
+    (36, 131072, torch.float16),
 ]
 
 
 def test_the_job_shapes_cover_every_size_class() -> None:
-    sizes = [rows * vocab * dtype.itemsize for rows, vocab, dtype in JOB_SHAPES]
-    assert min(sizes) < INLINE_BYTES
-    assert any(channels.INITIAL_BUFFER_BYTES < size <= COPY_ON_LOOP_BYTES for size in sizes)
-    assert max(sizes) > COPY_ON_LOOP_BYTES
+    sizes = sorted(rows * vocab * dtype.itemsize for rows, vocab, dtype in JOB_SHAPES)
+    assert sizes[0] < INLINE_BYTES < sizes[1] <= COPY_ON_LOOP_BYTES < sizes[2] <= channels.CHANNEL_BYTES < sizes[3]
 
 
 def mixed_jobs(seed: int) -> list[SampleJob]:
@@ -72,6 +71,9 @@ async def test_every_job_gets_the_librarys_answer_over_either_transport(transpor
         assert_same_output(result, direct(job))
     want = 2 if transport_dispatcher._config.batch_transport == "channel" else 0
     assert [w.channels for w in transport_dispatcher.pool.workers()] == [want, want]
+    for worker in transport_dispatcher.pool._workers:
+        for channel in worker.channels:  # never grown (Ray's private field: no public size)
+            assert channel._typ.buffer_size_bytes == channels.CHANNEL_BYTES
 
 
 @on_the_session_loop
@@ -85,7 +87,7 @@ async def test_a_channel_that_stops_taking_batches_falls_back_to_put(
         [worker] = d.pool.workers()
         assert worker.channels == 1
         # Break the channel: the actor reads a value and keeps it, so its buffer is never released.
-        channels.write(d.pool._workers[0].channels[0], np.zeros(1000, dtype=np.float32))
+        assert channels.write(d.pool._workers[0].channels[0], np.zeros(1000, dtype=np.float32), 4000)
 
         def keep_what_is_read(actor: object) -> None:
             actor._kept = channels.read(actor._channels[0])
