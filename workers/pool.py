@@ -258,7 +258,9 @@ class SamplerPool:
             worker.inflight_batches += 1
             try:
                 if worker.free_slots:
-                    return await self._call_through_channel(worker, groups, nbytes)
+                    answer = await self._call_through_channel(worker, groups, nbytes)
+                    if answer is not None:
+                        return answer
                 if not stored:
                     stored.append(await _store(groups, nbytes))
                 return await worker.actor.sample_batch.remote(stored[0])
@@ -276,12 +278,13 @@ class SamplerPool:
         raise NoLiveWorkerError(f"sampler actor died and the retry failed: {lost}") from lost
 
     async def _call_through_channel(self, worker: _Worker, groups: list[RowGroup], nbytes: int) -> Any:
-        """Write the batch into one of the worker's free channels and have the actor sample it.
+        """Write the batch into one of the worker's free channels and have the actor sample it;
+        None when the channel did not take the batch (too large, or the channel broke): the
+        caller sends it by ``ray.put``.
 
         The slot is free again once the actor answered (even if the awaiting task was cancelled).
         A channel whose write or call failed is retired: its buffer may still hold a batch the
-        actor never let go of, and the next write would wait for it. A batch that does not fit
-        in a channel, or whose channel broke, goes by ``ray.put``.
+        actor never let go of, and the next write would wait for it.
         """
         slot = worker.free_slots.pop()
         try:
@@ -289,10 +292,10 @@ class SamplerPool:
         except channels.ChannelBrokenError as error:
             _log.warning("a sampler actor's batch channel is broken and retired: %s", error)
             worker.channels[slot] = None
-            return await worker.actor.sample_batch.remote(await _store(groups, nbytes))
+            return None
         if not written:  # larger than a channel
             worker.free_slots.append(slot)
-            return await worker.actor.sample_batch.remote(await _store(groups, nbytes))
+            return None
         call = asyncio.ensure_future(worker.actor.sample_from_channel.remote(slot))
 
         def release(call: asyncio.Future[Any]) -> None:
