@@ -14,8 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-# On 2 shared cores Ray's default 30 s for a raylet to register can be too short.
+# On 2 shared cores Ray's default 30 s for a raylet to register, or for a new GCS to write its
+# port file, can be too short (both seen: a server start failed after 30 s).
 os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
 
 @pytest.fixture(scope="session", autouse=True)

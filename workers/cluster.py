@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
+
+_log = logging.getLogger(__name__)
 
 
 def connect(ray_address: str | None, num_cpus: int | None) -> bool:
@@ -19,6 +22,25 @@ def connect(ray_address: str | None, num_cpus: int | None) -> bool:
     # Ray's core installs a failure-signal handler that catches SIGTERM, prints a stack and ends
     # the process with SIGABRT, defeating the front end's graceful shutdown on SIGTERM.
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    if ray_address is None:
+        # Ray waits 30 s for a new local GCS and raylet to come up; on 2 busy cores that has run
+        # out (the GCS port file never appeared). Ray's own comments suggest 120 s where slow.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    try:
+        _init(ray_address, num_cpus)
+    except Exception as error:
+        if ray_address is not None:
+            raise
+        # A local start that failed half-way (seen: the new GCS never wrote its port file):
+        # once more, from scratch.
+        _log.warning("starting a local Ray instance failed (%s); starting it once more", error)
+        ray.shutdown()
+        _init(ray_address, num_cpus)
+    return True
+
+
+def _init(ray_address: str | None, num_cpus: int | None) -> None:
     ray.init(
         # "local": start a new instance; None would join any instance already running here.
         address=ray_address or "local",
@@ -27,7 +49,6 @@ def connect(ray_address: str | None, num_cpus: int | None) -> bool:
         ignore_reinit_error=True,
         log_to_driver=False,
     )
-    return True
 
 
 def disconnect(started: bool) -> None:
