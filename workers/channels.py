@@ -25,12 +25,13 @@ with ``ray.put`` as before; so does a batch larger than a channel (:data:`CHANNE
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import ray
 import ray.util.client
+
+from workers.cluster import resolve
 
 _log = logging.getLogger(__name__)
 
@@ -76,17 +77,13 @@ async def open_channels(actor: Any, count: int) -> list[Any] | None:
     try:
         from ray.experimental.channel.shared_memory_channel import Channel
 
-        node_id = await asyncio.wait_for(_resolve(actor.__ray_call__.remote(_actor_node_id)), OPEN_TIMEOUT_S)
+        node_id = await resolve(actor.__ray_call__.remote(_actor_node_id), OPEN_TIMEOUT_S)
         channels = [Channel(None, [(actor, node_id)], CHANNEL_BYTES) for _ in range(count)]
-        await asyncio.wait_for(_resolve(actor.attach_channels.remote(channels)), OPEN_TIMEOUT_S)
+        await resolve(actor.attach_channels.remote(channels), OPEN_TIMEOUT_S)
     except Exception as error:  # an optional speed-up: any failure means "use ray.put"
         _log.warning("no shared-memory batch channels to the sampler actor (%s); batches go by ray.put", error)
         return None
     return channels
-
-
-async def _resolve(ref: Any) -> Any:
-    return await ref
 
 
 def write(channel: Any, value: Any, nbytes: int) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -55,6 +57,15 @@ def disconnect(started: bool) -> None:
     """Shut Ray down if :func:`connect` started it; otherwise leave it running."""
     if started and ray.is_initialized():
         ray.shutdown()
+
+
+async def resolve(ref: Any, timeout_s: float) -> Any:
+    """Await one ObjectRef for at most ``timeout_s`` (``asyncio.TimeoutError`` after)."""
+
+    async def value() -> Any:  # a coroutine, so asyncio.wait_for can time it out
+        return await ref
+
+    return await asyncio.wait_for(value(), timeout_s)
 
 
 def cluster_gpus() -> float:

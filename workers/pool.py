@@ -25,7 +25,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from workers import channels
 from workers.batch import BatchOutput, RowGroup
-from workers.cluster import cluster_gpus, connect, disconnect
+from workers.cluster import cluster_gpus, connect, disconnect, resolve
 from workers.sampler_actor import DEVICES, SamplerActor
 
 _log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ class SamplerPool:
     async def _warm(self, worker: _Worker) -> bool:
         """Wait for a new actor's warm-up call; mark it alive, or dead (and killed)."""
         try:
-            device = await asyncio.wait_for(_resolve(worker.actor.warmup.remote()), self._config.startup_timeout_s)
+            device = await resolve(worker.actor.warmup.remote(), self._config.startup_timeout_s)
         except (RayError, asyncio.TimeoutError) as error:
             _log.warning("sampler actor failed to start: %s", error)
             self._kill(worker)
@@ -383,7 +383,7 @@ class SamplerPool:
             await asyncio.sleep(self._config.health_interval_s)
             idle = [w for w in self._workers if w.state is WorkerState.ALIVE and w.inflight_batches == 0]
             results = await asyncio.gather(
-                *(asyncio.wait_for(_resolve(w.actor.device_name.remote()), 10.0) for w in idle),
+                *(resolve(w.actor.device_name.remote(), 10.0) for w in idle),
                 return_exceptions=True,
             )
             for worker, result in zip(idle, results, strict=True):
@@ -412,8 +412,3 @@ async def _off_loop_if_large(nbytes: int, fn: Callable[..., Any], *args: Any) ->
     if nbytes <= COPY_ON_LOOP_BYTES:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
-
-
-async def _resolve(ref: Any) -> Any:
-    """Await one ObjectRef (a coroutine, so asyncio.wait_for can time it out)."""
-    return await ref
