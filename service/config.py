@@ -12,7 +12,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: ``--model-dtype`` values (those of ``workers.generation.loader.DTYPES``, which imports torch).
 MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: ``--batch-transport`` values (those of ``workers.pool.BATCH_TRANSPORTS``, which imports ray).
-BATCH_TRANSPORTS = ("channel", "put")
+BATCH_TRANSPORTS = ("socket", "put")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ServerConfig:
     max_batch_rows: int = 256
     batch_window_ms: float = 2.0
     max_batches_per_worker: int = 1
-    batch_transport: str = "channel"
+    batch_transport: str = "socket"
     max_queue: int = 4096
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024

@@ -11,10 +11,10 @@ turns the queue into batches:
    alone) and no more than an even share of what waits per idle actor, dropping those whose
    deadline has passed;
 4. it launches the batch as its own task (several may be in flight): the jobs are grouped
-   by (V, dtype), their logits bytes are copied once, into Ray's object store (a batch
-   channel of the chosen actor, see ``workers.channels``), ONE actor call samples the whole
-   batch (the actor stacks each group's rows), and each job's rows are cut back out of its
-   group's result.
+   by (V, dtype), their logits bytes are sent once, over the chosen actor's link when it is
+   on this node (a Unix socket, see ``workers.socket_link``) or else into Ray's object store,
+   ONE call samples the whole batch (the actor stacks each group's rows), and each job's rows
+   are cut back out of its group's result.
 
 Every accepted job gets exactly one answer: its result, :class:`DeadlineExceededError` (its
 deadline passed while it waited), :class:`WorkersUnavailableError` (no live actor, or its
@@ -95,7 +95,7 @@ class DispatcherConfig:
     max_queue_rows: int = 4096
     ray_address: str | None = None
     max_batches_per_worker: int = 1
-    batch_transport: str = "channel"
+    batch_transport: str = "socket"
     num_cpus_per_worker: float = 1.0
     startup_timeout_s: float = 120.0
 

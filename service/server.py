@@ -9,6 +9,7 @@ in-flight ones get ``grace_seconds`` to finish before the workers are stopped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -157,6 +158,11 @@ class SamplerServer:
         await self.dispatcher.start()
         self._refresher = asyncio.create_task(self._refresh())
         await self.generation.start()  # after the dispatcher: Ray is connected; no-op without --model
+        # What is allocated by now (torch, Ray, grpc, the model: ~230k objects) lives as long as
+        # the process. Frozen, it is out of the cyclic collector's sight. Before, at 64 clients a
+        # full collection came every ~7 s and scanned it all for ~190 ms, a stall that every
+        # request in flight waited out (p99 ~200 ms against a p50 of 60); frozen, they take <1 ms.
+        gc.freeze()
 
     async def stop(self) -> None:
         """NOT_SERVING, stop accepting, let in-flight RPCs finish within the grace period, stop

@@ -3,7 +3,7 @@
 - :mod:`workers.batch`: what a batch and its answer look like on the wire;
 - :mod:`workers.sampler_actor`: the sampler actor, batched sampling on one device;
 - :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
-- :mod:`workers.channels`: reusable batch buffers in Ray's object store, one per in-flight batch;
+- :mod:`workers.socket_link`: batches over a Unix socket to the actors on the front end's node;
 - :mod:`workers.cluster`: joining or starting Ray.
 """
 

@@ -1,8 +1,8 @@
 """What travels between the dispatcher and a sampler actor: one batch of row groups, and its answer.
 
 A batch is a list of :class:`RowGroup` values. A group holds the rows of one vocabulary size
-and dtype, as the requests' own numpy arrays in order: Ray stores their bytes once, out of
-band, in its object store (a torch tensor would be pickled in band), and the actor
+and dtype, as the requests' own numpy arrays in order: their bytes travel once, out of band,
+over a batch link or into Ray's object store (a torch tensor would be pickled in band), and the actor
 concatenates them (its one copy, which also makes them writable). numpy has no bfloat16, so
 bf16 logits travel as their int16 bit pattern and are viewed back on the actor.
 
@@ -114,6 +114,13 @@ class BatchOutput:
     groups: list[GroupResult]
     device: str
     kernel_seconds_by_strategy: dict[str, float]
+
+
+#: The classes a batch and its answer are made of (with numpy arrays and plain containers): all
+#: that a batch link loads (:mod:`workers.socket_link`).
+WIRE_TYPES: tuple[type, ...] = (
+    RowGroup, BatchOutput, GroupResult, RowError, SampleOutput, SampleStats, SamplingParams, SequenceState,
+)
 
 
 def pack_logits(logits: torch.Tensor) -> np.ndarray:

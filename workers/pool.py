@@ -1,10 +1,11 @@
 """A pool of sampler actors: creation, least-loaded routing, death detection and replacement.
 
-The pool is asyncio-friendly: :meth:`SamplerPool.run` awaits the actor's ObjectRef on the
-event loop. Each worker slot holds one actor; when an actor dies (a call fails with
-``RayActorError`` and its subclasses ``ActorDiedError`` / ``ActorUnavailableError``, or an
-idle health ping does) the slot is marked dead and a replacement is started in the
-background, with back-off while creation keeps failing.
+The pool is asyncio-friendly: :meth:`SamplerPool.run` awaits the batch's answer on the event
+loop. It sends each batch over the actor's link when the actor is on this node
+(:mod:`workers.socket_link`), else by an actor call. Each worker slot holds one actor; when
+an actor dies (a call fails with ``RayActorError`` and its subclasses ``ActorDiedError`` /
+``ActorUnavailableError``, or an idle health ping does) the slot is marked dead and a
+replacement is started in the background, with back-off while creation keeps failing.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
+import ray.util.client
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 
-from workers import channels
-from workers.batch import BatchOutput, RowGroup
+from workers.batch import WIRE_TYPES, BatchOutput, RowGroup
 from workers.cluster import cluster_gpus, connect, disconnect, resolve
 from workers.sampler_actor import DEVICES, SamplerActor
+from workers.socket_link import SUPPORTED as LINKS_SUPPORTED
+from workers.socket_link import LinkCallError, LinkLostError, SocketLink
 
 _log = logging.getLogger(__name__)
 
@@ -35,9 +38,13 @@ _log = logging.getLogger(__name__)
 ACTOR_NAME_PREFIX = "samplerd-sampler-"
 _POOL_NUMBERS = itertools.count()
 
-#: How batches reach the actors: ``channel``, a reusable buffer in Ray's object store per in-flight
-#: batch (:mod:`workers.channels`; ``put`` where unavailable), or ``put``, one ``ray.put`` per batch.
-BATCH_TRANSPORTS = ("channel", "put")
+#: How batches reach the actors: ``socket``, over a link to each actor on this node
+#: (:mod:`workers.socket_link`; by Ray, as ``put``, to the others), or ``put``, an actor call
+#: each, its batch stored once with ``ray.put``.
+BATCH_TRANSPORTS = ("socket", "put")
+
+#: How long opening an actor's link may take (one small actor call and a connect).
+LINK_OPEN_TIMEOUT_S = 30.0
 
 #: The errors that mean "this actor is gone": its batch may be retried elsewhere.
 ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -77,7 +84,7 @@ class PoolConfig:
     num_gpus_per_worker: float | None = None
     num_cpus_per_worker: float = 1.0
     max_batches_per_worker: int = 1
-    batch_transport: str = "channel"
+    batch_transport: str = "socket"
     ray_address: str | None = None
     startup_timeout_s: float = 120.0
     health_interval_s: float = 2.0
@@ -102,29 +109,28 @@ class PoolConfig:
             )
 
 
-#: Batches with fewer logits bytes than this travel inside the actor call itself when the actor
-#: has no free batch channel (as Ray does with small arguments anyway): a ``ray.put`` costs about
-#: a millisecond even when tiny.
+#: Batches with fewer logits bytes than this travel inside the actor call itself (as Ray does
+#: with small arguments anyway) when they go by Ray: a ``ray.put`` costs about a millisecond
+#: even when tiny.
 INLINE_BYTES = 64 * 1024
 
-#: Batches of up to this many logits bytes are written into a channel (or stored with
-#: ``ray.put``) on the event loop itself: handing them to a worker thread costs more (GIL
-#: hand-offs delay both sides) than the copy. Larger ones go to a thread so that the loop never
-#: stalls for long.
+#: Batches of up to this many logits bytes are stored with ``ray.put`` on the event loop itself:
+#: handing them to a worker thread costs more (GIL hand-offs delay both sides) than the copy.
+#: Larger ones go to a thread so that the loop never stalls for long.
 COPY_ON_LOOP_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """One worker slot as seen at one moment: its actor handle, state, device, load, and how many
-    batch channels it has (0: its batches go by ``ray.put``)."""
+    """One worker slot as seen at one moment: its actor handle, state, device, load, and whether
+    its batches go over a link (False: by Ray)."""
 
     actor: Any
     state: WorkerState
     device: str
     inflight_rows: int
     inflight_batches: int
-    channels: int
+    linked: bool
 
 
 @dataclass(eq=False)
@@ -134,10 +140,8 @@ class _Worker:
     device: str = ""
     inflight_rows: int = 0
     inflight_batches: int = 0
-    #: The actor's batch channels by slot (see :mod:`workers.channels`; None once retired) and
-    #: the free slots. No usable channel: batches go by ``ray.put``.
-    channels: list[Any] = field(default_factory=list)
-    free_slots: list[int] = field(default_factory=list)
+    #: The link to the actor (:mod:`workers.socket_link`); None: batches go by Ray.
+    link: SocketLink | None = None
 
 
 class SamplerPool:
@@ -228,7 +232,7 @@ class SamplerPool:
         return [
             WorkerInfo(
                 w.actor, w.state, w.device, w.inflight_rows, w.inflight_batches,
-                sum(channel is not None for channel in w.channels),
+                w.link is not None,
             )
             for w in self._workers
         ]
@@ -236,11 +240,12 @@ class SamplerPool:
     async def run(self, groups: list[RowGroup]) -> BatchOutput:
         """Run a batch on the least-loaded live actor; if that actor dies, once more on another.
 
-        The batch goes through one of the actor's batch channels when it has a free one, else it
-        is stored once with ``ray.put`` (small batches travel inline in the call). The answer's
-        outputs hold numpy arrays (``workers.batch.take_job`` makes a request's tensors).
-        Raises :class:`NoLiveWorkerError` when there is no live actor to try, or the retry's
-        actor died as well, and :class:`BatchFailedError` on any other Ray failure.
+        The batch goes over the actor's link when it has one, else by an actor call, stored once
+        with ``ray.put`` (small batches travel inline in the call). A link that breaks is
+        dropped and the batch goes by Ray to the same actor, which tells whether the actor died.
+        The answer's outputs hold numpy arrays (``workers.batch.take_job`` makes a request's
+        tensors). Raises :class:`NoLiveWorkerError` when there is no live actor to try, or the
+        retry's actor died as well, and :class:`BatchFailedError` on any other failure.
         """
         rows = sum(group.rows for group in groups)
         nbytes = sum(group.nbytes for group in groups)
@@ -257,17 +262,19 @@ class SamplerPool:
             worker.inflight_rows += rows
             worker.inflight_batches += 1
             try:
-                if worker.free_slots:
-                    answer = await self._call_through_channel(worker, groups, nbytes)
-                    if answer is not None:
-                        return answer
+                if worker.link is not None:
+                    try:
+                        return await worker.link.call(groups)
+                    except LinkLostError as error:
+                        _log.warning("a sampler actor's batch link broke (%s); its batches go by Ray", error)
+                        self._unlink(worker)
                 if not stored:
                     stored.append(await _store(groups, nbytes))
                 return await worker.actor.sample_batch.remote(stored[0])
             except ACTOR_LOST as error:
                 lost = error
                 self._lose(worker, error)
-            except RayError as error:
+            except (RayError, LinkCallError) as error:
                 raise BatchFailedError(f"sampler actor failed to run the batch: {error}") from error
             finally:
                 worker.inflight_rows -= rows
@@ -276,36 +283,6 @@ class SamplerPool:
         if lost is None:
             raise NoLiveWorkerError("no live sampler actor")
         raise NoLiveWorkerError(f"sampler actor died and the retry failed: {lost}") from lost
-
-    async def _call_through_channel(self, worker: _Worker, groups: list[RowGroup], nbytes: int) -> Any:
-        """Write the batch into one of the worker's free channels and have the actor sample it;
-        None when the channel did not take the batch (too large, or the channel broke): the
-        caller sends it by ``ray.put``.
-
-        The slot is free again once the actor answered (even if the awaiting task was cancelled).
-        A channel whose write or call failed is retired: its buffer may still hold a batch the
-        actor never let go of, and the next write would wait for it.
-        """
-        slot = worker.free_slots.pop()
-        try:
-            written = await _off_loop_if_large(nbytes, channels.write, worker.channels[slot], groups, nbytes)
-        except channels.ChannelBrokenError as error:
-            _log.warning("a sampler actor's batch channel is broken and retired: %s", error)
-            worker.channels[slot] = None
-            return None
-        if not written:  # larger than a channel
-            worker.free_slots.append(slot)
-            return None
-        call = asyncio.ensure_future(worker.actor.sample_from_channel.remote(slot))
-
-        def release(call: asyncio.Future[Any]) -> None:
-            if not call.cancelled() and call.exception() is None:
-                worker.free_slots.append(slot)
-            else:
-                worker.channels[slot] = None
-
-        call.add_done_callback(release)
-        return await asyncio.shield(call)
 
     def _resolve_num_gpus(self) -> float:
         cfg = self._config
@@ -334,11 +311,8 @@ class SamplerPool:
             self._on_change()
             return False
         worker.device = device
-        opened = None
-        if self._config.batch_transport == "channel":
-            opened = await channels.open_channels(worker.actor, self._config.max_batches_per_worker)
-        if opened is not None:
-            worker.channels, worker.free_slots = list(opened), list(range(len(opened)))
+        if self._config.batch_transport == "socket":
+            worker.link = await _open_link(worker.actor)
         worker.state = WorkerState.ALIVE
         self._on_change()
         return True
@@ -396,19 +370,42 @@ class SamplerPool:
         task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    def _kill(worker: _Worker) -> None:
+    def _unlink(worker: _Worker) -> None:
+        if worker.link is not None:
+            worker.link.close()
+            worker.link = None
+
+    @classmethod
+    def _kill(cls, worker: _Worker) -> None:
+        cls._unlink(worker)
         with contextlib.suppress(Exception):
             ray.kill(worker.actor, no_restart=True)
 
 
+async def _open_link(actor: Any) -> SocketLink | None:
+    """A link to ``actor`` when it runs on this process's node, else None (batches go by Ray).
+
+    A front end connected through the Ray client (``ray://``, as in the Kubernetes deployment)
+    is not a Ray node: its actors are all elsewhere.
+    """
+    if not LINKS_SUPPORTED or ray.util.client.ray.is_connected():
+        return None
+    try:
+        address = await resolve(actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
+        if address.node_id != ray.get_runtime_context().get_node_id():
+            return None
+        return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES)
+    except Exception as error:  # a speed-up only: without it batches go by Ray
+        _log.warning("no batch link to the sampler actor (%s); its batches go by Ray", error)
+        return None
+
+
 async def _store(groups: list[RowGroup], nbytes: int) -> Any:
-    """What ``sample_batch`` is called with when no channel is used: the batch itself when small
-    (:data:`INLINE_BYTES`), else its reference after one ``ray.put``."""
-    return groups if nbytes < INLINE_BYTES else await _off_loop_if_large(nbytes, ray.put, groups)
-
-
-async def _off_loop_if_large(nbytes: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, on the event loop for up to :data:`COPY_ON_LOOP_BYTES`, else in a thread."""
+    """What ``sample_batch`` is called with by Ray: the batch itself when small
+    (:data:`INLINE_BYTES`), else its reference after one ``ray.put`` (in a thread when large,
+    :data:`COPY_ON_LOOP_BYTES`)."""
+    if nbytes < INLINE_BYTES:
+        return groups
     if nbytes <= COPY_ON_LOOP_BYTES:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
+        return ray.put(groups)
+    return await asyncio.to_thread(ray.put, groups)

@@ -4,21 +4,24 @@
 the resources it needs (``num_cpus``, ``num_gpus``, fractional allowed). Each call takes one
 whole batch and runs :func:`sampling.sample` once per row group; ``sample`` itself groups
 the rows by strategy and runs each kernel once over all of them, so there is no loop over
-rows here.
+rows here. A front end on the actor's node sends its batches over a link instead of actor calls
+(:meth:`SamplerActor.open_link`, :mod:`workers.socket_link`): they are sampled on the link's
+thread, one batch at a time across both ways in.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
-from typing import Any
 
+import ray
 import torch
 
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
-from workers import channels
-from workers.batch import BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
+from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
+from workers.socket_link import LinkAddress, LinkServer
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,7 +49,8 @@ class SamplerActor:
         self._device = resolve_device(device)
         # A long-lived process sampling large batches: keep freed tensor memory (see module).
         keep_freed_memory()
-        self._channels: list[Any] = []
+        self._link: LinkServer | None = None
+        self._sampling = threading.Lock()  # the link's thread and Ray's calls take turns
 
     def device_name(self) -> str:
         """The device label for metrics: ``cpu`` or ``cuda``."""
@@ -58,23 +62,16 @@ class SamplerActor:
         self._synchronize()
         return self.device_name()
 
-    def attach_channels(self, batch_channels: list[Any]) -> None:
-        """Become the reader of the front end's batch channels (see :mod:`workers.channels`)."""
-        for channel in batch_channels:
-            channels.register_reader(channel)
-        self._channels = list(batch_channels)
-
-    def sample_from_channel(self, slot: int) -> BatchOutput:
-        """:meth:`sample_batch` on the batch the front end wrote into channel ``slot``.
-
-        The batch's arrays are views of the channel's buffer, which stays held while they live:
-        they are copied (``unpack_logits``) and dropped before this returns.
-        """
-        return self.sample_batch(channels.read(self._channels[slot]))
+    def open_link(self) -> LinkAddress:
+        """Listen for a front end's batch link (one listener per actor); where to connect."""
+        if self._link is None:
+            self._link = LinkServer(self.sample_batch, WIRE_TYPES)
+        return self._link.address(ray.get_runtime_context().get_node_id())
 
     def sample_batch(self, groups: list[RowGroup]) -> BatchOutput:
         """Sample every group of one batch; never raises for bad rows (see :class:`GroupResult`)."""
-        results = [self._sample_group(group) for group in groups]
+        with self._sampling:
+            results = [self._sample_group(group) for group in groups]
         seconds_by_strategy: dict[str, float] = {}
         for result in results:
             outputs = [result.output] if result.output is not None else result.job_outputs or []

@@ -38,7 +38,7 @@ def test_a_bad_environment_value_is_one_clear_line(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("argv", [["serve", "--device", "tpu"], ["serve", "--workers", "0"], ["serve", "--port", "-1"],
-                                  ["serve", "--batch-transport", "socket"]])
+                                  ["serve", "--batch-transport", "channel"]])
 def test_a_bad_flag_is_a_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         build_parser({}).parse_args(argv)

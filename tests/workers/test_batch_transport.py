@@ -1,18 +1,18 @@
-"""How batches reach the sampler actors: shared-memory batch channels, or one ``ray.put`` each.
+"""How batches reach the sampler actors: over a link (a Unix socket to each actor on this node),
+or by an actor call each, stored once with ``ray.put``.
 
 Either way every job gets the library's own answer, whatever its batch's size: small enough to
-travel inline, a channel's worth written on the event loop, large enough to be written off it,
-or larger than a channel (it goes by ``ray.put``, and the channel does not grow: Ray never
-frees a channel's old buffer). A channel that stops taking batches costs no job its answer:
-it is retired and its batches go by ``ray.put``.
+travel inline in a call, stored on the event loop, or stored off it (and several times a
+socket's buffer). A link that breaks costs no job its answer: its batches go by Ray to the same
+actor, which stays alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
-import numpy as np
 import pytest
 import pytest_asyncio
 import torch
@@ -20,13 +20,13 @@ from test_dispatcher import assert_same_output, direct
 
 from sampling import SamplingParams
 from service.dispatcher import Dispatcher, DispatcherConfig, SampleJob
-from workers import channels
+from workers import WorkerState
 from workers.pool import COPY_ON_LOOP_BYTES, INLINE_BYTES
 
 on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
 
-#: (rows, V, dtype) per job: inline-sized, written on the event loop, written off it, and larger
-#: than a channel; fp16 and bf16 travel as their bits.
+#: (rows, V, dtype) per job: inline-sized, stored on the event loop, stored off it, and larger
+#: still; fp16 and bf16 travel as their bits.
 JOB_SHAPES = [
     (1, 64, torch.float32),
     (3, 32000, torch.bfloat16),
@@ -37,7 +37,7 @@ JOB_SHAPES = [
 
 def test_the_job_shapes_cover_every_size_class() -> None:
     sizes = sorted(rows * vocab * dtype.itemsize for rows, vocab, dtype in JOB_SHAPES)
-    assert sizes[0] < INLINE_BYTES < sizes[1] <= COPY_ON_LOOP_BYTES < sizes[2] <= channels.CHANNEL_BYTES < sizes[3]
+    assert sizes[0] < INLINE_BYTES < sizes[1] <= COPY_ON_LOOP_BYTES < sizes[2] < sizes[3]
 
 
 def mixed_jobs(seed: int) -> list[SampleJob]:
@@ -50,7 +50,7 @@ def mixed_jobs(seed: int) -> list[SampleJob]:
     return jobs
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["channel", "put"])
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["socket", "put"])
 async def transport_dispatcher(request: pytest.FixtureRequest, ray_instance: None) -> AsyncIterator[Dispatcher]:
     """Two CPU actors, two batches in flight each, batches sent by the given transport."""
     config = DispatcherConfig(num_workers=2, device="cpu", num_gpus_per_worker=0.0, max_batches_per_worker=2,
@@ -69,36 +69,29 @@ async def test_every_job_gets_the_librarys_answer_over_either_transport(transpor
 
     for job, result in zip(jobs, results, strict=True):
         assert_same_output(result, direct(job))
-    want = 2 if transport_dispatcher._config.batch_transport == "channel" else 0
-    assert [w.channels for w in transport_dispatcher.pool.workers()] == [want, want]
-    for worker in transport_dispatcher.pool._workers:
-        for channel in worker.channels:  # never grown (Ray's private field: no public size)
-            assert channel._typ.buffer_size_bytes == channels.CHANNEL_BYTES
+    linked = transport_dispatcher._config.batch_transport == "socket"
+    assert [w.linked for w in transport_dispatcher.pool.workers()] == [linked, linked]
 
 
 @on_the_session_loop
-async def test_a_channel_that_stops_taking_batches_falls_back_to_put(
-    ray_instance: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(channels, "WRITE_TIMEOUT_S", 0.5)
+async def test_a_link_that_breaks_mid_batch_falls_back_to_ray(ray_instance: None) -> None:
     d = Dispatcher(DispatcherConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0))
     await d.start()
     try:
-        [worker] = d.pool.workers()
-        assert worker.channels == 1
-        # Break the channel: the actor reads a value and keeps it, so its buffer is never released.
-        assert channels.write(d.pool._workers[0].channels[0], np.zeros(1000, dtype=np.float32), 4000)
+        [worker] = d.pool._workers
+        assert worker.link is not None
+        jobs = mixed_jobs(seed=7) * 3
+        answers = asyncio.gather(*(d.submit(job) for job in jobs))
+        while worker.inflight_batches == 0:  # a batch is on the link
+            await asyncio.sleep(0.001)
 
-        def keep_what_is_read(actor: object) -> None:
-            actor._kept = channels.read(actor._channels[0])
+        worker.link._sock.shutdown(socket.SHUT_RDWR)  # as a link broken by the kernel would look
 
-        await worker.actor.__ray_call__.remote(keep_what_is_read)
-        jobs = mixed_jobs(seed=7)
-
-        results = [await d.submit(job) for job in jobs]
-
-        for job, result in zip(jobs, results, strict=True):
+        for job, result in zip(jobs, await answers, strict=True):
             assert_same_output(result, direct(job))
-        assert [w.channels for w in d.pool.workers()] == [0]
+        assert [(w.linked, w.state) for w in d.pool.workers()] == [(False, WorkerState.ALIVE)]
+        again = mixed_jobs(seed=8)
+        for job, result in zip(again, [await d.submit(job) for job in again], strict=True):
+            assert_same_output(result, direct(job))
     finally:
         await d.stop()
