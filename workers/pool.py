@@ -140,8 +140,10 @@ class _Worker:
     device: str = ""
     inflight_rows: int = 0
     inflight_batches: int = 0
-    #: The link to the actor (:mod:`workers.socket_link`); None: batches go by Ray.
+    #: The link to the actor (:mod:`workers.socket_link`); None: batches go by Ray. ``linkable``:
+    #: a link was opened at warm-up, so one that broke is opened again by the health monitor.
     link: SocketLink | None = None
+    linkable: bool = False
 
 
 class SamplerPool:
@@ -242,7 +244,8 @@ class SamplerPool:
 
         The batch goes over the actor's link when it has one, else by an actor call, stored once
         with ``ray.put`` (small batches travel inline in the call). A link that breaks is
-        dropped and the batch goes by Ray to the same actor, which tells whether the actor died.
+        dropped (the health monitor opens a new one) and the batch goes by Ray to the same
+        actor, which tells whether the actor died.
         The answer's outputs hold numpy arrays (``workers.batch.take_job`` makes a request's
         tensors). Raises :class:`NoLiveWorkerError` when there is no live actor to try, or the
         retry's actor died as well, and :class:`BatchFailedError` on any other failure.
@@ -262,12 +265,14 @@ class SamplerPool:
             worker.inflight_rows += rows
             worker.inflight_batches += 1
             try:
-                if worker.link is not None:
+                link = worker.link
+                if link is not None:
                     try:
-                        return await worker.link.call(groups)
+                        return await link.call(groups)
                     except LinkLostError as error:
-                        _log.warning("a sampler actor's batch link broke (%s); its batches go by Ray", error)
-                        self._unlink(worker)
+                        if worker.link is link:  # not already replaced by the monitor
+                            _log.warning("a sampler actor's batch link broke (%s); its batches go by Ray", error)
+                            self._unlink(worker)
                 if not stored:
                     stored.append(await _store(groups, nbytes))
                 return await worker.actor.sample_batch.remote(stored[0])
@@ -313,6 +318,7 @@ class SamplerPool:
         worker.device = device
         if self._config.batch_transport == "socket":
             worker.link = await _open_link(worker.actor)
+            worker.linkable = worker.link is not None
         worker.state = WorkerState.ALIVE
         self._on_change()
         return True
@@ -352,7 +358,8 @@ class SamplerPool:
             backoff = min(backoff * 2, 30.0)
 
     async def _monitor(self) -> None:
-        """Ping idle live actors so a death is noticed (and repaired) without traffic."""
+        """Ping idle live actors so a death is noticed (and repaired) without traffic, and open
+        the link again to a live actor whose link broke."""
         while not self._stopping:
             await asyncio.sleep(self._config.health_interval_s)
             idle = [w for w in self._workers if w.state is WorkerState.ALIVE and w.inflight_batches == 0]
@@ -363,6 +370,12 @@ class SamplerPool:
             for worker, result in zip(idle, results, strict=True):
                 if isinstance(result, ACTOR_LOST):
                     self._lose(worker, result)
+                elif worker.linkable and worker.link is None and worker.state is WorkerState.ALIVE:
+                    link = await _open_link(worker.actor)
+                    if worker.state is WorkerState.ALIVE and worker.link is None:
+                        worker.link = link
+                    elif link is not None:
+                        link.close()
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

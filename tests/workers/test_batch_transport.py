@@ -4,7 +4,7 @@ or by an actor call each, stored once with ``ray.put``.
 Either way every job gets the library's own answer, whatever its batch's size: small enough to
 travel inline in a call, stored on the event loop, or stored off it (and several times a
 socket's buffer). A link that breaks costs no job its answer: its batches go by Ray to the same
-actor, which stays alive.
+actor, which stays alive, until the health monitor has opened a new link.
 """
 
 from __future__ import annotations
@@ -93,5 +93,14 @@ async def test_a_link_that_breaks_mid_batch_falls_back_to_ray(ray_instance: None
         again = mixed_jobs(seed=8)
         for job, result in zip(again, [await d.submit(job) for job in again], strict=True):
             assert_same_output(result, direct(job))
+
+        for _ in range(200):  # the health monitor (every 2 s) opens a new link
+            if worker.link is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert [(w.linked, w.state) for w in d.pool.workers()] == [(True, WorkerState.ALIVE)]
+        for job, result in zip(again, [await d.submit(job) for job in again], strict=True):
+            assert_same_output(result, direct(job))
+        assert worker.link is not None and worker.link.is_open
     finally:
         await d.stop()
