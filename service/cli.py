@@ -105,7 +105,7 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--batch-window-ms", _non_negative_float, _DEFAULTS.batch_window_ms,
      "longest a row waits for others to join its batch, in milliseconds"),
     ("--max-batches-per-worker", _positive_int, _DEFAULTS.max_batches_per_worker,
-     "batches in flight per worker; 2 overlaps the Ray transfer with sampling but halves batches"),
+     "batches in flight per worker; 2 overlaps the transfer with sampling but halves batches"),
     ("--batch-transport", _batch_transport, _DEFAULTS.batch_transport,
      "how batches reach the workers: 'socket' over a Unix socket to each worker on this node (by Ray, "
      "as 'put', to workers elsewhere), 'put' by a Ray actor call each, stored once with ray.put"),

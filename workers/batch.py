@@ -124,7 +124,7 @@ WIRE_TYPES: tuple[type, ...] = (
 
 
 def pack_logits(logits: torch.Tensor) -> np.ndarray:
-    """A [rows, V] CPU tensor as a numpy array Ray can store zero-copy (bf16 as its int16 bits)."""
+    """A [rows, V] CPU tensor as a numpy array, which pickles out of band (bf16 as its int16 bits)."""
     if logits.dtype == torch.bfloat16:
         logits = logits.view(torch.int16)
     return logits.numpy()
@@ -133,9 +133,9 @@ def pack_logits(logits: torch.Tensor) -> np.ndarray:
 def unpack_logits(parts: Sequence[np.ndarray], dtype: str, device: torch.device) -> torch.Tensor:
     """The requests' arrays of :func:`pack_logits` as one ``[rows, V]`` tensor on ``device``.
 
-    Arrays that come out of Ray's object store are read-only views of shared memory; they are
-    concatenated into one new array, which the sampler owns (and which on a GPU is copied to
-    the device once).
+    The arrays arrive in the link's receive buffers or as read-only views of Ray's shared
+    memory; they are concatenated into one new array, which the sampler owns (and which on a
+    GPU is copied to the device once).
     """
     tensor = torch.from_numpy(np.concatenate(parts))
     if device.type != "cpu":
@@ -155,7 +155,7 @@ def stack_group(
 
     ``params``, ``steps`` and ``states`` are the per-row lists of all the tensors,
     concatenated in order (``states`` None when no row has any). The tensors are not copied
-    here: their bytes are copied once, into Ray's object store.
+    here: their bytes are sent once, over a batch link or into Ray's object store.
     """
     return RowGroup(
         logits=[pack_logits(t) for t in tensors],
@@ -227,6 +227,6 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A CPU tensor of ``array``'s values; arrays that arrived read-only (they view Ray's
-    receive buffer) are copied, the others shared."""
+    """A CPU tensor of ``array``'s values; arrays that arrived read-only (they view the
+    received bytes) are copied, the others shared."""
     return torch.from_numpy(array if array.flags.writeable else array.copy())

@@ -74,9 +74,10 @@ class PoolConfig:
     ``device="cuda"``, and for ``device="auto"`` 1 when the cluster has GPUs, else 0.
     ``max_batches_per_worker`` batches may be in flight per actor. With 2, the next batch
     already waits in the actor's queue when one finishes; but it leaves with whatever arrived
-    meanwhile, so batches are about half as large, and a Ray call costs milliseconds of CPU
-    whatever its size. On CPU nodes 1 serves more rows per second (``samplerd bench service``:
-    ~650 against ~540 requests/s at C=16 on 2 cores), hence the default.
+    meanwhile, so batches are about half as large, each with its own fixed cost. On CPU nodes 1
+    serves more rows per second, hence the default (``samplerd bench service`` at C=16 on 2
+    cores: ~650 against ~540 requests/s with Ray calls; with links, single runs of 821 and 722
+    against 866 and 914).
     """
 
     num_workers: int = 2
