@@ -268,9 +268,8 @@ def check_logits(logits: torch.Tensor) -> bool:
         # numpy reduces a few rows several times faster than torch dispatches its ops (the
         # front end checks every request this way); numpy has no bfloat16.
         values = logits.detach().numpy()
-        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or an overflowing sum: checked below
-            if np.isfinite(values.sum(dtype=np.float32)):  # one pass: NaN and +-inf propagate into a sum
-                return True
+        if _all_finite(values):
+            return True
         row_max, row_min = values.max(axis=-1), values.min(axis=-1)
     else:
         row_max = logits.amax(dim=-1).float().cpu().numpy()
@@ -286,6 +285,18 @@ def check_logits(logits: torch.Tensor) -> bool:
             what = "has no finite logit"
         raise SamplingError("logits", f"logits row {row} {what}")
     return bool(np.isfinite(row_min).all())
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """True when every value is finite, in one pass; False may also mean a huge sum (the caller
+    then looks closer). NaN and +-inf propagate into a sum of squares, which for float32 is a
+    BLAS dot product, several times faster than a numpy reduction (``np.vdot``: unlike ``np.dot``
+    it warns of no overflow). float16 squares overflow at 256, so float16 is summed in float32."""
+    flat = values.reshape(-1)
+    if flat.dtype == np.float32:
+        return bool(np.isfinite(np.vdot(flat, flat)))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or an overflowing sum
+        return bool(np.isfinite(flat.sum(dtype=np.float32)))
 
 
 def _per_row(name: str, value, rows: int) -> list[int]:

@@ -133,9 +133,10 @@ def pack_logits(logits: torch.Tensor) -> np.ndarray:
 def unpack_logits(parts: Sequence[np.ndarray], dtype: str, device: torch.device) -> torch.Tensor:
     """The requests' arrays of :func:`pack_logits` as one ``[rows, V]`` tensor on ``device``.
 
-    The arrays arrive in the link's receive buffers or as read-only views of Ray's shared
-    memory; they are concatenated into one new array, which the sampler owns (and which on a
-    GPU is copied to the device once).
+    The arrays arrive as read-only views of a link's arena or of Ray's shared memory, or in a
+    link's receive buffers; they are concatenated into one new array, which the sampler owns
+    (and which on a GPU is copied to the device once). Nothing may keep a view of them past the
+    batch's answer: the front end reuses its arena once the answer is in.
     """
     tensor = torch.from_numpy(np.concatenate(parts))
     if device.type != "cpu":

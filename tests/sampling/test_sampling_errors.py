@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from sampling import PARAMETERS, SamplingError, SamplingParams, SequenceState, filter_logits, sample
+from sampling import PARAMETERS, SamplingError, SamplingParams, SequenceState, check_logits, filter_logits, sample
 
 NEG_INF = float("-inf")
 INT64_MAX = 2**63 - 1
@@ -166,6 +166,21 @@ def test_a_row_with_no_finite_logit_is_an_error_naming_the_row(dtype):
         sample(logits, SamplingParams(top_p=0.5))
     assert error.value.field == "logits"
     assert "row 1" in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_huge_finite_logits_are_valid_and_masked_ones_are_told_apart(dtype):
+    # The one-pass check sums squares (float32) or values: both overflow on these finite
+    # logits, and the exact check behind it must still accept them.
+    huge = torch.finfo(dtype).max / 2
+    logits = torch.full((3, 64), huge, dtype=dtype)
+    logits[:, ::2] = -huge
+    assert check_logits(logits) is True
+    logits[1, 5] = NEG_INF
+    assert check_logits(logits) is False
+    logits[2, 7] = math.nan
+    with pytest.raises(SamplingError, match="row 2 contains NaN"):
+        check_logits(logits)
 
 
 def test_half_precision_nan_is_an_error():

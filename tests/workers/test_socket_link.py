@@ -1,16 +1,21 @@
 """Batch links (workers.socket_link) on their own, without Ray: a LinkServer in this process
 (its thread) or in a child process, and the SocketLink on the test's event loop.
 
-A link carries batches whose arrays travel out of band, answers each call with its own
-result whatever the order and size of the calls, and never leaves a call waiting: a handler
-error fails that call only, a peer without the token is refused, and a dead server fails
-every waiting call at once.
+A link carries batches whose arrays travel out of band (through its arena when they fit, else
+in the stream), answers each call with its own result whatever the order and size of the
+calls, and never leaves a call waiting: a handler error fails that call only, a peer without
+the token or a sealed arena is refused, a frame pointing outside the arena ends only that
+connection, and a dead server fails every waiting call at once.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
+import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -21,13 +26,18 @@ import numpy as np
 import pytest
 
 from workers.socket_link import (
+    _ARENA_SEALS,
+    _BUFFER,
+    _FRAME,
     _IOV_MAX,
+    _OK,
     LinkAddress,
     LinkCallError,
     LinkLostError,
     LinkServer,
     SocketLink,
     _after,
+    _Arena,
 )
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="batch links need Linux")
@@ -52,11 +62,16 @@ def same(answer: dict[str, Any], tag: int, arrays: list[np.ndarray]) -> bool:
     return answer["tag"] == tag and answer["arrays"] == [(a.dtype.str, a.shape, a.tobytes()) for a in arrays]
 
 
-async def open_link(server: LinkServer, token: bytes | None = None) -> SocketLink:
+async def open_link(server: LinkServer, token: bytes | None = None, **options: Any) -> SocketLink:
     address = server.address("this-node")
     if token is not None:
         address = LinkAddress(address.node_id, address.name, token)
-    return await SocketLink.open(address, timeout_s=10.0)
+    return await SocketLink.open(address, timeout_s=10.0, **options)
+
+
+def where_and_what(batch: list[np.ndarray]) -> list[tuple[bool, bytes]]:
+    """Per array: whether it views the arena (read-only memory) rather than the stream, and its bytes."""
+    return [(not a.flags.writeable, a.tobytes()) for a in batch]
 
 
 @pytest.mark.asyncio
@@ -69,6 +84,119 @@ async def test_concurrent_calls_each_get_their_own_answer() -> None:
     assert [same(answer, tag, arrays) for answer, (tag, arrays) in zip(answers, calls.items(), strict=True)] == [
         True
     ] * len(calls)
+    link.close()
+
+
+@pytest.mark.asyncio
+async def test_arrays_travel_through_the_arena_when_they_fit_and_in_the_stream_when_not() -> None:
+    link = await open_link(LinkServer(where_and_what), arena_bytes=1 << 20)
+    small, large = np.arange(100_000, dtype=np.float32), np.arange(300_000, dtype=np.float32)  # 0.4 and 1.2 MB
+
+    assert await link.call([small]) == [(True, small.tobytes())]
+    assert await link.call([large]) == [(False, large.tobytes())]
+    assert await link.call([small, large]) == [(False, small.tobytes()), (False, large.tobytes())]
+    link.close()
+
+
+@pytest.mark.asyncio
+async def test_overlapping_calls_share_the_arena_and_each_gets_its_own_bytes() -> None:
+    # 2 MB of arena, 24 overlapping calls of 0.4-0.8 MB: some wait in the stream, space wraps around.
+    link = await open_link(LinkServer(where_and_what), arena_bytes=2 << 20)
+    calls = [[np.full(100_000 * (1 + i % 2), i, dtype=np.float32)] for i in range(24)]
+
+    answers = await asyncio.gather(*(link.call(arrays) for arrays in calls))
+
+    assert [answer[0][1] for answer in answers] == [arrays[0].tobytes() for arrays in calls]
+    in_arena = [answer[0][0] for answer in answers]
+    assert True in in_arena and False in in_arena
+    assert (await link.call(calls[0]))[0][0] is True  # all answered: the arena is free again
+    link.close()
+
+
+def test_the_arena_hands_out_free_space_in_ring_order_and_frees_it_by_answer() -> None:
+    arena = _Arena(1000)
+    chunk = [memoryview(bytes(256))]
+    try:
+        assert [arena.place(i, chunk) for i in range(3)] == [[0], [256], [512]]
+        assert arena.place(3, chunk) is None  # 232 bytes left at the end, none at the front
+        arena.release(0)
+        assert arena.place(4, chunk) == [0]  # wraps around into the answered call's space
+        assert arena.place(5, chunk) is None  # the front is full up to call 1's space
+        arena.release(2)  # answers come in order: calls 1 and 2 are done
+        assert arena.place(6, chunk) == [256]
+        arena.release(6)
+        assert arena.place(7, [memoryview(bytes(960))]) == [0]  # nothing in flight: from the front
+        assert arena.place(8, [memoryview(bytes(1))]) is None
+    finally:
+        arena.close()
+        os.close(arena.fd)
+
+
+@pytest.mark.asyncio
+async def test_answers_arrive_writable() -> None:
+    link = await open_link(LinkServer(lambda batch: [np.arange(5.0), np.zeros((3, 2), dtype=np.int64)]))
+
+    answer = await link.call("anything")
+
+    assert [a.flags.writeable for a in answer] == [True, True]
+    assert answer[0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    link.close()
+
+
+def connect_raw(server: LinkServer, token: bytes, fds: list[int]) -> socket.socket:
+    """A hand-made front end: connects and presents ``token`` with descriptors ``fds``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(server.name)
+    sock.settimeout(10.0)
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([token], ancillary)
+    return sock
+
+
+def sealed_arena(size: int, seals: int = _ARENA_SEALS) -> int:
+    fd = os.memfd_create("test-arena", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("arena", ["none", "unsealed", "empty"])
+async def test_a_peer_without_a_sealed_arena_is_refused(arena) -> None:
+    server = LinkServer(checksum)
+    fd = {"none": None, "unsealed": sealed_arena(4096, seals=0), "empty": sealed_arena(0)}[arena]
+    sock = connect_raw(server, server.token, [] if fd is None else [fd])
+    try:
+        assert sock.recv(16) == b""  # closed without a word
+    finally:
+        sock.close()
+        if fd is not None:
+            os.close(fd)
+
+    link = await open_link(server)
+    assert same(await link.call({"tag": 1, "arrays": arrays_for(1)}), 1, arrays_for(1))
+    link.close()
+
+
+@pytest.mark.asyncio
+async def test_a_frame_pointing_outside_the_arena_ends_that_connection_only() -> None:
+    handled = []
+    server = LinkServer(handled.append)
+    fd = sealed_arena(4096)
+    sock = connect_raw(server, server.token, [fd])
+    try:
+        meta = pickle.dumps(pickle.PickleBuffer(bytearray(8)), protocol=5, buffer_callback=lambda b: False)
+        sock.sendall(_FRAME.pack(0, _OK, len(meta), 1) + _BUFFER.pack(4092, 8) + meta)
+        assert sock.recv(16) == b""
+    finally:
+        sock.close()
+        os.close(fd)
+
+    assert handled == []
+    link = await open_link(server)
+    await link.call("after the bad peer")
+    assert handled == ["after the bad peer"]
     link.close()
 
 
