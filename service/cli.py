@@ -107,8 +107,9 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--max-batches-per-worker", _positive_int, _DEFAULTS.max_batches_per_worker,
      "batches in flight per worker; 2 overlaps the transfer with sampling but halves batches"),
     ("--batch-transport", _batch_transport, _DEFAULTS.batch_transport,
-     "how batches reach the workers: 'socket' over a Unix socket to each worker on this node (by Ray, "
-     "as 'put', to workers elsewhere), 'put' by a Ray actor call each, stored once with ray.put"),
+     "how batches reach the workers: 'socket' over a link to each worker (a Unix socket on this node, "
+     "TCP to others; by Ray, as 'put', where none opens), 'put' by a Ray actor call each, stored once "
+     "with ray.put"),
     ("--max-queue", _positive_int, _DEFAULTS.max_queue,
      "rows waiting for a worker before new requests get RESOURCE_EXHAUSTED"),
     ("--max-message-bytes", _positive_int, _DEFAULTS.max_message_bytes,

@@ -11,8 +11,8 @@ turns the queue into batches:
    alone) and no more than an even share of what waits per idle actor, dropping those whose
    deadline has passed;
 4. it launches the batch as its own task (several may be in flight): the jobs are grouped
-   by (V, dtype), their logits bytes are sent once, over the chosen actor's link when it is
-   on this node (a Unix socket, see ``workers.socket_link``) or else into Ray's object store,
+   by (V, dtype), their logits bytes are sent once, over the chosen actor's link when it has
+   one (see ``workers.socket_link``) or else into Ray's object store,
    ONE call samples the whole batch (the actor stacks each group's rows), and each job's rows
    are cut back out of its group's result.
 

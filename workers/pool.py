@@ -1,8 +1,8 @@
 """A pool of sampler actors: creation, least-loaded routing, death detection and replacement.
 
 The pool is asyncio-friendly: :meth:`SamplerPool.run` awaits the batch's answer on the event
-loop. It sends each batch over the actor's link when the actor is on this node
-(:mod:`workers.socket_link`), else by an actor call. Each worker slot holds one actor; when
+loop. It sends each batch over the actor's link (:mod:`workers.socket_link`: a Unix socket
+on this node, TCP to others) when the actor has one, else by an actor call. Each worker slot holds one actor; when
 an actor dies (a call fails with ``RayActorError`` and its subclasses ``ActorDiedError`` /
 ``ActorUnavailableError``, or an idle health ping does) the slot is marked dead and a
 replacement is started in the background, with back-off while creation keeps failing.
@@ -38,13 +38,16 @@ _log = logging.getLogger(__name__)
 ACTOR_NAME_PREFIX = "samplerd-sampler-"
 _POOL_NUMBERS = itertools.count()
 
-#: How batches reach the actors: ``socket``, over a link to each actor on this node
-#: (:mod:`workers.socket_link`; by Ray, as ``put``, to the others), or ``put``, an actor call
-#: each, its batch stored once with ``ray.put``.
+#: How batches reach the actors: ``socket``, over a link to each actor (:mod:`workers.socket_link`:
+#: a Unix socket on this node, TCP to other nodes; by Ray, as ``put``, where no link opens), or
+#: ``put``, an actor call each, its batch stored once with ``ray.put``.
 BATCH_TRANSPORTS = ("socket", "put")
 
 #: How long opening an actor's link may take (one small actor call and a connect).
 LINK_OPEN_TIMEOUT_S = 30.0
+#: How long connecting to an actor on another node may take: a front end that cannot reach the
+#: actors' nodes directly (only the Ray client port) learns it this soon and uses Ray.
+REMOTE_LINK_CONNECT_TIMEOUT_S = 5.0
 
 #: The errors that mean "this actor is gone": its batch may be retried elsewhere.
 ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -397,18 +400,25 @@ class SamplerPool:
 
 
 async def _open_link(actor: Any) -> SocketLink | None:
-    """A link to ``actor`` when it runs on this process's node, else None (batches go by Ray).
+    """A link to ``actor``, or None (its batches go by Ray).
 
-    A front end connected through the Ray client (``ray://``, as in the Kubernetes deployment)
-    is not a Ray node: its actors are all elsewhere.
+    On this process's node the link is a Unix socket with an arena (:meth:`SocketLink.open`);
+    to an actor on another node, or from a front end connected through the Ray client
+    (``ray://``, as in the Kubernetes deployment, where it is not a Ray node), it is TCP to the
+    actor's node address (:meth:`SocketLink.open_remote`), unless Ray runs with TLS
+    (``RAY_USE_TLS``): links are not encrypted, so those batches stay on Ray's channels.
     """
-    if not LINKS_SUPPORTED or ray.util.client.ray.is_connected():
+    if not LINKS_SUPPORTED:
         return None
     try:
-        address = await resolve(actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
-        if address.node_id != ray.get_runtime_context().get_node_id():
+        if not ray.util.client.ray.is_connected():
+            address = await resolve(actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
+            if address.node_id == ray.get_runtime_context().get_node_id():
+                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES)
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
             return None
-        return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES)
+        address = await resolve(actor.open_link.remote(tcp=True), LINK_OPEN_TIMEOUT_S)
+        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, WIRE_TYPES)
     except Exception as error:  # a speed-up only: without it batches go by Ray
         _log.warning("no batch link to the sampler actor (%s); its batches go by Ray", error)
         return None

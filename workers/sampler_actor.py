@@ -4,9 +4,9 @@
 the resources it needs (``num_cpus``, ``num_gpus``, fractional allowed). Each call takes one
 whole batch and runs :func:`sampling.sample` once per row group; ``sample`` itself groups
 the rows by strategy and runs each kernel once over all of them, so there is no loop over
-rows here. A front end on the actor's node sends its batches over a link instead of actor calls
+rows here. A front end sends its batches over a link instead of actor calls where it can
 (:meth:`SamplerActor.open_link`, :mod:`workers.socket_link`): they are sampled on the link's
-thread, one batch at a time across both ways in.
+thread, one batch at a time across all ways in.
 """
 
 from __future__ import annotations
@@ -62,10 +62,13 @@ class SamplerActor:
         self._synchronize()
         return self.device_name()
 
-    def open_link(self) -> LinkAddress:
-        """Listen for a front end's batch link (one listener per actor); where to connect."""
+    def open_link(self, tcp: bool = False) -> LinkAddress:
+        """Listen for a front end's batch link (one server per actor; with ``tcp``, also on this
+        node's address, for a front end on another node); where to connect."""
         if self._link is None:
             self._link = LinkServer(self.sample_batch, WIRE_TYPES)
+        if tcp:
+            self._link.listen_tcp(ray.util.get_node_ip_address())
         return self._link.address(ray.get_runtime_context().get_node_id())
 
     def sample_batch(self, groups: list[RowGroup]) -> BatchOutput:

@@ -1,14 +1,16 @@
-"""Batch links: a Unix socket from the front end to each sampler actor on the same node.
+"""Batch links: a socket from the front end to each sampler actor, beside Ray.
 
 A Ray actor call costs the same whatever it carries: with Ray 2.60 on 2 cores, sampling one
 row through a call (its batch in a shared-memory channel) took ~1.6 ms of the front end's CPU
 and ~4 ms of the node's (front end, raylet, the actor's core worker), for 3.5 ms of wall time;
 the same batch over a Unix socket to a thread in the actor took ~0.25 ms of the front end's
 CPU, ~1 ms of the node's and 1 ms of wall time (7 rows: 2.0 / 5.7 / 5.2 ms against
-0.8 / 3.0 / 2.7 ms). So Ray places, starts, watches and replaces the sampler actors, and a
-front end sends the batches of the actors on its own node over a link; batches for actors on
-other nodes, and from a front end connected through the Ray client, still go by Ray
-(:mod:`workers.pool`).
+0.8 / 3.0 / 2.7 ms). Through the Ray client (``ray://``) a call costs more again. So Ray
+places, starts, watches and replaces the sampler actors, and a front end sends its batches
+over a link: a Unix socket with an arena (below) to an actor on its own node
+(:meth:`SocketLink.open`), TCP to an actor on another node (:meth:`SocketLink.open_remote`),
+which is also how a front end joined through the Ray client reaches the actors
+(:mod:`workers.pool` picks).
 
 Frames. Calls and answers are frames of one layout: a :data:`_FRAME` header (call id, status,
 pickle length, buffer count), a :data:`_BUFFER` entry per out-of-band buffer (where it is, its
@@ -21,20 +23,25 @@ front end matches answers to calls by id.
 
 The arena. Pushing a batch's logits through the socket cost the front end more than anything
 else it does per batch (~50 us of its CPU per 128 KB row: a fifth of its time per request).
-So each link has an arena: a memory file (``memfd``, sealed against shrinking so that the actor
+So each link on the node has an arena: a memory file (``memfd``, sealed against shrinking so that the actor
 never faults on a page that went away) that the front end creates, maps, and hands to the actor
 with its token; the actor maps it read-only. The front end copies each call's arrays into the
 arena, front to back as in a ring, and frees a call's space when its answer comes: the actor
 answers in order and has copied the rows out of the arena (``unpack_logits``) before it answers.
-A call that does not fit sends its arrays in the stream instead.
+A call that does not fit sends its arrays in the stream instead, as every call over TCP does.
 
 Trust. A pickle may name any function to call when loaded, so both ends load pickles that name
 only the classes the link was made for (``types``: a batch's and its answer's) and numpy's array
 reconstructors; anything else is refused before it runs. And only the front end that opened the
-link through Ray reaches the actor: its socket has a random name in Linux's abstract namespace,
-admits only peers of its own user (``SO_PEERCRED``), and a peer must first send the random token
-that the actor handed the front end through Ray. Without Linux (no abstract namespace, no
-``SO_PEERCRED``) there is no link and batches go by Ray.
+link through Ray reaches the actor. The Unix socket has a random name in Linux's abstract
+namespace, admits only peers of its own user (``SO_PEERCRED``), and a peer must first send the
+random token that the actor handed the front end through Ray, with a sealed arena. On TCP the
+actor sends a random challenge and the peer must answer with its HMAC under the token, so the
+token never crosses the network and an answer seen once opens nothing. TCP links are not
+encrypted, like Ray's own traffic without TLS; a front end whose Ray runs with TLS opens none
+(:mod:`workers.pool`). An actor serves each connected front end on a thread of its own, and at
+most :data:`_MAX_CONNECTIONS` at once. Without Linux (no abstract namespace, ``SO_PEERCRED`` or
+``memfd``) there is no link and batches go by Ray.
 """
 
 from __future__ import annotations
@@ -79,6 +86,11 @@ _ARENA_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL if hasattr(fcntl, "F_SEAL
 _TOKEN_BYTES = 32
 #: How long a new connection may take to present its token.
 _ADMIT_TIMEOUT_S = 5.0
+#: Connections an actor serves at once (one per front end; refused beyond).
+_MAX_CONNECTIONS = 64
+_BACKLOG = 16
+#: A TCP peer's answer to the challenge: HMAC-SHA256 of it under the token.
+_PROOF_BYTES = 32
 #: Pause before accepting again after ``accept`` failed.
 _ACCEPT_RETRY_S = 1.0
 #: Most buffers one ``sendmsg`` takes (Linux's IOV_MAX).
@@ -112,11 +124,14 @@ class LinkCallError(RuntimeError):
 
 @dataclass(frozen=True)
 class LinkAddress:
-    """Where and how to open a link: the actor's node, its socket's name and its token."""
+    """Where and how to open a link: the actor's node, its Unix socket's name, its token, and
+    the host and port of its TCP listener (None: it has none)."""
 
     node_id: str
     name: bytes
     token: bytes
+    host: str | None = None
+    port: int | None = None
 
 
 class _Unpickler(pickle.Unpickler):
@@ -138,45 +153,94 @@ def _type_names(types: Iterable[type]) -> frozenset[tuple[str, str]]:
 
 
 class LinkServer:
-    """The actor's end: a listening socket and a daemon thread that answers each call of the
-    connected front end with ``handler(batch)``, one call at a time, in arrival order. Batches
-    and answers may hold instances of ``types``, numpy arrays and plain containers."""
+    """The actor's end: listening sockets (a Unix one, and a TCP one on ``tcp_host`` when given),
+    and a daemon thread per connected front end that answers each of its calls with
+    ``handler(batch)``, one at a time, in arrival order. Batches and answers may hold instances
+    of ``types``, numpy arrays and plain containers."""
 
-    def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = ()) -> None:
+    def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = (), tcp_host: str | None = None) -> None:
         if not SUPPORTED:
-            raise OSError("batch links need Linux (abstract Unix sockets, SO_PEERCRED)")
+            raise OSError("batch links need Linux (abstract Unix sockets, SO_PEERCRED, memfd)")
         self._handler = handler
         self._types = _type_names(types)
+        self._connections = threading.BoundedSemaphore(_MAX_CONNECTIONS)
         self.token = secrets.token_bytes(_TOKEN_BYTES)
         self.name = b"\0samplerd-link-" + secrets.token_hex(16).encode()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.name)
-        self._listener.listen(4)
-        threading.Thread(target=self._accept_forever, name="samplerd-link", daemon=True).start()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.name)
+        listener.listen(_BACKLOG)
+        self._listen(listener)
+        self.host: str | None = None
+        self.port: int | None = None
+        if tcp_host is not None:
+            self.listen_tcp(tcp_host)
+
+    def listen_tcp(self, host: str) -> None:
+        """Also listen on TCP, on ``host`` (this node's address) and a free port, unless already."""
+        if self.host is not None:
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, 0), family=family, backlog=_BACKLOG)
+        self.host, self.port = host, listener.getsockname()[1]
+        self._listen(listener)
+
+    def _listen(self, listener: socket.socket) -> None:
+        threading.Thread(target=self._accept_forever, args=(listener,), name="samplerd-link", daemon=True).start()
 
     def address(self, node_id: str) -> LinkAddress:
         """This server's address, labelled with ``node_id``, the node it runs on."""
-        return LinkAddress(node_id, self.name, self.token)
+        return LinkAddress(node_id, self.name, self.token, self.host, self.port)
 
-    def _accept_forever(self) -> None:
+    def _accept_forever(self, listener: socket.socket) -> None:
         while True:
             try:
-                connection, _ = self._listener.accept()
+                connection, _ = listener.accept()
             except OSError as error:  # out of descriptors, say: try again shortly
                 _log.warning("batch link cannot accept: %s", error)
                 time.sleep(_ACCEPT_RETRY_S)
                 continue
-            with connection:
-                try:
-                    arena = self._admit(connection)
-                    if arena is not None:
-                        self._serve(connection, memoryview(arena))
-                except (OSError, EOFError, _ProtocolError) as error:  # the front end went away, or broke the protocol
-                    _log.info("batch link connection ended: %s", error)
-                except Exception:  # never lose the thread: the next front end must still be served
-                    _log.exception("batch link connection failed")
+            if not self._connections.acquire(blocking=False):
+                _log.warning("batch link refused a connection: %d are open", _MAX_CONNECTIONS)
+                connection.close()
+                continue
+            peer = threading.Thread(target=self._connection, args=(connection,), name="samplerd-link-peer", daemon=True)
+            peer.start()
 
-    def _admit(self, connection: socket.socket) -> mmap.mmap | None:
+    def _connection(self, connection: socket.socket) -> None:
+        try:
+            with connection:
+                if connection.family == socket.AF_UNIX:
+                    arena = self._admit_local(connection)
+                    view = None if arena is None else memoryview(arena)
+                else:
+                    view = memoryview(b"") if self._admit_remote(connection) else None  # no arena across nodes
+                if view is not None:
+                    self._serve(connection, view)
+        except (OSError, EOFError, _ProtocolError) as error:  # the front end went away, or broke the protocol
+            _log.info("batch link connection ended: %s", error)
+        except Exception:
+            _log.exception("batch link connection failed")
+        finally:
+            self._connections.release()
+
+    def _admit_remote(self, connection: socket.socket) -> bool:
+        """The TCP peer proved it holds the token: it answered a fresh challenge with its HMAC
+        (the token itself never crosses the network)."""
+        connection.settimeout(_ADMIT_TIMEOUT_S)
+        challenge = secrets.token_bytes(_TOKEN_BYTES)
+        try:
+            connection.sendall(challenge)
+            proof = _receive(connection, _PROOF_BYTES)
+        except (EOFError, TimeoutError):
+            return False
+        connection.settimeout(None)
+        if not hmac.compare_digest(bytes(proof), _proof(self.token, challenge)):
+            _log.warning("batch link refused a peer without the token")
+            return False
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+
+    def _admit_local(self, connection: socket.socket) -> mmap.mmap | None:
         """The peer's arena, mapped read-only, when the peer runs as this user and presented
         the token with a sealed arena; else None."""
         _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(
@@ -249,6 +313,10 @@ def _frame(call_id: int, status: int, value: Any, arena: _Arena | None = None) -
     )
     head = _FRAME.pack(call_id, status, len(meta), len(raws)) + table
     return [head, meta] if offsets is not None else [head, meta, *raws]
+
+
+def _proof(token: bytes, challenge: bytes) -> bytes:
+    return hmac.new(token, challenge, "sha256").digest()
 
 
 def _receive(connection: socket.socket, size: int) -> bytearray:
@@ -330,7 +398,7 @@ class SocketLink:
     order and are written as the socket takes them. When the link breaks every waiting call
     raises :class:`LinkLostError`."""
 
-    def __init__(self, sock: socket.socket, arena: _Arena, types: Iterable[type] = ()) -> None:
+    def __init__(self, sock: socket.socket, arena: _Arena | None, types: Iterable[type] = ()) -> None:
         self._sock = sock
         self._arena = arena
         self._types = _type_names(types)
@@ -347,7 +415,7 @@ class SocketLink:
     async def open(
         cls, address: LinkAddress, timeout_s: float, types: Iterable[type] = (), arena_bytes: int = _ARENA_BYTES
     ) -> SocketLink:
-        """Connect to a :class:`LinkServer`, present its token and hand it an arena of
+        """Connect to a :class:`LinkServer` on this node, present its token and hand it an arena of
         ``arena_bytes``; answers may hold instances of ``types``, numpy arrays and plain containers."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         arena = None
@@ -369,10 +437,36 @@ class SocketLink:
                 os.close(arena.fd)  # the actor holds its own descriptor now
         return cls(sock, arena, types)
 
+    @classmethod
+    async def open_remote(cls, address: LinkAddress, timeout_s: float, types: Iterable[type] = ()) -> SocketLink:
+        """Connect to a :class:`LinkServer`'s TCP listener (on another node) and answer its
+        challenge; the batches' arrays travel in the stream."""
+        if address.host is None or address.port is None:
+            raise ValueError("this link server has no TCP listener")
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.sock_connect(sock, (address.host, address.port)), timeout_s)
+            challenge = await asyncio.wait_for(_sock_receive(loop, sock, _TOKEN_BYTES), timeout_s)
+            await asyncio.wait_for(loop.sock_sendall(sock, _proof(address.token, challenge)), timeout_s)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, None, types)
+
     @property
     def is_open(self) -> bool:
         """False once the link broke or was closed."""
         return self._lost is None
+
+    @property
+    def over_tcp(self) -> bool:
+        """True for a link to another node (:meth:`open_remote`), False for a Unix socket."""
+        return self._sock.family != socket.AF_UNIX
 
     async def call(self, batch: Any) -> Any:
         """Send ``batch`` and await the handler's answer; :class:`LinkLostError` when the link
@@ -446,7 +540,8 @@ class SocketLink:
                 buffers.append(self._inbox[at:at + length])  # a copy of its own: the arrays come out writable
                 at += length
             del self._inbox[:end]
-            self._arena.release(call_id)
+            if self._arena is not None:
+                self._arena.release(call_id)
             self._answer(call_id, status, payload, buffers)
 
     def _answer(self, call_id: int, status: int, payload: bytes, buffers: list[bytearray]) -> None:
@@ -474,7 +569,19 @@ class SocketLink:
         self._loop.remove_reader(self._fd)
         self._loop.remove_writer(self._fd)
         self._sock.close()
-        self._arena.close()
+        if self._arena is not None:
+            self._arena.close()
+
+
+async def _sock_receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from a non-blocking socket; EOFError if it closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise EOFError("the link server closed the connection")
+        data += chunk
+    return data
 
 
 def _after(views: list[memoryview], sent: int) -> list[memoryview]:

@@ -200,6 +200,75 @@ async def test_a_frame_pointing_outside_the_arena_ends_that_connection_only() ->
     link.close()
 
 
+async def open_tcp_link(server: LinkServer, token: bytes | None = None) -> SocketLink:
+    address = server.address("other-node")
+    if token is not None:
+        address = LinkAddress(address.node_id, address.name, token, address.host, address.port)
+    return await SocketLink.open_remote(address, timeout_s=10.0)
+
+
+@pytest.mark.asyncio
+async def test_a_tcp_link_carries_overlapping_calls_in_the_stream() -> None:
+    server = LinkServer(checksum, tcp_host="127.0.0.1")
+    link = await open_tcp_link(server)
+    calls = {tag: arrays_for(tag) for tag in range(12)}
+
+    answers = await asyncio.gather(*(link.call({"tag": tag, "arrays": arrays}) for tag, arrays in calls.items()))
+
+    assert all(same(answer, tag, arrays) for answer, (tag, arrays) in zip(answers, calls.items(), strict=True))
+    link.close()
+    where = await open_tcp_link(LinkServer(where_and_what, tcp_host="127.0.0.1"))
+    small = np.arange(1000, dtype=np.float32)
+    assert await where.call([small]) == [(False, small.tobytes())]  # no arena across nodes
+    where.close()
+
+
+@pytest.mark.asyncio
+async def test_a_tcp_peer_without_the_token_is_refused_and_the_next_one_served() -> None:
+    server = LinkServer(checksum, tcp_host="127.0.0.1")
+    intruder = await open_tcp_link(server, token=b"\0" * len(server.token))
+
+    with pytest.raises(LinkLostError):
+        await asyncio.wait_for(intruder.call({"tag": 1, "arrays": []}), 10.0)
+
+    with socket.create_connection((server.host, server.port), timeout=10.0) as replayer:
+        challenge = replayer.recv(64)
+        replayer.sendall(server.token)  # the token itself is no answer to the challenge
+        assert len(challenge) == 32 and replayer.recv(16) == b""
+
+    link = await open_tcp_link(server)
+    assert same(await link.call({"tag": 2, "arrays": arrays_for(0)}), 2, arrays_for(0))
+    link.close()
+
+
+def test_a_link_server_without_a_tcp_host_has_no_tcp_listener() -> None:
+    address = LinkServer(checksum).address("n")
+    assert (address.host, address.port) == (None, None)
+
+
+@pytest.mark.asyncio
+async def test_several_front_ends_are_served_at_once() -> None:
+    release = threading.Event()
+
+    def hold_first(batch: Any) -> Any:
+        if batch == "hold":
+            release.wait(10.0)
+        return batch
+
+    server = LinkServer(hold_first, tcp_host="127.0.0.1")
+    first = await open_link(server)
+    held = asyncio.ensure_future(first.call("hold"))
+    others = [await open_link(server), await open_tcp_link(server)]
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*(link.call(i) for i, link in enumerate(others))), 5.0)
+        assert answers == [0, 1] and not held.done()
+    finally:
+        release.set()
+    assert await held == "hold"
+    for link in (first, *others):
+        link.close()
+
+
 @pytest.mark.asyncio
 async def test_a_batch_of_more_arrays_than_one_sendmsg_takes_arrives_whole() -> None:
     link = await open_link(LinkServer(checksum))
