@@ -362,16 +362,21 @@ class SamplerPool:
             backoff = min(backoff * 2, 30.0)
 
     async def _monitor(self) -> None:
-        """Ping idle live actors so a death is noticed (and repaired) without traffic, and open
-        the link again to a live actor whose link broke."""
+        """Ping live actors so that a death is noticed (and repaired) without traffic, and open
+        the link again to a live actor whose link broke. Busy actors are pinged too when their
+        batches go over a link: a failed Ray call tells of a death, a link call only of its
+        process's end, and an actor whose node Ray lost may answer on its link for a while."""
         while not self._stopping:
             await asyncio.sleep(self._config.health_interval_s)
-            idle = [w for w in self._workers if w.state is WorkerState.ALIVE and w.inflight_batches == 0]
+            pinged = [
+                w for w in self._workers
+                if w.state is WorkerState.ALIVE and (w.inflight_batches == 0 or w.link is not None)
+            ]
             results = await asyncio.gather(
-                *(resolve(w.actor.device_name.remote(), 10.0) for w in idle),
+                *(resolve(w.actor.device_name.remote(), 10.0) for w in pinged),
                 return_exceptions=True,
             )
-            for worker, result in zip(idle, results, strict=True):
+            for worker, result in zip(pinged, results, strict=True):
                 if isinstance(result, ACTOR_LOST):
                     self._lose(worker, result)
                 elif worker.linkable and worker.link is None and worker.state is WorkerState.ALIVE:

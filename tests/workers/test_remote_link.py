@@ -29,6 +29,7 @@ SCRIPT = """
 import asyncio, json, socket, sys
 sys.path.insert(0, {tests!r})
 import ray
+import ray._private.utils
 import ray.util.client
 from ray.cluster_utils import Cluster
 from test_batch_transport import mixed_jobs
@@ -72,11 +73,14 @@ async def main(address):
         await d.stop()
     print("REPORT " + json.dumps(report), flush=True)
 
+# Cluster would record its address in /tmp/ray as "the current cluster", where other processes'
+# ray.init() on this machine would find it; it is this test's alone.
+ray._private.utils.write_ray_address = lambda *args, **kwargs: None
 client_port = {client_port}
 head = {{"num_cpus": 0, "include_dashboard": False}}
 if client_port:
     head["ray_client_server_port"] = client_port
-cluster = Cluster(initialize_head=True, head_node_args=head)
+cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
 try:
     cluster.add_node(num_cpus=2)
     asyncio.run(main(f"ray://127.0.0.1:{{client_port}}" if client_port else cluster.address))
