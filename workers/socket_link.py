@@ -204,7 +204,12 @@ class LinkServer:
                 connection.close()
                 continue
             peer = threading.Thread(target=self._connection, args=(connection,), name="samplerd-link-peer", daemon=True)
-            peer.start()
+            try:
+                peer.start()
+            except RuntimeError as error:  # no thread to be had: refuse this one, keep accepting
+                _log.warning("batch link refused a connection: %s", error)
+                self._connections.release()
+                connection.close()
 
     def _connection(self, connection: socket.socket) -> None:
         try:
