@@ -3,7 +3,8 @@
 - :mod:`workers.batch`: what a batch and its answer look like on the wire;
 - :mod:`workers.sampler_actor`: the sampler actor, batched sampling on one device;
 - :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
-- :mod:`workers.socket_link`: batches over a Unix socket to the actors on the front end's node;
+- :mod:`workers.socket_link`: batches over a link to each actor (Unix socket and shared-memory
+  arena on the front end's node, TCP to other nodes), beside Ray;
 - :mod:`workers.cluster`: joining or starting Ray.
 """
 

@@ -2,8 +2,8 @@
 
 The pool is asyncio-friendly: :meth:`SamplerPool.run` awaits the batch's answer on the event
 loop. It sends each batch over the actor's link (:mod:`workers.socket_link`: a Unix socket
-on this node, TCP to others) when the actor has one, else by an actor call. Each worker slot holds one actor; when
-an actor dies (a call fails with ``RayActorError`` and its subclasses ``ActorDiedError`` /
+on this node, TCP to others) when the actor has one, else by an actor call. Each worker slot
+holds one actor; when an actor dies (a call fails with ``RayActorError`` and its subclasses ``ActorDiedError`` /
 ``ActorUnavailableError``, or an idle health ping does) the slot is marked dead and a
 replacement is started in the background, with back-off while creation keeps failing.
 """

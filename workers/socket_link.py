@@ -153,12 +153,12 @@ def _type_names(types: Iterable[type]) -> frozenset[tuple[str, str]]:
 
 
 class LinkServer:
-    """The actor's end: listening sockets (a Unix one, and a TCP one on ``tcp_host`` when given),
-    and a daemon thread per connected front end that answers each of its calls with
+    """The actor's end: listening sockets (a Unix one, and a TCP one once :meth:`listen_tcp` was
+    called), and a daemon thread per connected front end that answers each of its calls with
     ``handler(batch)``, one at a time, in arrival order. Batches and answers may hold instances
     of ``types``, numpy arrays and plain containers."""
 
-    def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = (), tcp_host: str | None = None) -> None:
+    def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = ()) -> None:
         if not SUPPORTED:
             raise OSError("batch links need Linux (abstract Unix sockets, SO_PEERCRED, memfd)")
         self._handler = handler
@@ -172,15 +172,12 @@ class LinkServer:
         self._listen(listener)
         self.host: str | None = None
         self.port: int | None = None
-        if tcp_host is not None:
-            self.listen_tcp(tcp_host)
 
     def listen_tcp(self, host: str) -> None:
         """Also listen on TCP, on ``host`` (this node's address) and a free port, unless already."""
         if self.host is not None:
             return
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, 0), family=family, backlog=_BACKLOG)
+        listener = socket.create_server((host, 0), family=_tcp_family(host), backlog=_BACKLOG)
         self.host, self.port = host, listener.getsockname()[1]
         self._listen(listener)
 
@@ -422,11 +419,9 @@ class SocketLink:
     ) -> SocketLink:
         """Connect to a :class:`LinkServer` on this node, present its token and hand it an arena of
         ``arena_bytes``; answers may hold instances of ``types``, numpy arrays and plain containers."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _client_socket(socket.AF_UNIX)
         arena = None
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.sock_connect(sock, address.name), timeout_s)
             arena = _Arena(arena_bytes)
@@ -448,11 +443,8 @@ class SocketLink:
         challenge; the batches' arrays travel in the stream."""
         if address.host is None or address.port is None:
             raise ValueError("this link server has no TCP listener")
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _client_socket(_tcp_family(address.host))
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.sock_connect(sock, (address.host, address.port)), timeout_s)
@@ -576,6 +568,22 @@ class SocketLink:
         self._sock.close()
         if self._arena is not None:
             self._arena.close()
+
+
+def _tcp_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _client_socket(family: socket.AddressFamily) -> socket.socket:
+    """A front end's non-blocking socket with the large send buffer (:data:`_SEND_BUFFER_BYTES`)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def _sock_receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:

@@ -200,6 +200,13 @@ async def test_a_frame_pointing_outside_the_arena_ends_that_connection_only() ->
     link.close()
 
 
+def tcp_server(handler: Any) -> LinkServer:
+    """A link server also listening on TCP, on loopback."""
+    server = LinkServer(handler)
+    server.listen_tcp("127.0.0.1")
+    return server
+
+
 async def open_tcp_link(server: LinkServer, token: bytes | None = None) -> SocketLink:
     address = server.address("other-node")
     if token is not None:
@@ -209,7 +216,7 @@ async def open_tcp_link(server: LinkServer, token: bytes | None = None) -> Socke
 
 @pytest.mark.asyncio
 async def test_a_tcp_link_carries_overlapping_calls_in_the_stream() -> None:
-    server = LinkServer(checksum, tcp_host="127.0.0.1")
+    server = tcp_server(checksum)
     link = await open_tcp_link(server)
     calls = {tag: arrays_for(tag) for tag in range(12)}
 
@@ -217,7 +224,7 @@ async def test_a_tcp_link_carries_overlapping_calls_in_the_stream() -> None:
 
     assert all(same(answer, tag, arrays) for answer, (tag, arrays) in zip(answers, calls.items(), strict=True))
     link.close()
-    where = await open_tcp_link(LinkServer(where_and_what, tcp_host="127.0.0.1"))
+    where = await open_tcp_link(tcp_server(where_and_what))
     small = np.arange(1000, dtype=np.float32)
     assert await where.call([small]) == [(False, small.tobytes())]  # no arena across nodes
     where.close()
@@ -225,7 +232,7 @@ async def test_a_tcp_link_carries_overlapping_calls_in_the_stream() -> None:
 
 @pytest.mark.asyncio
 async def test_a_tcp_peer_without_the_token_is_refused_and_the_next_one_served() -> None:
-    server = LinkServer(checksum, tcp_host="127.0.0.1")
+    server = tcp_server(checksum)
     intruder = await open_tcp_link(server, token=b"\0" * len(server.token))
 
     with pytest.raises(LinkLostError):
@@ -241,9 +248,15 @@ async def test_a_tcp_peer_without_the_token_is_refused_and_the_next_one_served()
     link.close()
 
 
-def test_a_link_server_without_a_tcp_host_has_no_tcp_listener() -> None:
-    address = LinkServer(checksum).address("n")
+def test_a_link_server_has_no_tcp_listener_until_asked() -> None:
+    server = LinkServer(checksum)
+    address = server.address("n")
     assert (address.host, address.port) == (None, None)
+
+    server.listen_tcp("127.0.0.1")
+    port = server.address("n").port
+    server.listen_tcp("127.0.0.1")  # once only
+    assert server.address("n").host == "127.0.0.1" and port is not None and server.address("n").port == port
 
 
 @pytest.mark.asyncio
@@ -255,7 +268,7 @@ async def test_several_front_ends_are_served_at_once() -> None:
             release.wait(10.0)
         return batch
 
-    server = LinkServer(hold_first, tcp_host="127.0.0.1")
+    server = tcp_server(hold_first)
     first = await open_link(server)
     held = asyncio.ensure_future(first.call("hold"))
     others = [await open_link(server), await open_tcp_link(server)]
