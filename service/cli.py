@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from service.bench import add_arguments as add_bench_arguments
-from service.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES, ServerConfig
+from service.config import ServerConfig
+from workers.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES
 
 _DEFAULTS = ServerConfig()
 
@@ -100,7 +101,7 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--workers", _positive_int, _DEFAULTS.workers, "number of sampler actors (one device each)"),
     ("--device", _device, _DEFAULTS.device, "auto (cuda if available), cpu or cuda"),
     ("--num-gpus-per-worker", _non_negative_float, _DEFAULTS.num_gpus_per_worker,
-     "GPUs per sampler actor when --device is cuda; fractional values share a GPU"),
+     "GPUs per sampler actor when --device is cuda (none: 1); fractional values share a GPU"),
     ("--max-batch-rows", _positive_int, _DEFAULTS.max_batch_rows, "most rows a worker samples in one batch"),
     ("--batch-window-ms", _non_negative_float, _DEFAULTS.batch_window_ms,
      "longest a row waits for others to join its batch, in milliseconds"),

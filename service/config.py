@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-if TYPE_CHECKING:
-    from service.dispatcher import DispatcherConfig
+from workers.config import PoolConfig
 
-DEVICES = ("auto", "cpu", "cuda")
-#: ``--model-dtype`` values (those of ``workers.generation.loader.DTYPES``, which imports torch).
-MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
-#: ``--batch-transport`` values (those of ``workers.pool.BATCH_TRANSPORTS``, which imports ray).
-BATCH_TRANSPORTS = ("socket", "put")
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """Batching and backpressure settings, and the worker pool's (:class:`workers.config.PoolConfig`).
+
+    A row waits at most ``batch_window_s`` for others to join its batch of at most
+    ``max_batch_rows``; once ``max_queue_rows`` rows wait, new jobs are refused.
+    """
+
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    max_batch_rows: int = 256
+    batch_window_s: float = 0.002
+    max_queue_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {self.max_batch_rows}")
+        if self.batch_window_s < 0:
+            raise ValueError(f"batch_window_s must be >= 0, got {self.batch_window_s}")
+        if self.max_queue_rows < 1:
+            raise ValueError(f"max_queue_rows must be >= 1, got {self.max_queue_rows}")
 
 
 @dataclass(frozen=True)
@@ -22,14 +36,15 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 9464
-    workers: int = 1
-    device: str = "auto"
-    num_gpus_per_worker: float = 1.0
-    max_batch_rows: int = 256
-    batch_window_ms: float = 2.0
-    max_batches_per_worker: int = 1
-    batch_transport: str = "socket"
-    max_queue: int = 4096
+    # Defaults of the worker and batching options are those of PoolConfig and DispatcherConfig.
+    workers: int = PoolConfig.num_workers
+    device: str = PoolConfig.device
+    num_gpus_per_worker: float | None = PoolConfig.num_gpus_per_worker
+    max_batch_rows: int = DispatcherConfig.max_batch_rows
+    batch_window_ms: float = DispatcherConfig.batch_window_s * 1000.0
+    max_batches_per_worker: int = PoolConfig.max_batches_per_worker
+    batch_transport: str = PoolConfig.batch_transport
+    max_queue: int = DispatcherConfig.max_queue_rows
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024
     max_sessions: int = 1024
@@ -39,7 +54,7 @@ class ServerConfig:
     model_device: str = "auto"
     model_dtype: str = "auto"
     model_max_tokens: int = 4096
-    ray_address: str | None = None
+    ray_address: str | None = PoolConfig.ray_address
     grace_seconds: float = 10.0
     # Security (service.security): TLS / mutual TLS, bearer tokens, the metrics interface.
     tls_cert: str | None = None
@@ -49,21 +64,18 @@ class ServerConfig:
     metrics_host: str | None = None  # None: the same interface as --host
 
     def dispatcher_config(self) -> DispatcherConfig:
-        """The dispatcher's share of the configuration."""
-        from service.dispatcher import DispatcherConfig
-
+        """The dispatcher's share of the configuration (``auto`` devices resolved here)."""
         device = resolve_device(self.device)
-        return DispatcherConfig(
+        pool = PoolConfig(
             num_workers=self.workers,
             device=device,
             num_gpus_per_worker=self.num_gpus_per_worker if device == "cuda" else 0.0,
-            max_batch_rows=self.max_batch_rows,
-            batch_window_s=self.batch_window_ms / 1000.0,
             max_batches_per_worker=self.max_batches_per_worker,
             batch_transport=self.batch_transport,
-            max_queue_rows=self.max_queue,
             ray_address=self.ray_address,
         )
+        return DispatcherConfig(pool=pool, max_batch_rows=self.max_batch_rows,
+                                batch_window_s=self.batch_window_ms / 1000.0, max_queue_rows=self.max_queue)
 
 
 def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:

@@ -41,10 +41,16 @@ from dataclasses import dataclass, field
 import torch
 
 from sampling import SampleOutput, SampleStats, SamplingParams, SequenceState
+from service.config import DispatcherConfig
+from service.errors import (
+    DeadlineExceededError,
+    DispatchError,
+    QueueFullError,
+    WorkersUnavailableError,
+)
 from workers import (
     BatchOutput,
     NoLiveWorkerError,
-    PoolConfig,
     RowError,
     RowGroup,
     SamplerPool,
@@ -57,69 +63,6 @@ _log = logging.getLogger(__name__)
 
 #: fn(batch_rows, kernel_seconds_by_strategy, device), called once per executed batch.
 BatchObserver = Callable[[int, dict[str, float], str], None]
-
-
-class DispatchError(Exception):
-    """Base of the errors the dispatcher answers a job with (each maps to one gRPC status)."""
-
-
-class QueueFullError(DispatchError):
-    """The queue holds too many rows to accept the job (RESOURCE_EXHAUSTED)."""
-
-
-class WorkersUnavailableError(DispatchError):
-    """No sampler actor is alive, or the job's actor died and the retry failed (UNAVAILABLE)."""
-
-
-class DeadlineExceededError(DispatchError):
-    """The job's deadline passed before it ran; it was dropped unrun (DEADLINE_EXCEEDED)."""
-
-
-@dataclass(frozen=True)
-class DispatcherConfig:
-    """Workers, batching and backpressure settings.
-
-    ``num_gpus_per_worker`` may be fractional; None picks 1 for ``device="cuda"`` and, for
-    ``device="auto"``, 1 when the Ray cluster has GPUs, else 0. ``ray_address`` None starts a
-    local Ray instance in-process (or joins the one this process is already connected to).
-    ``max_batches_per_worker`` batches may be in flight per actor, and ``batch_transport`` says
-    how they get there (see ``workers.PoolConfig``). ``num_cpus_per_worker`` is each actor's Ray CPU
-    reservation, which is also its torch thread count (Ray sets ``OMP_NUM_THREADS`` from it).
-    """
-
-    num_workers: int = 2
-    device: str = "auto"
-    num_gpus_per_worker: float | None = None
-    max_batch_rows: int = 256
-    batch_window_s: float = 0.002
-    max_queue_rows: int = 4096
-    ray_address: str | None = None
-    max_batches_per_worker: int = 1
-    batch_transport: str = "socket"
-    num_cpus_per_worker: float = 1.0
-    startup_timeout_s: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.max_batch_rows < 1:
-            raise ValueError(f"max_batch_rows must be >= 1, got {self.max_batch_rows}")
-        if self.batch_window_s < 0:
-            raise ValueError(f"batch_window_s must be >= 0, got {self.batch_window_s}")
-        if self.max_queue_rows < 1:
-            raise ValueError(f"max_queue_rows must be >= 1, got {self.max_queue_rows}")
-        self.pool_config()  # validates the worker settings
-
-    def pool_config(self) -> PoolConfig:
-        """The worker pool's part of this configuration."""
-        return PoolConfig(
-            num_workers=self.num_workers,
-            device=self.device,
-            num_gpus_per_worker=self.num_gpus_per_worker,
-            num_cpus_per_worker=self.num_cpus_per_worker,
-            max_batches_per_worker=self.max_batches_per_worker,
-            batch_transport=self.batch_transport,
-            ray_address=self.ray_address,
-            startup_timeout_s=self.startup_timeout_s,
-        )
 
 
 @dataclass
@@ -224,7 +167,7 @@ class Dispatcher:
 
     def __init__(self, config: DispatcherConfig) -> None:
         self._config = config
-        self._pool = SamplerPool(config.pool_config(), on_change=self._wake)
+        self._pool = SamplerPool(config.pool, on_change=self._wake)
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._running_batches = 0

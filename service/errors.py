@@ -18,7 +18,22 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sampling import SamplingError
-from service.dispatcher import DeadlineExceededError, QueueFullError, WorkersUnavailableError
+
+
+class DispatchError(Exception):
+    """Base of the errors the dispatcher answers a job with (each maps to one gRPC status)."""
+
+
+class QueueFullError(DispatchError):
+    """The queue holds too many rows to accept the job (RESOURCE_EXHAUSTED)."""
+
+
+class WorkersUnavailableError(DispatchError):
+    """No sampler actor is alive, or the job's actor died and the retry failed (UNAVAILABLE)."""
+
+
+class DeadlineExceededError(DispatchError):
+    """The job's deadline passed before it ran; it was dropped unrun (DEADLINE_EXCEEDED)."""
 
 log = logging.getLogger(__name__)
 

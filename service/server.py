@@ -90,11 +90,6 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         """Text generation with the server's language model (see the .proto and :mod:`service.generation`)."""
         await self._generation.serve(request, context)
 
-    async def _unimplemented(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        self._metrics.observe_request(method, "UNIMPLEMENTED", 0.0)
-        refused = RequestError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
-        await context.abort_with_status(to_status(refused))
-
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The RPC's deadline on the ``time.monotonic()`` clock, or None; refuses expired ones."""

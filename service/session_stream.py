@@ -17,7 +17,7 @@ Where the work runs:
   (``sampling.filter_logits`` per path, then ``path_aware_step``) in a worker thread of the
   front end (``asyncio.to_thread``), never on the event loop. It needs no actor state either,
   so it is unaffected by actor deaths. Moving it onto the sampler actors needs a path-step
-  job type in the dispatcher (see ``.notes/sessions.md``).
+  job type in the dispatcher.
 
 Messages are read by a pump task into a queue of two, so the idle timeout is a plain
 ``asyncio.wait_for`` on the queue (a gRPC read is never cancelled half-way) and a client

@@ -5,30 +5,36 @@
 - :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
 - :mod:`workers.socket_link`: batches over a link to each actor (Unix socket and shared-memory
   arena on the front end's node, TCP to other nodes), beside Ray;
-- :mod:`workers.cluster`: joining or starting Ray.
+- :mod:`workers.cluster`: joining or starting Ray;
+- :mod:`workers.config`: device names, batch transports and the pool's settings (no ray, no torch).
 """
 
-from workers.batch import BatchOutput, GroupResult, RowError, RowGroup, stack_group, take_job
-from workers.pool import (
-    BatchFailedError,
-    NoLiveWorkerError,
-    PoolConfig,
-    SamplerPool,
-    WorkerInfo,
-    WorkerState,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "BatchFailedError",
-    "BatchOutput",
-    "GroupResult",
-    "NoLiveWorkerError",
-    "PoolConfig",
-    "RowError",
-    "RowGroup",
-    "SamplerPool",
-    "WorkerInfo",
-    "WorkerState",
-    "stack_group",
-    "take_job",
-]
+# Public names and the module that defines each. They are imported on first use, so that
+# ``workers.config`` (device names, PoolConfig) can be imported without loading ray or torch.
+_EXPORTS = {
+    "BatchOutput": "workers.batch",
+    "GroupResult": "workers.batch",
+    "RowError": "workers.batch",
+    "RowGroup": "workers.batch",
+    "stack_group": "workers.batch",
+    "take_job": "workers.batch",
+    "PoolConfig": "workers.config",
+    "BatchFailedError": "workers.pool",
+    "NoLiveWorkerError": "workers.pool",
+    "SamplerPool": "workers.pool",
+    "WorkerInfo": "workers.pool",
+    "WorkerState": "workers.pool",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'workers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -60,8 +60,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
+from workers.config import DEVICES
 from workers.generation.engine import GenerationEngine
-from workers.generation.loader import DEVICES, ModelInfo
+from workers.generation.loader import ModelInfo
 from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest
 
 

@@ -27,7 +27,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from workers.batch import WIRE_TYPES, BatchOutput, RowGroup
 from workers.cluster import cluster_gpus, connect, disconnect, resolve
-from workers.sampler_actor import DEVICES, SamplerActor
+from workers.config import PoolConfig
+from workers.sampler_actor import SamplerActor
 from workers.socket_link import SUPPORTED as LINKS_SUPPORTED
 from workers.socket_link import LinkCallError, LinkLostError, SocketLink
 
@@ -37,11 +38,6 @@ _log = logging.getLogger(__name__)
 #: process's pools from 0, ``n`` the pool's actors in creation order (replacements get new numbers).
 ACTOR_NAME_PREFIX = "samplerd-sampler-"
 _POOL_NUMBERS = itertools.count()
-
-#: How batches reach the actors: ``socket``, over a link to each actor (:mod:`workers.socket_link`:
-#: a Unix socket on this node, TCP to other nodes; by Ray, as ``put``, where no link opens), or
-#: ``put``, an actor call each, its batch stored once with ``ray.put``.
-BATCH_TRANSPORTS = ("socket", "put")
 
 #: How long opening an actor's link may take (one small actor call and a connect).
 LINK_OPEN_TIMEOUT_S = 30.0
@@ -67,50 +63,6 @@ class NoLiveWorkerError(RuntimeError):
 
 class BatchFailedError(RuntimeError):
     """Ray could not run a batch for a reason other than the actor's death."""
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """How many sampler actors, on what device, with what resources.
-
-    ``num_gpus_per_worker`` may be fractional (several actors share a GPU); None means 1 for
-    ``device="cuda"``, and for ``device="auto"`` 1 when the cluster has GPUs, else 0.
-    ``max_batches_per_worker`` batches may be in flight per actor. With 2, the next batch
-    already waits in the actor's queue when one finishes; but it leaves with whatever arrived
-    meanwhile, so batches are about half as large, each with its own fixed cost. On CPU nodes 1
-    serves more rows per second, hence the default (``samplerd bench service`` at C=16 on 2
-    cores: ~650 against ~540 requests/s with Ray calls; with links, single runs of 821 and 722
-    against 866 and 914).
-    """
-
-    num_workers: int = 2
-    device: str = "auto"
-    num_gpus_per_worker: float | None = None
-    num_cpus_per_worker: float = 1.0
-    max_batches_per_worker: int = 1
-    batch_transport: str = "socket"
-    ray_address: str | None = None
-    startup_timeout_s: float = 120.0
-    health_interval_s: float = 2.0
-    restart_backoff_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.num_gpus_per_worker is not None and self.num_gpus_per_worker < 0:
-            raise ValueError(f"num_gpus_per_worker must be >= 0, got {self.num_gpus_per_worker}")
-        if self.device == "cuda" and self.num_gpus_per_worker == 0:
-            raise ValueError("device 'cuda' needs num_gpus_per_worker > 0: Ray hides GPUs from actors without")
-        if self.num_cpus_per_worker <= 0:
-            raise ValueError(f"num_cpus_per_worker must be > 0, got {self.num_cpus_per_worker}")
-        if self.max_batches_per_worker < 1:
-            raise ValueError(f"max_batches_per_worker must be >= 1, got {self.max_batches_per_worker}")
-        if self.batch_transport not in BATCH_TRANSPORTS:
-            raise ValueError(
-                f"batch_transport must be one of {', '.join(BATCH_TRANSPORTS)}, got {self.batch_transport!r}"
-            )
 
 
 #: Batches with fewer logits bytes than this travel inside the actor call itself (as Ray does

@@ -21,10 +21,10 @@ import torch
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
 from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
+from workers.config import DEVICES
 from workers.socket_link import LinkAddress, LinkServer
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str) -> torch.device:

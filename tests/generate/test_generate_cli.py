@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from service.cli import build_parser, main, parse_args
-from service.config import MODEL_DTYPES, ServerConfig
+from service.config import ServerConfig
 from service.process import start_server
-from workers.generation import DTYPES
 
 
 def test_model_options_have_flags_environment_variables_and_defaults(tmp_path: Path) -> None:
@@ -21,7 +20,6 @@ def test_model_options_have_flags_environment_variables_and_defaults(tmp_path: P
     assert (args.model, args.model_device, args.model_dtype, args.model_max_tokens) == (
         str(tmp_path.resolve()), "cpu", "float32", 128)
     assert build_parser(environ).parse_args(["serve", "--model", "none"]).model is None
-    assert MODEL_DTYPES == DTYPES  # the CLI's copy, kept free of the torch import
     assert {"model", "model_device", "model_dtype", "model_max_tokens"} <= set(ServerConfig.__dataclass_fields__)
 
 

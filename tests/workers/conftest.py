@@ -12,7 +12,9 @@ import pytest
 import pytest_asyncio
 from batch_log import BatchLog
 
-from service.dispatcher import Dispatcher, DispatcherConfig
+from service.config import DispatcherConfig
+from service.dispatcher import Dispatcher
+from workers.config import PoolConfig
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +26,7 @@ def ray_instance(ray_connected: str) -> Iterator[None]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def dispatcher(ray_instance: None) -> AsyncIterator[Dispatcher]:
     """Two CPU sampler actors with the default batching settings."""
-    d = Dispatcher(DispatcherConfig(num_workers=2, device="cpu", num_gpus_per_worker=0.0))
+    d = Dispatcher(DispatcherConfig(pool=PoolConfig(num_workers=2, device="cpu", num_gpus_per_worker=0.0)))
     await d.start()
     yield d
     await d.stop()
@@ -35,12 +37,9 @@ async def small_dispatcher(ray_instance: None) -> AsyncIterator[Dispatcher]:
     """One CPU actor, one batch in flight at a time, room for 8 waiting rows: a queue that
     fills while the actor is busy."""
     config = DispatcherConfig(
-        num_workers=1,
-        device="cpu",
-        num_gpus_per_worker=0.0,
+        pool=PoolConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, max_batches_per_worker=1),
         max_queue_rows=8,
         batch_window_s=0.0,
-        max_batches_per_worker=1,
     )
     d = Dispatcher(config)
     await d.start()

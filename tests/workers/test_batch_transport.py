@@ -19,8 +19,10 @@ import torch
 from test_dispatcher import assert_same_output, direct
 
 from sampling import SamplingParams
-from service.dispatcher import Dispatcher, DispatcherConfig, SampleJob
+from service.config import DispatcherConfig
+from service.dispatcher import Dispatcher, SampleJob
 from workers import WorkerState
+from workers.config import PoolConfig
 from workers.pool import COPY_ON_LOOP_BYTES, INLINE_BYTES
 
 on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -53,8 +55,8 @@ def mixed_jobs(seed: int) -> list[SampleJob]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session", params=["socket", "put"])
 async def transport_dispatcher(request: pytest.FixtureRequest, ray_instance: None) -> AsyncIterator[Dispatcher]:
     """Two CPU actors, two batches in flight each, batches sent by the given transport."""
-    config = DispatcherConfig(num_workers=2, device="cpu", num_gpus_per_worker=0.0, max_batches_per_worker=2,
-                              batch_transport=request.param)
+    config = DispatcherConfig(pool=PoolConfig(num_workers=2, device="cpu", num_gpus_per_worker=0.0,
+                                                 max_batches_per_worker=2, batch_transport=request.param))
     d = Dispatcher(config)
     await d.start()
     yield d
@@ -75,7 +77,7 @@ async def test_every_job_gets_the_librarys_answer_over_either_transport(transpor
 
 @on_the_session_loop
 async def test_a_link_that_breaks_mid_batch_falls_back_to_ray(ray_instance: None) -> None:
-    d = Dispatcher(DispatcherConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0))
+    d = Dispatcher(DispatcherConfig(pool=PoolConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0)))
     await d.start()
     try:
         [worker] = d.pool._workers

@@ -18,15 +18,10 @@ import torch
 from batch_log import BatchLog
 
 from sampling import SampleOutput, SamplingError, SamplingParams, SequenceState, sample
-from service.dispatcher import (
-    DeadlineExceededError,
-    Dispatcher,
-    DispatcherConfig,
-    QueueFullError,
-    SampleJob,
-    SampleResult,
-    WorkersUnavailableError,
-)
+from service.config import DispatcherConfig
+from service.dispatcher import Dispatcher, SampleJob, SampleResult
+from service.errors import DeadlineExceededError, QueueFullError, WorkersUnavailableError
+from workers.config import PoolConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -267,7 +262,8 @@ async def test_cancelling_a_waiting_job_frees_its_slot(small_dispatcher: Dispatc
 
 
 async def test_stop_answers_running_and_queued_jobs_then_refuses(ray_instance: None) -> None:
-    config = DispatcherConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, max_batches_per_worker=1)
+    pool = PoolConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, max_batches_per_worker=1)
+    config = DispatcherConfig(pool=pool)
     d = Dispatcher(config)
     await d.start()
     running = asyncio.create_task(d.submit(slow_job()))
@@ -287,12 +283,13 @@ async def test_stop_answers_running_and_queued_jobs_then_refuses(ray_instance: N
 
 async def test_submit_before_start_is_unavailable() -> None:
     with pytest.raises(WorkersUnavailableError):
-        await Dispatcher(DispatcherConfig(device="cpu")).submit(small_job(1))
+        await Dispatcher(DispatcherConfig(pool=PoolConfig(device="cpu"))).submit(small_job(1))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a cluster without GPUs")
 async def test_start_fails_instead_of_hanging_when_no_actor_can_be_placed(ray_instance: None) -> None:
-    d = Dispatcher(DispatcherConfig(num_workers=1, device="cuda", num_gpus_per_worker=1.0, startup_timeout_s=2.0))
+    d = Dispatcher(DispatcherConfig(pool=PoolConfig(num_workers=1, device="cuda", num_gpus_per_worker=1.0,
+                                                         startup_timeout_s=2.0)))
 
     with pytest.raises(WorkersUnavailableError, match="no sampler actor came up"):
         await d.start()

@@ -37,7 +37,9 @@ import ray.util.client
 from ray.cluster_utils import Cluster
 from test_batch_transport import mixed_jobs
 from test_dispatcher import assert_same_output, direct
-from service.dispatcher import Dispatcher, DispatcherConfig
+from service.config import DispatcherConfig
+from service.dispatcher import Dispatcher
+from workers.config import PoolConfig
 
 async def answered_right(d, jobs):
     for job, result in zip(jobs, await asyncio.gather(*(d.submit(job) for job in jobs)), strict=True):
@@ -45,7 +47,8 @@ async def answered_right(d, jobs):
     return len(jobs)
 
 async def main(address):
-    d = Dispatcher(DispatcherConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, ray_address=address))
+    pool = PoolConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, ray_address=address)
+    d = Dispatcher(DispatcherConfig(pool=pool))
     try:
         await d.start()
     except ConnectionAbortedError as error:  # Ray's own client proxy failed to start its server

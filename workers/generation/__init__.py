@@ -13,7 +13,7 @@ Needs torch and transformers, not Ray; :mod:`workers.lm_actor` puts an engine in
 """
 
 from workers.generation.engine import BATCHING, GenerationEngine, GenerationResult, UnknownRequestError
-from workers.generation.loader import DEVICES, DTYPES, ModelInfo, ModelLoadError
+from workers.generation.loader import ModelInfo, ModelLoadError
 from workers.generation.request import (
     FINISH_REASONS,
     FinishEvent,
@@ -26,8 +26,6 @@ from workers.generation.request import (
 
 __all__ = [
     "BATCHING",
-    "DEVICES",
-    "DTYPES",
     "FINISH_REASONS",
     "FinishEvent",
     "GenerationEngine",
