@@ -22,7 +22,7 @@ import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from service import params as params_codec
+from service import client_params
 from service.config import ServerConfig, message_size_options
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
@@ -119,8 +119,8 @@ def build_request(
     """The ``SampleRequest`` for logits ``array`` and sampling parameters."""
     return pb.SampleRequest(
         logits=encode_logits(array),
-        params=params_codec.to_proto(params),
-        row_params=[params_codec.to_proto(row) for row in row_params or ()],
+        params=client_params.to_proto(params),
+        row_params=[client_params.to_proto(row) for row in row_params or ()],
         steps=list(steps or ()),
         request_id=request_id,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 from sampling import SamplingError, SamplingParams
@@ -84,26 +83,3 @@ def _from_bytes(serialized: bytes, base: SamplingParams | None) -> SamplingParam
     if base is None:
         return SamplingParams(**values)
     return dataclasses.replace(base, **values) if values else base
-
-
-def to_proto(values: Mapping[str, Any]) -> pb.SamplingParams:
-    """A proto ``SamplingParams`` holding ``values`` (keyword arguments of ``SamplingParams``).
-
-    Raises ``TypeError`` for a name that is not a sampling parameter. Values are not
-    validated here: the server does that and answers INVALID_ARGUMENT naming the field.
-    """
-    message = pb.SamplingParams()
-    for name, value in values.items():
-        parameter = PARAMETERS.get(name)
-        if parameter is None:
-            raise TypeError(f"unknown sampling parameter {name!r}")
-        if value is None:
-            continue
-        if parameter.kind == "token_ids":
-            getattr(message, name).extend(int(v) for v in value)
-        elif parameter.kind == "token_bias":
-            items = value.items() if isinstance(value, Mapping) else value
-            getattr(message, name).update({int(k): float(v) for k, v in items})
-        else:
-            setattr(message, name, value)
-    return message

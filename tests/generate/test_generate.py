@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from service.client import field_violations
+from service.client_params import to_proto
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.params import to_proto
 from service.process import ServerProcess, start_server
 from workers.generation.tiny_model import build_tiny_model
 

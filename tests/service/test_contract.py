@@ -12,7 +12,7 @@ from service_cases import ACTIVATING
 
 from sampling import SamplingError, SamplingParams
 from sampling.registry import PARAMETERS, STRATEGIES
-from service import catalog, params, protogen
+from service import catalog, client_params, params, protogen
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 
 PROTO_TYPES = {
@@ -90,7 +90,7 @@ def test_every_strategy_has_an_activating_parameter_set() -> None:
 def test_params_round_trip_through_the_proto() -> None:
     values = {"temperature": 0.0, "top_k": 0, "top_p": 0.25, "seed": 2**64 - 1, "logit_bias": {5: -1.5},
               "dry_sequence_breakers": (1, 2), "n": 3}
-    decoded = params.from_proto(params.to_proto(values))
+    decoded = params.from_proto(client_params.to_proto(values))
     assert decoded == SamplingParams(**values)
 
 
@@ -100,13 +100,13 @@ def test_unset_fields_take_the_registry_defaults() -> None:
 
 def test_row_params_merge_over_the_shared_params() -> None:
     shared = SamplingParams(top_p=0.8, seed=1, logit_bias={1: 2.0})
-    row = params.from_proto(params.to_proto({"seed": 9}), shared)
+    row = params.from_proto(client_params.to_proto({"seed": 9}), shared)
     assert (row.top_p, row.seed, row.logit_bias) == (0.8, 9, ((1, 2.0),))
 
 
 def test_invalid_proto_value_raises_sampling_error_naming_the_field() -> None:
     with pytest.raises(SamplingError) as caught:
-        params.from_proto(params.to_proto({"top_k": -3}))
+        params.from_proto(client_params.to_proto({"top_k": -3}))
     assert caught.value.field == "top_k"
 
 

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import params as params_codec
+from service import client_params
 from service.client import encode_logits
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
@@ -52,9 +52,9 @@ class SessionClient:
              session_id: str = "", **params: Any) -> pb.SessionOpened:
         """Open the session: sequence id -> its parameters (merged over ``params``)."""
         prompts = prompts or {}
-        message = pb.SessionOpen(session_id=session_id, params=params_codec.to_proto(params))
+        message = pb.SessionOpen(session_id=session_id, params=client_params.to_proto(params))
         for sequence_id, own in sequences.items():
-            message.sequences.add(sequence_id=sequence_id, params=params_codec.to_proto(own),
+            message.sequences.add(sequence_id=sequence_id, params=client_params.to_proto(own),
                                   prompt_token_ids=list(prompts.get(sequence_id, ())))
         return self.send(pb.SampleStreamRequest(open=message)).opened
 
