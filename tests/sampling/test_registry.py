@@ -58,9 +58,21 @@ def test_strategies_are_listed_in_pipeline_order():
     assert penalties == ["repetition_penalty", "frequency_penalty", "presence_penalty", "dry"]
 
 
-def test_every_sampling_params_field_comes_from_parameters():
-    fields = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
-    assert fields == {name: p.default for name, p in PARAMETERS.items()}
+# The annotation a SamplingParams field of each parameter kind is written with.
+ANNOTATIONS = {"float": "float", "int": "int", "optional_int": "int | None", "token_ids": "tuple[int, ...]",
+               "token_bias": "tuple[tuple[int, float], ...]"}
+
+
+def test_sampling_params_fields_are_the_declared_parameters_in_order():
+    assert [f.name for f in dataclasses.fields(SamplingParams)] == list(PARAMETERS)
+
+
+def test_every_sampling_params_field_has_its_parameters_default_and_type():
+    for field in dataclasses.fields(SamplingParams):
+        declared = PARAMETERS[field.name]
+        assert field.default == declared.default, field.name
+        assert field.type == ANNOTATIONS[declared.kind], field.name
+        assert field.kw_only and field.init, field.name
 
 
 def test_every_parameter_is_documented_and_its_default_is_valid():
