@@ -58,6 +58,19 @@ def test_strategies_are_listed_in_pipeline_order():
     assert penalties == ["repetition_penalty", "frequency_penalty", "presence_penalty", "dry"]
 
 
+# The kernel slot the declarations of each stage fill. Greedy and path-aware top-p have no
+# kernel: greedy rows keep their argmax, and path-aware top-p runs inside decoding sessions.
+KERNEL_SLOTS = {Stage.PENALTY: "process", Stage.LOGIT_BIAS: "process", Stage.TEMPERATURE: "temperature_of",
+                Stage.TRUNCATION: "keep"}
+WITHOUT_KERNEL = {"greedy", "path_top_p"}
+
+
+def test_every_strategy_fills_the_kernel_slot_of_its_stage_and_no_other():
+    for strategy in STRATEGIES:
+        filled = [slot for slot in ("process", "temperature_of", "keep") if getattr(strategy, slot) is not None]
+        assert filled == ([] if strategy.name in WITHOUT_KERNEL else [KERNEL_SLOTS[strategy.stage]]), strategy.name
+
+
 # The annotation a SamplingParams field of each parameter kind is written with.
 ANNOTATIONS = {"float": "float", "int": "int", "optional_int": "int | None", "token_ids": "tuple[int, ...]",
                "token_bias": "tuple[tuple[int, float], ...]"}
