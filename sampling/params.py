@@ -65,13 +65,13 @@ class SamplingParams:
         _check_combinations(self)
 
     @cached_property
-    def _active(self) -> frozenset[str]:
+    def _active(self) -> tuple[str, ...]:
         # Cached: the pipeline asks for every row of every batch.
-        return frozenset(s.name for s in STRATEGIES if s.is_active(self))
+        return tuple(s.name for s in STRATEGIES if s.is_active(self))
 
     def active_strategies(self) -> tuple[str, ...]:
         """Names of every stage this parameter set switches on, in pipeline order."""
-        return tuple(s.name for s in STRATEGIES if s.name in self._active)
+        return self._active
 
     def uses(self, strategy: Strategy) -> bool:
         """Whether this parameter set switches ``strategy`` (a registry declaration) on."""

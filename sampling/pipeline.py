@@ -24,7 +24,7 @@ from sampling.draw import inverse_cdf
 from sampling.errors import SamplingError
 from sampling.output import SampleOutput, SampleStats
 from sampling.params import SamplingParams
-from sampling.plan import BatchPlan, RowSet, Step, plan_batch
+from sampling.plan import BatchPlan, Step, plan_batch
 from sampling.rng import STREAM_DRAW, uniforms
 from sampling.rows import RowParams
 from sampling.selection import kth_largest
@@ -38,17 +38,14 @@ _NEG_INF = float("-inf")
 
 @dataclass
 class _Batch:
-    """The processed batch: logits at each point of the pipeline and the per-row parameters."""
+    """The processed batch: its plan and the logits at each point of the pipeline."""
 
-    rows: RowParams
+    plan: BatchPlan  # with the rows whose dynamic temperature came out greedy
     untempered: torch.Tensor  # after penalties and bias (greedy decides here)
     full: Distribution  # after temperature: what the truncations see
     truncated_or_none: torch.Tensor | None  # after truncation; None: only ``final`` has it (lazily)
     final: Distribution | None  # cached distribution of the final logits when still valid
-    greedy: torch.Tensor  # bool [B]
-    all_greedy: bool
     first_max: torch.Tensor | None  # int64 [B, 1], argmax of untempered (when any row is greedy)
-    mirostat: RowSet | None  # the rows whose mu the draw updates
 
     @property
     def truncated(self) -> torch.Tensor:
@@ -62,7 +59,7 @@ class _Batch:
             return self.truncated
         only_max = torch.full_like(self.untempered, _NEG_INF).scatter(
             1, self.first_max, self.untempered.gather(1, self.first_max))
-        return torch.where(self.greedy[:, None], only_max, self.truncated)
+        return torch.where(self.plan.greedy[:, None], only_max, self.truncated)
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParams],
@@ -114,11 +111,11 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
 def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
     """:func:`sample` through the pipeline's stages, for checked inputs."""
     batch = _run_stages(logits, plan_batch(params, steps, states, logits.device), all_finite)
-    rows = batch.rows
+    rows = batch.plan.rows
     full = batch.full
     counts = [p.n for p in rows.params]
     draws = max(counts)
-    if batch.all_greedy:
+    if batch.plan.all_greedy:
         # Only argmaxes: no final distribution to build and nothing to draw.
         token_ids = batch.first_max.expand(-1, draws)
         logprobs = torch.zeros(token_ids.shape, dtype=torch.float32, device=token_ids.device)
@@ -198,40 +195,37 @@ class _Truncated:
 
 
 def _run_stages(logits: torch.Tensor, plan: BatchPlan, all_finite: bool) -> _Batch:
+    """The plan's stages in their order: processors, temperatures (then the division), truncations."""
     z = logits.float()
     for step in plan.processes:
         z = _on_rows(step, z)
     untempered = z
-    greedy, any_greedy, all_greedy, truncations = plan.greedy, plan.any_greedy, plan.all_greedy, plan.truncations
     if plan.temperatures:
         temp = torch.ones_like(plan.rows.float("temperature"))
         for step in plan.temperatures:
             temp = _on_rows(step, z, temp)
-        chosen_greedy = temp[:, 0] < GREEDY_BELOW  # a dynamic temperature may come out greedy
-        if bool(chosen_greedy.any()):
-            greedy = greedy | chosen_greedy
-            flags = greedy.tolist()
-            any_greedy, all_greedy = True, all(flags)
-            truncations = plan.truncations_without(flags)
-        divisor = torch.where(greedy[:, None], torch.ones_like(temp), temp)
+        found_greedy = temp[:, 0] < GREEDY_BELOW  # a dynamic temperature may come out greedy
+        if bool(found_greedy.any()):
+            plan = plan.with_greedy(found_greedy)
+        divisor = torch.where(plan.greedy[:, None], torch.ones_like(temp), temp)
         if bool((divisor != 1.0).any()):
             z = z / divisor
     full = Distribution(z, may_have_removed=not all_finite)
-    truncated, current = _truncate(full, truncations)
+    truncated, current = _truncate(full, plan.truncations)
     first_max = None
-    if any_greedy:
+    if plan.any_greedy:
         first_max = first_argmax(untempered)
         truncated, current = _materialise(truncated, current), None
-    return _Batch(plan.rows, untempered, full, truncated, current, greedy, all_greedy, first_max, plan.mirostat)
+    return _Batch(plan, untempered, full, truncated, current, first_max)
 
 
 def _on_rows(step: Step, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``step``'s kernel on its rows of ``z``, written into those rows of ``out`` (default ``z``)."""
-    rows = step.on
-    if rows.index is None:
-        return step.kernel(z, rows.rows)
+    on = step.on
+    if on.index is None:
+        return step.strategy.kernel(z, on.rows)
     out = z if out is None else out
-    return out.index_copy(0, rows.index, step.kernel(z[rows.index], rows.rows))
+    return out.index_copy(0, on.index, step.strategy.kernel(z[on.index], on.rows))
 
 
 def _truncate(full: Distribution, truncations: tuple[Step, ...]):
@@ -242,7 +236,7 @@ def _truncate(full: Distribution, truncations: tuple[Step, ...]):
         strategy, on = step.strategy, step.on
         everyone = on.index is None
         dist = current if everyone and current is not None else Distribution(z if everyone else z[on.index])
-        keep = step.kernel(dist, on.rows)
+        keep = strategy.keep(dist, on.rows)
         if dist.may_have_removed:
             keep &= dist.finite
         keep = _protect_top_tokens(strategy, dist, on.rows, keep)
@@ -279,7 +273,7 @@ def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: tor
 
 def _statistics(batch: _Batch, truncated: _Truncated, surprise: torch.Tensor) -> SampleStats:
     full = batch.full
-    k = batch.rows.int("stats_top_k")
+    k = batch.plan.rows.int("stats_top_k")
     width = min(int(k.max().item()), full.logits.shape[-1])
     top = full.log_prob_of(top_values(full.logits, width)[0]).exp()
     top = torch.where(torch.arange(width, device=top.device)[None, :] < k, top, torch.zeros_like(top))
@@ -299,19 +293,18 @@ def _statistics(batch: _Batch, truncated: _Truncated, surprise: torch.Tensor) ->
 
 
 def _next_mirostat_mu(batch: _Batch, surprise_nats: torch.Tensor) -> torch.Tensor:
-    mu = torch.full((len(batch.rows),), float("nan"), dtype=torch.float64, device=surprise_nats.device)
-    if batch.mirostat is None:
+    on = batch.plan.mirostat
+    mu = torch.full((len(batch.plan.rows),), float("nan"), dtype=torch.float64, device=surprise_nats.device)
+    if on is None:
         return mu
-    index = batch.mirostat.index
-    sub = batch.mirostat.rows
-    bits = (surprise_nats if index is None else surprise_nats[index]).double() / np.log(2.0)
-    updated = mirostat.next_mu(sub.mirostat_mu, bits, sub.float("mirostat_tau").double(),
-                               sub.float("mirostat_eta").double())
-    return updated[:, 0] if index is None else mu.index_copy(0, index, updated[:, 0])
+    bits = (surprise_nats if on.index is None else surprise_nats[on.index]).double() / np.log(2.0)
+    updated = mirostat.next_mu(on.rows.mirostat_mu, bits, on.rows.float("mirostat_tau").double(),
+                               on.rows.float("mirostat_eta").double())
+    return updated[:, 0] if on.index is None else mu.index_copy(0, on.index, updated[:, 0])
 
 
 def _top_logprobs(batch: _Batch, final: Distribution | None):
-    wanted = batch.rows.int("top_logprobs")
+    wanted = batch.plan.rows.int("top_logprobs")
     width = int(wanted.max().item())
     if width == 0:
         return None

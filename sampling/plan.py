@@ -8,8 +8,8 @@ stage no row uses is not in the plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,11 +35,10 @@ class RowSet:
 
 @dataclass(frozen=True)
 class Step:
-    """One stage of the batch: a declaration (the first, when several share the kernel), its
-    kernel and the rows it runs on."""
+    """One stage of the batch: a declaration (the first, when several share its kernel) and
+    the rows it runs on."""
 
     strategy: Strategy
-    kernel: Callable[..., torch.Tensor]
     on: RowSet
 
 
@@ -56,15 +55,17 @@ class BatchPlan:
     truncations: tuple[Step, ...]  # greedy rows left out
     mirostat: RowSet | None  # rows whose mu the draw updates
 
-    def truncations_without(self, greedy: list[bool]) -> tuple[Step, ...]:
-        """The truncation stages with the rows flagged in ``greedy`` left out as well (rows
-        whose dynamic temperature turned out greedy)."""
-        steps = []
+    def with_greedy(self, found: torch.Tensor) -> BatchPlan:
+        """The plan with the rows flagged in ``found`` (bool ``[B]``: their dynamic temperature
+        came out greedy) greedy as well, and so left out of the truncations."""
+        greedy = self.greedy | found
+        flags = greedy.tolist()
+        truncations = []
         for step in self.truncations:
-            found = _row_set([i for i in step.on.positions if not greedy[i]], self.rows)
-            if found is not None:
-                steps.append(Step(step.strategy, step.kernel, found))
-        return tuple(steps)
+            on = _row_set([i for i in step.on.positions if not flags[i]], self.rows)
+            if on is not None:
+                truncations.append(Step(step.strategy, on))
+        return replace(self, greedy=greedy, any_greedy=True, all_greedy=all(flags), truncations=tuple(truncations))
 
 
 def plan_batch(params: Sequence[SamplingParams], steps: Sequence[int],
@@ -95,7 +96,7 @@ def plan_batch(params: Sequence[SamplingParams], steps: Sequence[int],
         if found is None:
             continue
         kind = processes if strategy.process else temperatures if strategy.temperature_of else truncations
-        kind.append(Step(strategy, strategy.kernel, found))
+        kind.append(Step(strategy, found))
     return BatchPlan(
         rows=rows,
         greedy=torch.tensor(greedy_flags, device=device),
