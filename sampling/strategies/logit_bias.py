@@ -14,7 +14,6 @@ LOGIT_BIAS = Parameter(
 )
 
 
-
 def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     """Each row's biases added to its logits."""
     row_index, token_index, amount = zip(
