@@ -8,10 +8,11 @@ Pure PyTorch; imports neither grpc nor ray, and is usable as a library on its ow
     out = sample(logits, p, steps=0)   # out.token_ids [B, n], out.logprobs, out.stats
 """
 
+from sampling.checks import check_logits, check_token_ids
 from sampling.errors import SamplingError
 from sampling.output import SampleOutput, SampleStats
 from sampling.params import SamplingParams
-from sampling.pipeline import check_logits, check_token_ids, filter_logits, sample
+from sampling.pipeline import filter_logits, sample
 from sampling.registry import PARAMETERS, STRATEGIES, STRATEGY_LABELS
 from sampling.state import SequenceState, advance
 

@@ -12,9 +12,21 @@ import enum
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sampling.errors import SamplingError
+
+if TYPE_CHECKING:
+    import torch
+
+    from sampling.distribution import Distribution
+    from sampling.rows import RowParams
+
+    # The kernel of each kind of stage: a pure batched function of the rows that switch the
+    # strategy on (``rows``) and of their logits, or of the distribution a truncation sees.
+    Processor = Callable[[torch.Tensor, RowParams], torch.Tensor]  # logits -> new logits
+    TemperatureRule = Callable[[torch.Tensor, RowParams], torch.Tensor]  # logits -> [rows, 1] temperatures
+    KeepMask = Callable[[Distribution, RowParams], torch.Tensor]  # distribution -> bool [rows, V] kept
 
 
 class Stage(enum.IntEnum):
@@ -149,11 +161,20 @@ class Strategy:
     """A decoding strategy or logits processor, declared once in its own module.
 
     ``name`` is also the value of the ``strategy`` metric label; ``is_active`` says whether a
-    parameter set switches it on; ``paper`` cites the source. Truncation strategies provide
-    ``keep`` (a keep-mask kernel, see :mod:`sampling.pipeline`); processors provide
-    ``process``. ``keeps_argmax`` says the kernel never removes the most probable token (so
-    the pipeline need not protect it); ``own_min_keep`` is True where
+    parameter set switches it on; ``paper`` cites the source. The pipeline runs the
+    declarations in the registry's order, each on the rows that switch it on, through the one
+    kernel slot of its stage:
+
+    * ``process`` (penalties, logit bias): the rows' logits -> their new logits;
+    * ``temperature_of`` (temperature): the rows' logits -> their temperature, which replaces
+      the one an earlier declaration gave them (greedy has none: its rows keep their argmax);
+    * ``keep`` (truncations): the distribution the rows have so far -> the tokens kept.
+
+    Declarations that share a kernel (the three count penalties) run as one stage on the rows
+    that switch any of them on. ``keeps_argmax`` says the keep mask never removes the most
+    probable token (so the pipeline need not protect it); ``own_min_keep`` is True where
     ``min_tokens_to_keep`` follows the strategy's own rule, which its kernel then honours.
+    A declaration with no kernel (path-aware top-p) runs inside a decoding session only.
     """
 
     name: str
@@ -162,11 +183,16 @@ class Strategy:
     paper: str
     parameters: tuple[Parameter, ...]
     is_active: Callable[[Any], bool]
-    keep: Callable[..., Any] | None = None
-    process: Callable[..., Any] | None = None
+    process: Processor | None = None
+    temperature_of: TemperatureRule | None = None
+    keep: KeepMask | None = None
     keeps_argmax: bool = True
     own_min_keep: bool = False
-    notes: str = ""
+
+    @property
+    def kernel(self) -> Processor | TemperatureRule | KeepMask | None:
+        """The declaration's kernel, whichever slot holds it."""
+        return self.process or self.temperature_of or self.keep
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

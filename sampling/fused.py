@@ -150,7 +150,7 @@ def _maxima(x, divisor, chunk_max):
     """The maximum of ``x / divisor`` and of each of its chunks (into ``chunk_max``; the
     division is monotone, so they are the divided maxima of ``x``), and what ``x`` holds:
     0 finite logits only, 1 also ``-inf``, -1 NaN, -2 ``+inf``, -3 no finite logit (the
-    errors of :func:`sampling.pipeline.check_logits`, in its order). Compares the floats'
+    errors of :func:`sampling.checks.check_logits`, in its order). Compares the floats'
     ordered integer keys, which vectorise (float max reductions do not without ``nnan``)."""
     bits = x.view(np.int32)
     vocab = x.shape[0]
@@ -1003,7 +1003,7 @@ def _settings(p, vocab: int) -> tuple[tuple, tuple]:
 def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) -> SampleOutput:
     """:func:`sampling.sample` for a CPU batch whose rows are all eligible (:func:`is_eligible`),
     checked but for the logits' values, which this checks as
-    :func:`sampling.pipeline.check_logits` does; ``params`` and ``steps`` hold one entry per row."""
+    :func:`sampling.checks.check_logits` does; ``params`` and ``steps`` hold one entry per row."""
     rows, vocab = logits.shape
     known: dict[int, tuple] = {}
     settings = [known.get(id(p)) or known.setdefault(id(p), _settings(p, vocab)) for p in params]

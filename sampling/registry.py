@@ -1,9 +1,9 @@
 """The registry: every strategy of the suite, in pipeline order, and every parameter.
 
-This is the one list to edit when a strategy is added (next to its own module). The order
-of ``STRATEGIES`` is the order of stages: penalties -> logit bias -> temperature ->
-truncations (top-nσ, top-k, optimal-k, entropy top-k, statistical top-k, top-H, top-p,
-min-p, typical, epsilon, eta, XTC; mirostat replaces them) -> draw.
+This is the one list to edit when a strategy is added (next to its own module), and the one
+place the order of the pipeline's stages is written: the pipeline (:mod:`sampling.plan`,
+:mod:`sampling.pipeline`) runs the declarations in the order of ``STRATEGIES``. Mirostat
+replaces the other truncations.
 """
 
 from __future__ import annotations

@@ -16,14 +16,15 @@ from sampling.rng import uniforms
 
 
 class RowParams:
-    """The parameters, seeds, steps and mirostat state of the rows a stage works on."""
+    """The parameters, seeds, steps, token histories and mirostat state of the rows a stage works on."""
 
     def __init__(self, params: Sequence, seeds: np.ndarray, steps: np.ndarray, mirostat_mu: torch.Tensor,
-                 device: torch.device) -> None:
+                 histories: Sequence[tuple[int, ...]], device: torch.device) -> None:
         self.params = list(params)
         self.seeds = seeds
         self.steps = steps
         self.mirostat_mu = mirostat_mu  # float64 [rows, 1]
+        self.histories = list(histories)
         self.device = device
         self._cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
@@ -57,8 +58,7 @@ class RowParams:
         """``[rows, count]`` float64 counter-based uniforms for ``stream`` (see :mod:`sampling.rng`)."""
         return torch.from_numpy(uniforms(self.seeds, self.steps, stream, count)).to(self.device)
 
-    def subset(self, index: torch.Tensor) -> RowParams:
-        """The rows at ``index`` (an int64 tensor)."""
-        positions = index.tolist()
+    def subset(self, positions: list[int], index: torch.Tensor) -> RowParams:
+        """The rows at ``positions``, which ``index`` holds as an int64 tensor on the device."""
         return RowParams([self.params[i] for i in positions], self.seeds[positions], self.steps[positions],
-                         self.mirostat_mu[index], self.device)
+                         self.mirostat_mu[index], [self.histories[i] for i in positions], self.device)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sampling.declarations import Parameter, Stage, Strategy
+from sampling.rows import RowParams
 
 MAX_MATCH = 50
 
@@ -35,16 +36,6 @@ SEQUENCE_BREAKERS = Parameter(
     "dry_sequence_breakers", "token_ids", (), "Token ids that end a repeated sequence (e.g. newline).",
     high=256, off="empty",
 )
-
-DRY = Strategy(
-    name="dry",
-    stage=Stage.PENALTY,
-    summary="Penalise the token that would extend a verbatim repetition of the history.",
-    paper="p-e-w, DRY: A modern repetition penalty, text-generation-webui PR #5677 (2024)",
-    parameters=(MULTIPLIER, BASE, ALLOWED_LENGTH, SEQUENCE_BREAKERS),
-    is_active=lambda p: p.dry_multiplier > 0,
-)
-
 
 def match_lengths(history: np.ndarray, breakers: frozenset[int]) -> dict[int, int]:
     """For each token that followed an earlier occurrence of the history's suffix, the longest
@@ -83,3 +74,20 @@ def dry_penalties(histories: list[np.ndarray], params: list, vocab_size: int) ->
             if length >= p.dry_allowed_length and token < vocab_size:
                 penalty[row, token] = p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length)
     return penalty
+
+
+def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
+    """The DRY penalty on the rows that switch it on, each against its own history."""
+    histories = [np.asarray(history, dtype=np.int64) for history in rows.histories]
+    return logits - dry_penalties(histories, rows.params, logits.shape[-1]).to(logits.device)
+
+
+DRY = Strategy(
+    name="dry",
+    stage=Stage.PENALTY,
+    summary="Penalise the token that would extend a verbatim repetition of the history.",
+    paper="p-e-w, DRY: A modern repetition penalty, text-generation-webui PR #5677 (2024)",
+    parameters=(MULTIPLIER, BASE, ALLOWED_LENGTH, SEQUENCE_BREAKERS),
+    is_active=lambda p: p.dry_multiplier > 0,
+    process=process,
+)

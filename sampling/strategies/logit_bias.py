@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import torch
+
 from sampling.declarations import Parameter, Stage, Strategy
+from sampling.rows import RowParams
 
 LOGIT_BIAS = Parameter(
     "logit_bias", "token_bias", (),
     "Map token id -> additive bias, applied after penalties and before temperature.",
     high=4096, element_low=-100.0, element_high=100.0, off="empty",
 )
+
+
+def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
+    """Each row's biases added to its logits."""
+    row_index, token_index, amount = zip(
+        *[(row, token, bias) for row, p in enumerate(rows.params) for token, bias in p.logit_bias], strict=True)
+    device = logits.device
+    return logits.index_put((torch.tensor(row_index, device=device), torch.tensor(token_index, device=device)),
+                            torch.tensor(amount, dtype=logits.dtype, device=device), accumulate=True)
+
 
 STRATEGY = Strategy(
     name="logit_bias",
@@ -17,4 +30,5 @@ STRATEGY = Strategy(
     paper="OpenAI API logit_bias (as in vLLM's and Hugging Face's logit-bias processors)",
     parameters=(LOGIT_BIAS,),
     is_active=lambda p: len(p.logit_bias) > 0,
+    process=process,
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from sampling.declarations import Parameter, Stage, Strategy
+from sampling.rows import RowParams
 
 REPETITION = Parameter(
     "repetition_penalty", "float", 1.0,
@@ -34,33 +35,6 @@ PRESENCE = Parameter(
 
 _PAPER_COUNT = "OpenAI API frequency/presence penalties (as implemented in vLLM and llama.cpp)"
 
-REPETITION_PENALTY = Strategy(
-    name="repetition_penalty",
-    stage=Stage.PENALTY,
-    summary="Scale down logits of tokens already generated (divide if > 0, multiply if < 0).",
-    paper="Keskar et al., CTRL: A Conditional Transformer Language Model for Controllable Generation, "
-    "arXiv 1909.05858",
-    parameters=(REPETITION,),
-    is_active=lambda p: p.repetition_penalty != 1.0,
-)
-FREQUENCY_PENALTY = Strategy(
-    name="frequency_penalty",
-    stage=Stage.PENALTY,
-    summary="Subtract frequency * count(token in history).",
-    paper=_PAPER_COUNT,
-    parameters=(FREQUENCY,),
-    is_active=lambda p: p.frequency_penalty != 0.0,
-)
-PRESENCE_PENALTY = Strategy(
-    name="presence_penalty",
-    stage=Stage.PENALTY,
-    summary="Subtract presence once for every token present in the history.",
-    paper=_PAPER_COUNT,
-    parameters=(PRESENCE,),
-    is_active=lambda p: p.presence_penalty != 0.0,
-)
-
-
 def token_counts(history: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``[rows, V]`` float32 occurrence counts from a ``[rows, L]`` history padded with -1."""
     rows = history.shape[0]
@@ -77,3 +51,50 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, repetition: torc
     scaled = torch.where(logits > 0, logits / repetition, logits * repetition)
     logits = torch.where(seen, scaled, logits)
     return logits - frequency * counts - presence * seen.to(logits.dtype)
+
+
+def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
+    """The three penalties on the rows that switch any of them on (a neutral one changes nothing)."""
+    counts = token_counts(_padded(rows.histories, logits.device), logits.shape[-1])
+    return apply_penalties(logits, counts, rows.float("repetition_penalty"), rows.float("frequency_penalty"),
+                           rows.float("presence_penalty"))
+
+
+def _padded(histories: list[tuple[int, ...]], device: torch.device) -> torch.Tensor:
+    """``[rows, L]`` int64 token histories, padded with -1."""
+    longest = max((len(h) for h in histories), default=0)
+    padded = torch.full((len(histories), max(longest, 1)), -1, dtype=torch.int64)
+    for row, history in enumerate(histories):
+        if history:
+            padded[row, : len(history)] = torch.tensor(history, dtype=torch.int64)
+    return padded.to(device)
+
+
+REPETITION_PENALTY = Strategy(
+    name="repetition_penalty",
+    stage=Stage.PENALTY,
+    summary="Scale down logits of tokens already generated (divide if > 0, multiply if < 0).",
+    paper="Keskar et al., CTRL: A Conditional Transformer Language Model for Controllable Generation, "
+    "arXiv 1909.05858",
+    parameters=(REPETITION,),
+    is_active=lambda p: p.repetition_penalty != 1.0,
+    process=process,
+)
+FREQUENCY_PENALTY = Strategy(
+    name="frequency_penalty",
+    stage=Stage.PENALTY,
+    summary="Subtract frequency * count(token in history).",
+    paper=_PAPER_COUNT,
+    parameters=(FREQUENCY,),
+    is_active=lambda p: p.frequency_penalty != 0.0,
+    process=process,
+)
+PRESENCE_PENALTY = Strategy(
+    name="presence_penalty",
+    stage=Stage.PENALTY,
+    summary="Subtract presence once for every token present in the history.",
+    paper=_PAPER_COUNT,
+    parameters=(PRESENCE,),
+    is_active=lambda p: p.presence_penalty != 0.0,
+    process=process,
+)

@@ -17,6 +17,7 @@ import torch
 
 from sampling.declarations import Parameter, Stage, Strategy
 from sampling.distribution import Distribution
+from sampling.rows import RowParams
 
 GREEDY_BELOW = 1e-5
 
@@ -41,6 +42,33 @@ def is_greedy(p) -> bool:
     return p.temperature < GREEDY_BELOW
 
 
+def dynamic_temperature(logits: torch.Tensor, base: torch.Tensor, spread: torch.Tensor,
+                        exponent: torch.Tensor) -> torch.Tensor:
+    """Per-row dynamic temperature ``[rows, 1]`` from the entropy of ``softmax(logits)``.
+
+    ``H_max = ln V`` counts every vocabulary entry, masked ones included, as llama.cpp does.
+    """
+    vocab = logits.shape[-1]
+    if vocab <= 1:
+        return base
+    entropy = Distribution(logits).entropy
+    normalised = (entropy / math.log(vocab)).clamp_(0.0, 1.0)
+    low = (base - spread).clamp(min=0.0)
+    high = base + spread
+    return low + (high - low) * normalised.pow(exponent)
+
+
+def plain_temperature(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
+    """Each row's ``temperature`` parameter, ``[rows, 1]``."""
+    return rows.float("temperature")
+
+
+def entropy_scaled_temperature(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
+    """Each row's dynamic temperature, ``[rows, 1]`` (see :func:`dynamic_temperature`)."""
+    return dynamic_temperature(logits, rows.float("temperature"), rows.float("dynatemp_range"),
+                               rows.float("dynatemp_exponent"))
+
+
 GREEDY = Strategy(
     name="greedy",
     stage=Stage.TEMPERATURE,
@@ -57,6 +85,7 @@ TEMPERATURE_STRATEGY = Strategy(
     paper="Ackley, Hinton, Sejnowski, A Learning Algorithm for Boltzmann Machines, Cognitive Science 1985",
     parameters=(TEMPERATURE,),
     is_active=lambda p: not is_greedy(p),
+    temperature_of=plain_temperature,
 )
 
 DYNATEMP = Strategy(
@@ -66,20 +95,5 @@ DYNATEMP = Strategy(
     paper="llama.cpp temp-ext sampler (dynamic temperature, kalomaze, llama.cpp PR #4972)",
     parameters=(DYNATEMP_RANGE, DYNATEMP_EXPONENT),
     is_active=lambda p: p.dynatemp_range > 0 and not is_greedy(p),
+    temperature_of=entropy_scaled_temperature,
 )
-
-
-def dynamic_temperature(logits: torch.Tensor, base: torch.Tensor, spread: torch.Tensor,
-                        exponent: torch.Tensor) -> torch.Tensor:
-    """Per-row dynamic temperature ``[rows, 1]`` from the entropy of ``softmax(logits)``.
-
-    ``H_max = ln V`` counts every vocabulary entry, masked ones included, as llama.cpp does.
-    """
-    vocab = logits.shape[-1]
-    if vocab <= 1:
-        return base
-    entropy = Distribution(logits).entropy
-    normalised = (entropy / math.log(vocab)).clamp_(0.0, 1.0)
-    low = (base - spread).clamp(min=0.0)
-    high = base + spread
-    return low + (high - low) * normalised.pow(exponent)

@@ -58,9 +58,34 @@ def test_strategies_are_listed_in_pipeline_order():
     assert penalties == ["repetition_penalty", "frequency_penalty", "presence_penalty", "dry"]
 
 
-def test_every_sampling_params_field_comes_from_parameters():
-    fields = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
-    assert fields == {name: p.default for name, p in PARAMETERS.items()}
+# The kernel slot the declarations of each stage fill. Greedy and path-aware top-p have no
+# kernel: greedy rows keep their argmax, and path-aware top-p runs inside decoding sessions.
+KERNEL_SLOTS = {Stage.PENALTY: "process", Stage.LOGIT_BIAS: "process", Stage.TEMPERATURE: "temperature_of",
+                Stage.TRUNCATION: "keep"}
+WITHOUT_KERNEL = {"greedy", "path_top_p"}
+
+
+def test_every_strategy_fills_the_kernel_slot_of_its_stage_and_no_other():
+    for strategy in STRATEGIES:
+        filled = [slot for slot in ("process", "temperature_of", "keep") if getattr(strategy, slot) is not None]
+        assert filled == ([] if strategy.name in WITHOUT_KERNEL else [KERNEL_SLOTS[strategy.stage]]), strategy.name
+
+
+# The annotation a SamplingParams field of each parameter kind is written with.
+ANNOTATIONS = {"float": "float", "int": "int", "optional_int": "int | None", "token_ids": "tuple[int, ...]",
+               "token_bias": "tuple[tuple[int, float], ...]"}
+
+
+def test_sampling_params_fields_are_the_declared_parameters_in_order():
+    assert [f.name for f in dataclasses.fields(SamplingParams)] == list(PARAMETERS)
+
+
+def test_every_sampling_params_field_has_its_parameters_default_and_type():
+    for field in dataclasses.fields(SamplingParams):
+        declared = PARAMETERS[field.name]
+        assert field.default == declared.default, field.name
+        assert field.type == ANNOTATIONS[declared.kind], field.name
+        assert field.kw_only and field.init, field.name
 
 
 def test_every_parameter_is_documented_and_its_default_is_valid():
