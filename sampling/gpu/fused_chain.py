@@ -32,6 +32,7 @@ _SAMPLED = frozenset(s.name for s in (temperature.TEMPERATURE_STRATEGY, top_k.ST
 _GREEDY = frozenset({temperature.GREEDY.name, top_k.STRATEGY.name, top_p.STRATEGY.name, min_p.STRATEGY.name})
 _BLOCK = 1024
 _PIVOTS = 16
+_DRAWS_PER_PASS = 8  # draws per pass over the row: each holds a [draws, 1024] float64 search
 _WHAT = {1: "contains NaN", 2: "contains +inf", 3: "has no finite logit"}
 
 _state = threading.local()
@@ -155,8 +156,8 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], rows: S
     kernels.fused_chain_kernel[(count,)](
         logits, logits.stride(0), vocab, packed_params,
         status, tokens, logprobs, surprise, stats, kept, top_ids, top_logprobs, scratch, count,
-        N_DRAWS=_pow2(draws), TOP_WIDTH=draws, WIDEST=widest, WANTED=max(wanted, 1),
-        BLOCK=_BLOCK, PIVOTS=_PIVOTS,
+        N_DRAWS=min(_pow2(draws), _DRAWS_PER_PASS), TOP_WIDTH=draws, WIDEST=widest, WANTED=max(wanted, 1),
+        BLOCK=_BLOCK, PIVOTS=_PIVOTS, num_warps=8,
     )
     flags = status.cpu().numpy()  # the one host sync
     bad = np.flatnonzero(flags)

@@ -69,12 +69,12 @@ def _mix(x):
 
 
 @triton.jit
-def _uniforms(seed, step, N_DRAWS: tl.constexpr):
-    """The first ``N_DRAWS`` draw uniforms of (seed, step): :func:`sampling.rng.uniforms`
-    with stream ``STREAM_DRAW`` (0), bit for bit."""
+def _uniforms(seed, step, first, N_DRAWS: tl.constexpr):
+    """Draw uniforms ``first .. first + N_DRAWS - 1`` of (seed, step):
+    :func:`sampling.rng.uniforms` with stream ``STREAM_DRAW`` (0), bit for bit."""
     key = _mix(seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
     key = _mix(key ^ (step * 0x9E3779B97F4A7C15 + 1))
-    index = tl.arange(0, N_DRAWS).to(tl.uint64)
+    index = (first + tl.arange(0, N_DRAWS)).to(tl.uint64)
     bits = _mix(key + (index + 1) * 0x9E3779B97F4A7C15)
     return (bits >> 11).to(tl.float64) * (1.0 / 9007199254740992.0)
 
@@ -140,9 +140,9 @@ def fused_chain_kernel(
     N_DRAWS: tl.constexpr, TOP_WIDTH: tl.constexpr, WIDEST: tl.constexpr, WANTED: tl.constexpr,
     BLOCK: tl.constexpr, PIVOTS: tl.constexpr,
 ):
-    """One row per program; see the module docstring. ``N_DRAWS``: the batch's largest ``n``
-    (a power of two, padded); ``TOP_WIDTH``: the width of the ``tokens`` / ``logprobs`` /
-    ``surprise`` outputs; ``WIDEST``: a power of two >= every row's ``max(stats_top_k,
+    """One row per program; see the module docstring. ``N_DRAWS``: draws made per pass over
+    the row (a power of two); ``TOP_WIDTH``: the width of the ``tokens`` / ``logprobs`` /
+    ``surprise`` outputs (the batch's largest ``n``); ``WIDEST``: a power of two >= every row's ``max(stats_top_k,
     top_logprobs)``; ``WANTED``: the width of the top-logprob outputs (>= 1)."""
     r = tl.program_id(0)
     prm = params_ptr + r * 12
@@ -290,38 +290,40 @@ def fused_chain_kernel(
         top_lp = tl.where(listed, (top_values.to(tl.float64) - best - log_final).to(tl.float32), float("-inf"))
         tl.store(top_logprobs_ptr + r * WANTED + head, top_lp, mask=head < WANTED)
 
-        # The draws: pick the block where the float64 running sum of float32 block sums
-        # passes u * total, then the token where the float64 running sum inside it does.
-        draw = tl.arange(0, N_DRAWS)
-        tokens = tl.full([N_DRAWS], -1, tl.int64)
-        if greedy_row:
-            tokens = tl.full([N_DRAWS], 0, tl.int64) + argmax
-        else:
-            targets = _uniforms(seed, step, N_DRAWS) * final_total
-            running = tl.zeros([], dtype=tl.float64)
-            last_kept = tl.full([], -1, tl.int64)
-            for start in range(0, vocab, DRAW_BLOCK):
-                offs = start + tl.arange(0, DRAW_BLOCK)
-                z = _tempered(x_row, offs, vocab, divisor)
-                keep = (z > float("-inf")) & (z >= threshold)
-                w = tl.where(keep, tl.exp(tl.maximum(z - best, _EXP_FLOOR)), 0.0)
-                block_total = tl.sum(w, axis=0).to(tl.float64)
-                inside = (tokens < 0) & (running + block_total > targets)
-                if tl.sum(inside.to(tl.int32), axis=0) > 0:
-                    cumulative = tl.cumsum(w.to(tl.float64), axis=0) + running
-                    passed = (cumulative[None, :] > targets[:, None]) & keep[None, :]
-                    first = tl.min(tl.where(passed, offs[None, :], 2147483647), axis=1).to(tl.int64)
-                    tokens = tl.where(inside & (first < 2147483647), first, tokens)
-                last_kept = tl.maximum(last_kept, tl.max(tl.where(keep & (w > 0), offs, -1), axis=0).to(tl.int64))
-                running += block_total
-            tokens = tl.where(tokens < 0, last_kept, tokens)  # rounding left u * total past the end
-        drawn = draw < n
-        chosen = _tempered(x_row, tl.where(drawn, tokens, 0), vocab, divisor).to(tl.float64) - best
-        if greedy_row:
+        # The draws, N_DRAWS at a time: pick the block where the float64 running sum of
+        # float32 block sums passes u * total, then the token where the float64 running sum
+        # inside it does.
+        for first_draw in range(0, TOP_WIDTH, N_DRAWS):
+            draw = first_draw + tl.arange(0, N_DRAWS)
+            drawn = draw < n
+            tokens = tl.full([N_DRAWS], -1, tl.int64)
             chosen = tl.zeros([N_DRAWS], dtype=tl.float64)
-        out = draw < TOP_WIDTH
-        tl.store(tokens_ptr + r * TOP_WIDTH + draw, tl.where(drawn, tokens, -1), mask=out)
-        tl.store(logprobs_ptr + r * TOP_WIDTH + draw,
-                 tl.where(drawn, (chosen - log_final).to(tl.float32), float("nan")), mask=out)
-        tl.store(surprise_ptr + r * TOP_WIDTH + draw,
-                 tl.where(drawn, (log_total - chosen).to(tl.float32), float("nan")), mask=out)
+            if greedy_row:
+                tokens = tl.full([N_DRAWS], 0, tl.int64) + argmax
+            elif first_draw < n:
+                targets = _uniforms(seed, step, first_draw, N_DRAWS) * final_total
+                running = tl.zeros([], dtype=tl.float64)
+                last_kept = tl.full([], -1, tl.int64)
+                for start in range(0, vocab, DRAW_BLOCK):
+                    offs = start + tl.arange(0, DRAW_BLOCK)
+                    z = _tempered(x_row, offs, vocab, divisor)
+                    keep = (z > float("-inf")) & (z >= threshold)
+                    w = tl.where(keep, tl.exp(tl.maximum(z - best, _EXP_FLOOR)), 0.0)
+                    block_total = tl.sum(w, axis=0).to(tl.float64)
+                    inside = (tokens < 0) & (running + block_total > targets)
+                    if tl.sum(inside.to(tl.int32), axis=0) > 0:
+                        cumulative = tl.cumsum(w.to(tl.float64), axis=0) + running
+                        passed = (cumulative[None, :] > targets[:, None]) & keep[None, :]
+                        first = tl.min(tl.where(passed, offs[None, :], 2147483647), axis=1).to(tl.int64)
+                        tokens = tl.where(inside & (first < 2147483647), first, tokens)
+                    last_kept = tl.maximum(last_kept,
+                                           tl.max(tl.where(keep & (w > 0), offs, -1), axis=0).to(tl.int64))
+                    running += block_total
+                tokens = tl.where(tokens < 0, last_kept, tokens)  # rounding left u * total past the end
+                chosen = _tempered(x_row, tl.where(drawn, tokens, 0), vocab, divisor).to(tl.float64) - best
+            out = draw < TOP_WIDTH
+            tl.store(tokens_ptr + r * TOP_WIDTH + draw, tl.where(drawn, tokens, -1), mask=out)
+            tl.store(logprobs_ptr + r * TOP_WIDTH + draw,
+                     tl.where(drawn, (chosen - log_final).to(tl.float32), float("nan")), mask=out)
+            tl.store(surprise_ptr + r * TOP_WIDTH + draw,
+                     tl.where(drawn, (log_total - chosen).to(tl.float32), float("nan")), mask=out)

@@ -120,7 +120,7 @@ def test_every_strategy_of_the_chain_matches_the_cpu_path():
     logits[3, 400:] = float("-inf")  # masked tokens
     logits[4, 7] = logits[4].max() + 2.0  # one dominant token
     params = [
-        SamplingParams(temperature=0.8, seed=11, n=3, top_logprobs=4),
+        SamplingParams(temperature=0.8, seed=11, n=11, top_logprobs=4),
         SamplingParams(temperature=1.2, top_k=40, seed=12, stats_top_k=25),
         SamplingParams(temperature=0.7, top_p=0.8, seed=13, top_logprobs=6),
         SamplingParams(temperature=1.0, min_p=0.1, seed=14, n=2),
@@ -201,10 +201,11 @@ def test_a_row_gives_the_same_result_alone_and_in_any_batch():
 
 
 @triton.jit
-def _uniforms_kernel(seed_ptr, step_ptr, out_ptr, N: tl.constexpr):
+def _uniforms_kernel(seed_ptr, step_ptr, out_ptr, HALF: tl.constexpr):
     seed = tl.load(seed_ptr).to(tl.uint64, bitcast=True)
     step = tl.load(step_ptr).to(tl.uint64, bitcast=True)
-    tl.store(out_ptr + tl.arange(0, N), kernels._uniforms(seed, step, N))
+    tl.store(out_ptr + tl.arange(0, HALF), kernels._uniforms(seed, step, 0, HALF))
+    tl.store(out_ptr + HALF + tl.arange(0, HALF), kernels._uniforms(seed, step, HALF, HALF))
 
 
 @pytest.mark.parametrize(("seed", "step"), [(0, 0), (7, 3), (2**64 - 1, 2**63 + 5), (123456789, 2**32)])
@@ -212,7 +213,7 @@ def test_the_kernel_generator_is_sampling_rng_bit_for_bit(seed, step):
     out = torch.empty(8, dtype=torch.float64, device=DEVICE)
     seeds = torch.tensor(np.array([seed], dtype=np.uint64).view(np.int64), device=DEVICE)
     steps = torch.tensor(np.array([step], dtype=np.uint64).view(np.int64), device=DEVICE)
-    _uniforms_kernel[(1,)](seeds, steps, out, N=8)
+    _uniforms_kernel[(1,)](seeds, steps, out, HALF=4)  # two calls: uniforms 0-3 and 4-7
     want = uniforms(np.array([seed], dtype=np.uint64), np.array([step], dtype=np.uint64), STREAM_DRAW, 8)[0]
     assert out.cpu().numpy().tobytes() == want.tobytes()
 
