@@ -41,6 +41,7 @@ STATUS_NAN, STATUS_POS_INF, STATUS_NO_FINITE = 1, 2, 3
 #: Stats rows of the ``stats`` output.
 STATS = ("entropy", "varentropy", "truncated_entropy", "kept_mass", "top_k_entropy", "top_k_mass")
 
+_STATS_TILE = tl.constexpr(16)  # the top-k statistics' fixed summation tile
 DRAW_BLOCK = tl.constexpr(1024)  # sampling.draw.BLOCK: the draw picks a block, then a token, as inverse_cdf does
 _EXP_FLOOR = tl.constexpr(-87.0)  # sampling.distribution.EXP_FLOOR
 _LOWEST_FINITE_KEY = tl.constexpr(-0x7F800000)  # _key(-FLT_MAX); _key(-inf) is one less
@@ -279,10 +280,24 @@ def fused_chain_kernel(
         head = tl.arange(0, 2 * WIDEST)
         top_ids = 4294967295 - (order & 4294967295)
         top_values = tl.where(head < tl.minimum(width, finite), _value(order >> 32), float("-inf"))
-        share = tl.where(head < stats_k, tl.exp(top_values.to(tl.float64) - best - log_total), 0.0)
-        mass = tl.sum(share, axis=0)
-        shares = share / mass
-        top_entropy = -tl.sum(tl.where(shares > 0, shares * tl.log(tl.where(shares > 0, shares, 1.0)), 0.0), axis=0)
+        # The top-k statistics add the sorted values through the scratch in tiles of a fixed
+        # width, in order: the same sums whatever WIDEST the batch gave this launch.
+        tl.debug_barrier()
+        tl.store(scratch + head, (order >> 32).to(tl.int32))
+        tl.debug_barrier()
+        mass = tl.zeros([], dtype=tl.float64)
+        for tile in range(0, stats_k, _STATS_TILE):
+            at = tile + tl.arange(0, _STATS_TILE)
+            value = _value(tl.load(scratch + at, mask=at < stats_k, other=0).to(tl.int64))
+            counted = (at < stats_k) & (at < finite)
+            mass += tl.sum(tl.where(counted, tl.exp(value.to(tl.float64) - best - log_total), 0.0), axis=0)
+        top_entropy = tl.zeros([], dtype=tl.float64)
+        for tile in range(0, stats_k, _STATS_TILE):
+            at = tile + tl.arange(0, _STATS_TILE)
+            value = _value(tl.load(scratch + at, mask=at < stats_k, other=0).to(tl.int64))
+            counted = (at < stats_k) & (at < finite)
+            share = tl.where(counted, tl.exp(value.to(tl.float64) - best - log_total), 0.0) / mass
+            top_entropy -= tl.sum(tl.where(share > 0, share * tl.log(tl.where(share > 0, share, 1.0)), 0.0), axis=0)
         tl.store(stats_ptr + 4 * rows + r, tl.maximum(top_entropy, 0.0).to(tl.float32))
         tl.store(stats_ptr + 5 * rows + r, tl.minimum(mass, 1.0).to(tl.float32))
         listed = (head < wanted) & (head < kept) & (head < WANTED)

@@ -193,9 +193,12 @@ def test_a_row_gives_the_same_result_alone_and_in_any_batch():
     together = _on_gpu(logits, params, [5, 6, 7])
     alone = _on_gpu(logits[:1], params[:1], [5])
     reordered = fused_chain.sample(logits.flip(0).to(DEVICE), params[::-1], [7, 6, 5], rows=[2])
-    for other in (alone, reordered):
-        assert torch.equal(other.token_ids[0], together.token_ids[0])
-        assert torch.equal(other.logprobs[0], together.logprobs[0])
+    # A neighbour that widens every per-launch size: draws per pass, top list, outputs.
+    widened = _on_gpu(logits[:2], [params[0], SamplingParams(stats_top_k=300, n=9, top_logprobs=40, seed=1)], [5, 0])
+    for other in (alone, reordered, widened):
+        assert torch.equal(other.token_ids[0, :4], together.token_ids[0])  # n = 4; wider batches pad
+        assert torch.equal(other.logprobs[0, :4], together.logprobs[0])
+        assert torch.equal(other.top_logprobs[0][0, :2], together.top_logprobs[0][0])
         for name in STATISTICS:
             assert torch.equal(getattr(other.stats, name)[0], getattr(together.stats, name)[0])
 
