@@ -75,7 +75,7 @@ def gpu_chain(request, monkeypatch):
         yield request.param
 
 
-def _run(logits: torch.Tensor, params, states=None) -> VirtualCuda:
+def _run(logits: torch.Tensor, params, states=None, outputs: list | None = None) -> VirtualCuda:
     with VirtualCuda() as device:
         on_device = logits.to("cuda")
         assert is_cuda(on_device) and on_device.device.type == "cuda"
@@ -83,6 +83,8 @@ def _run(logits: torch.Tensor, params, states=None) -> VirtualCuda:
         out = sample(on_device, params, list(range(len(params))) if isinstance(params, list) else 0, states)
         device.call_syncs = device.sync_count - before
         assert is_cuda(out.token_ids)
+    if outputs is not None:
+        outputs.append(out)
     return device
 
 
@@ -106,9 +108,15 @@ def test_a_strategy_on_cuda_mixes_no_devices_and_keeps_its_sync_budget(name, gpu
 def test_a_batch_mixing_strategies_and_paths_mixes_no_devices(dtype, gpu_chain):
     params = [SamplingParams(top_k=10, seed=1, top_logprobs=2), SamplingParams(typical_p=0.9, seed=2, n=3),
               SamplingParams(temperature=0.0), SamplingParams(mirostat=2, seed=4)]
-    device = _run(_logits(dtype), params, STATES)
+    outputs = []
+    device = _run(_logits(dtype), params, STATES, outputs)
     assert device.mismatches == []
     assert device.call_syncs <= (20 if gpu_chain else 24), dict(device.syncs)
+    on_cpu = sample(_logits(dtype), params, [0, 1, 2, 3], STATES)  # these rows sit clear of every boundary
+    assert torch.equal(outputs[0].token_ids, on_cpu.token_ids)
+    assert torch.equal(outputs[0].stats.kept_tokens, on_cpu.stats.kept_tokens)
+    # bf16 ties: the eager path lists a tie group in torch.topk's order, the fused paths in index order.
+    assert torch.equal(outputs[0].top_logprobs[0].sort(dim=1).values, on_cpu.top_logprobs[0].sort(dim=1).values)
 
 
 def test_the_harness_sees_cross_device_ops_and_syncs():
