@@ -272,7 +272,8 @@ def fused_chain_kernel(
         above_ids = tl.load(scratch + slot, mask=slot < above_count, other=0)
         tied_ids = tl.load(scratch + WIDEST + slot, mask=slot < tl.minimum(tied_count, width - above_count), other=0)
         ids = tl.join(above_ids, tied_ids).reshape(2 * WIDEST)
-        valid = tl.join(slot < above_count, slot < tl.minimum(tied_count, width - above_count)).reshape(2 * WIDEST)
+        valid = tl.join((slot < above_count).to(tl.int32),
+                        (slot < tl.minimum(tied_count, width - above_count)).to(tl.int32)).reshape(2 * WIDEST) != 0
         values = _tempered(x_row, ids, vocab, divisor)
         # (logit descending, index ascending) as one int64; unused slots sort last.
         order = tl.where(valid, (_key(values) << 32) | (4294967295 - ids.to(tl.int64)), -9223372036854775807 - 1)

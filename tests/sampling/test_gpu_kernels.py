@@ -226,3 +226,23 @@ def test_the_path_is_only_taken_for_cuda_tensors_and_eligible_rows():
               SamplingParams(temperature=0.0, repetition_penalty=1.2)]
     assert fused_chain.eligible_rows(torch.zeros(4, 8), params) == []
     assert [fused_chain.is_eligible(p) for p in params] == [True, False, True, False]
+
+
+def test_a_top_p_target_on_a_prefix_mass_moves_the_boundary_by_one_token_at_most():
+    # top_p chosen so that its target falls on a prefix mass (to float32 precision): the rule's
+    # exception. Either side of the boundary is then right, on either device; nothing further.
+    logits = _logits(3, 1000, seed=9)
+    params, allowed = [], []
+    for r, rank in enumerate((3, 17, 60)):
+        z = logits[r].double().numpy()
+        ranked = np.sort(z)[::-1]
+        w = np.exp(ranked - ranked[0])
+        top_p = float(np.float32(w[:rank].sum() / w.sum()))
+        params.append(SamplingParams(top_p=top_p, seed=r))
+        assert not _top_p_is_clear(z, params[-1])
+        allowed.append({rank, rank + 1})
+    got = _on_gpu(logits, params, [0, 0, 0])
+    want = sample(logits, params, [0, 0, 0])
+    for r in range(3):
+        assert int(got.stats.kept_tokens[r]) in allowed[r]
+        assert int(want.stats.kept_tokens[r]) in allowed[r]
