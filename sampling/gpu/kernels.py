@@ -20,6 +20,13 @@ C. The final distribution's sums (kept tokens, kept mass, truncated entropy), th
    blocks of 1024 tokens with uniforms from SplitMix64 keyed as :mod:`sampling.rng` keys
    them.
 
+Cost, unmeasured (no GPU has run this yet): a sampled row reads its logits twice in A, about
+eight times per threshold in B (32-bit keys, 16 pivots a pass: top-k, top-p and the top-``W``
+list each; ``min_tokens_to_keep`` adds one more search), once for the kept set and once per
+8 draws. Where the benchmark shows this far above the 5x-the-read-floor target, the first
+levers are more pivots per pass, a lower starting key from block maxima, and several programs
+per row for small batches.
+
 Every reduction is a ``tl.sum`` / ``tl.max`` / ``tl.cumsum`` within a block, in the fixed
 tree order the compiler gives it, then added across blocks in index order in float64; no
 atomics anywhere. A row's outputs depend on its own logits and parameters alone.
