@@ -64,7 +64,8 @@ def is_eligible(p) -> bool:
 
 def eligible_rows(logits: torch.Tensor, params: Sequence) -> list[int]:
     """Indices of the rows the fused GPU chain takes: none unless ``logits`` is on a CUDA
-    device (or ``interpret`` tests run it on CPU tensors), triton imports and the path is on."""
+    device, triton imports and the path is on (:func:`enabled`). Tests call :func:`sample`
+    directly to run the kernel on CPU tensors under Triton's interpreter."""
     if logits.device.type != "cuda" or not is_enabled() or not available():
         return []
     return [i for i, p in enumerate(params) if is_eligible(p)]
