@@ -92,20 +92,31 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
             check_logits(logits)  # bad logits are reported first, as filter_logits does
         raise
     params, steps, states = inputs.params, inputs.steps, inputs.states
-    fast = fused.eligible_rows(logits, params)
+    engine = _fused_engine(logits)
+    fast = engine.eligible_rows(logits, params)
     if len(fast) == len(params):
-        return fused.sample(logits, params, steps)  # checks the logits' values in its first pass
+        return engine.sample(logits, params, steps)  # checks the logits' values in its first pass
     all_finite = check_logits(logits)
     if not fast:
         return _sample(logits, params, steps, states, all_finite)
     fast_set = set(fast)
     general = [i for i in range(len(params)) if i not in fast_set]
     parts = [
-        (fast, fused.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast])),
+        (fast, engine.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast])),
         (general, _sample(logits[general], [params[i] for i in general], [steps[i] for i in general],
                           None if states is None else [states[i] for i in general], all_finite)),
     ]
     return _merge_rows(parts, len(params))
+
+
+def _fused_engine(logits: torch.Tensor):
+    """The fused fast path for the logits' device: :mod:`sampling.gpu.fused_chain` (Triton)
+    on CUDA, :mod:`sampling.fused` (numba) elsewhere. Both have ``eligible_rows`` and ``sample``."""
+    if logits.device.type == "cuda":  # issue 15: imported only here, triton is an optional extra
+        from sampling.gpu import fused_chain
+
+        return fused_chain
+    return fused
 
 
 def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
@@ -171,7 +182,9 @@ def _merge_rows(parts, rows: int) -> SampleOutput:
              for name in SampleStats.__dataclass_fields__}
     top = None
     if any(out.top_logprobs is not None for out in outputs):
-        tops = [out.top_logprobs or (torch.empty(len(index), 0, dtype=torch.int64), torch.empty(len(index), 0))
+        device = outputs[0].token_ids.device  # every part's tensors are on the batch's device
+        tops = [out.top_logprobs or (torch.empty(len(index), 0, dtype=torch.int64, device=device),
+                                     torch.empty(len(index), 0, device=device))
                 for index, out in parts]
         top = (merged([ids for ids, _ in tops], -1), merged([values for _, values in tops], _NEG_INF))
     labels = [label for out in outputs for label in out.strategies]

@@ -11,6 +11,8 @@ thread, one batch at a time across all ways in.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -57,8 +59,10 @@ class SamplerActor:
         return self._device.type
 
     def warmup(self) -> str:
-        """Run one tiny sample so imports and kernels are loaded; return :meth:`device_name`."""
-        sample(torch.zeros(2, 16, device=self._device), SamplingParams(), 0)
+        """Sample the batch shapes this actor serves, so imports and kernels are loaded (on
+        CUDA: the Triton chain compiled per logits dtype); return :meth:`device_name`."""
+        for logits, params in warmup_batches(self._device):
+            sample(logits, params, 0)
         self._synchronize()
         return self.device_name()
 
@@ -87,35 +91,74 @@ class SamplerActor:
         return BatchOutput(results, self.device_name(), seconds_by_strategy)
 
     def _sample_group(self, group: RowGroup) -> GroupResult:
-        logits = unpack_logits(group.logits, group.dtype, self._device)
         started = time.perf_counter()
-        try:
+        try:  # the copy to the device too: an out-of-memory there fails requests, not the batch
+            logits = unpack_logits(group.logits, group.dtype, self._device)
             output = sample(logits, group.params, group.steps, group.states)
             self._synchronize()
-        except Exception:  # isolate the request(s) at fault, below
-            return self._sample_jobs_apart(logits, group)
+        except Exception as error:  # isolate the request(s) at fault, below
+            self._retire_on_device_fault(error)
+            return self._sample_jobs_apart(group)
         kernel_seconds = time.perf_counter() - started
         return GroupResult(to_numpy(output), None, kernel_seconds)
 
-    def _sample_jobs_apart(self, logits: torch.Tensor, group: RowGroup) -> GroupResult:
+    def _sample_jobs_apart(self, group: RowGroup) -> GroupResult:
         """The slow path after a group failed: each request's rows on their own."""
         outputs: list[SampleOutput | RowError] = []
         kernel_seconds = 0.0
         start = 0
-        for rows in group.job_rows:
+        for part, rows in zip(group.logits, group.job_rows, strict=True):
             stop = start + rows
             states = group.states[start:stop] if group.states is not None else None
             started = time.perf_counter()
             try:
-                output = sample(logits[start:stop], group.params[start:stop], group.steps[start:stop], states)
+                logits = unpack_logits([part], group.dtype, self._device)
+                output = sample(logits, group.params[start:stop], group.steps[start:stop], states)
                 self._synchronize()
                 outputs.append(to_numpy(output))
             except Exception as error:  # returned to the request as its answer
+                self._retire_on_device_fault(error)
                 outputs.append(RowError.from_exception(error))
             kernel_seconds += time.perf_counter() - started
             start = stop
         return GroupResult(None, outputs, kernel_seconds)
 
+    def _retire_on_device_fault(self, error: Exception) -> None:
+        """End this actor's process on a CUDA error that poisons its context (every one but
+        out-of-memory is sticky: each later call would fail too). The pool sees the actor die
+        (``ActorDiedError``) and starts a replacement."""
+        if is_device_fault(error, self._device):
+            print(f"sampler actor retiring after a CUDA error: {error!r}", file=sys.stderr, flush=True)
+            _exit_process(70)
+
     def _synchronize(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
+
+
+def is_device_fault(error: BaseException, device: torch.device) -> bool:
+    """Whether ``error`` is a CUDA error that leaves ``device``'s context unusable: any CUDA
+    error but out-of-memory (which frees with its tensors)."""
+    if device.type != "cuda" or isinstance(error, torch.cuda.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    return isinstance(error, RuntimeError) and ("CUDA error" in str(error) or "CUDA driver error" in str(error))
+
+
+def _exit_process(code: int) -> None:
+    os._exit(code)
+
+
+def warmup_batches(device: torch.device) -> list[tuple[torch.Tensor, list[SamplingParams]]]:
+    """The batches :meth:`SamplerActor.warmup` samples. On CUDA: the fused chain (a sampled
+    and a greedy row) and an eager-path row for each logits dtype, at a vocabulary size
+    divisible by 16 and one not (Triton compiles a kernel per pointer dtype and per such
+    divisibility of its integer arguments). Elsewhere one tiny batch loads the kernels."""
+    if device.type != "cuda":
+        return [(torch.zeros(2, 16, device=device), [SamplingParams()] * 2)]
+    params = [SamplingParams(top_k=50, top_p=0.9, min_p=0.01), SamplingParams(temperature=0.0),
+              SamplingParams(typical_p=0.9)]
+    return [(torch.zeros(3, vocab, dtype=dtype, device=device), params)
+            for dtype in (torch.float32, torch.float16, torch.bfloat16) for vocab in (4096, 4097)]

@@ -1,0 +1,132 @@
+"""Every strategy through :func:`sampling.sample` on a (virtual) CUDA device: no op mixes a
+CPU tensor with a cuda one, and the host syncs per call stay within a budget per strategy.
+
+The budgets are today's counts (the issue's goal is <= 2 for the fused chain, met; the eager
+pipeline reads back what the parameters already decide, which the eager path's owners will
+cut): a rise fails the test, a fall is welcome — lower the budget with it. The fused chain
+runs its Triton kernel under the interpreter, outside the virtual device's view (its one
+status download is counted).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from virtual_cuda import VirtualCuda, is_cuda
+
+from sampling import SamplingParams, SequenceState, sample
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# name: (parameters, syncs per call today with the fused GPU chain off, with it on).
+STRATEGIES = {
+    "temperature": (dict(temperature=0.8), 7, 1),
+    "greedy": (dict(temperature=0.0), 7, 1),
+    "top_k": (dict(top_k=20), 11, 1),
+    "top_p": (dict(top_p=0.9), 11, 1),
+    "min_p": (dict(min_p=0.05), 10, 1),
+    "top_k+top_p+min_p": (dict(top_k=50, top_p=0.9, min_p=0.02, top_logprobs=3, n=2), 18, 1),
+    "repetition_penalty": (dict(repetition_penalty=1.3), 11, 11),
+    "frequency_penalty": (dict(frequency_penalty=0.5), 11, 11),
+    "presence_penalty": (dict(presence_penalty=0.5), 11, 11),
+    "dry": (dict(dry_multiplier=0.8), 11, 11),
+    "logit_bias": (dict(logit_bias=((3, 2.0), (5, -1.0))), 7, 7),
+    "dynatemp": (dict(dynatemp_range=0.5), 10, 10),
+    "top_n_sigma": (dict(top_n_sigma=1.0), 10, 10),
+    "optimal_k": (dict(optimal_k=1.0), 12, 12),
+    "entropy_top_k": (dict(entropy_top_k=20), 11, 11),
+    "statistical_top_k": (dict(statistical_top_k=20), 10, 10),
+    "top_h": (dict(top_h=0.5), 11, 11),
+    "typical": (dict(typical_p=0.9), 12, 12),
+    "epsilon": (dict(epsilon=0.001), 10, 10),
+    "eta": (dict(eta=0.001), 10, 10),
+    "xtc": (dict(xtc_probability=0.5), 10, 10),
+    "mirostat_v1": (dict(mirostat=1), 15, 15),
+    "mirostat_v2": (dict(mirostat=2), 13, 13),
+}
+ROWS, VOCAB = 4, 300
+STATES = [SequenceState(history=(1, 2, 3, 1, 2, 7)) for _ in range(ROWS)]
+
+
+@pytest.fixture
+def gpu_chain(request, monkeypatch):
+    """The fused GPU chain on (its Triton kernel run unseen by the virtual device) or off."""
+    from sampling.gpu import fused_chain
+
+    if request.param and not fused_chain.available():
+        pytest.skip("triton is not installed")
+    if request.param:
+        from sampling.gpu import kernels
+
+        real = kernels.fused_chain_kernel
+
+        class Unseen:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    with torch._C.DisableTorchFunction():
+                        return real[grid](*args, **kwargs)
+                return launch
+
+        monkeypatch.setattr(kernels, "fused_chain_kernel", Unseen())
+    with fused_chain.enabled(request.param):
+        yield request.param
+
+
+def _run(logits: torch.Tensor, params, states=None, outputs: list | None = None) -> VirtualCuda:
+    with VirtualCuda() as device:
+        on_device = logits.to("cuda")
+        assert is_cuda(on_device) and on_device.device.type == "cuda"
+        before = device.sync_count
+        out = sample(on_device, params, list(range(len(params))) if isinstance(params, list) else 0, states)
+        device.call_syncs = device.sync_count - before
+        assert is_cuda(out.token_ids)
+    if outputs is not None:
+        outputs.append(out)
+    return device
+
+
+def _logits(dtype=torch.float32) -> torch.Tensor:
+    return (torch.randn(ROWS, VOCAB, generator=torch.Generator().manual_seed(3)) * 2).to(dtype)
+
+
+@pytest.mark.parametrize("gpu_chain", [False, True], ids=["eager", "fused-chain"], indirect=True)
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_strategy_on_cuda_mixes_no_devices_and_keeps_its_sync_budget(name, gpu_chain):
+    settings, eager_budget, fused_budget = STRATEGIES[name]
+    params = SamplingParams(seed=5, **settings)
+    device = _run(_logits(), params, STATES)
+    assert device.mismatches == []
+    budget = fused_budget if gpu_chain else eager_budget
+    assert device.call_syncs <= budget, dict(device.syncs)
+
+
+@pytest.mark.parametrize("gpu_chain", [False, True], ids=["eager", "fused-chain"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_a_batch_mixing_strategies_and_paths_mixes_no_devices(dtype, gpu_chain):
+    params = [SamplingParams(top_k=10, seed=1, top_logprobs=2), SamplingParams(typical_p=0.9, seed=2, n=3),
+              SamplingParams(temperature=0.0), SamplingParams(mirostat=2, seed=4)]
+    outputs = []
+    device = _run(_logits(dtype), params, STATES, outputs)
+    assert device.mismatches == []
+    assert device.call_syncs <= (20 if gpu_chain else 24), dict(device.syncs)
+    on_cpu = sample(_logits(dtype), params, [0, 1, 2, 3], STATES)  # these rows sit clear of every boundary
+    assert torch.equal(outputs[0].token_ids, on_cpu.token_ids)
+    assert torch.equal(outputs[0].stats.kept_tokens, on_cpu.stats.kept_tokens)
+    # bf16 ties: the eager path lists a tie group in torch.topk's order, the fused paths in index order.
+    assert torch.equal(outputs[0].top_logprobs[0].sort(dim=1).values, on_cpu.top_logprobs[0].sort(dim=1).values)
+
+
+def test_the_harness_sees_cross_device_ops_and_syncs():
+    with VirtualCuda() as device:
+        on_device = torch.ones(3, device="cuda")
+        on_host = torch.ones(3)
+        _ = on_device + on_host  # a mismatch
+        _ = on_device * torch.tensor(2.0)  # a 0-dim CPU scalar is fine
+        _ = on_device.sum().item()
+        _ = bool(on_device.any())
+        _ = on_device.cpu()
+    assert len(device.mismatches) == 1 and "add" in device.mismatches[0]
+    assert device.syncs == {"item": 1, "__bool__": 1, "cpu": 1}
