@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from service.bench import add_arguments as add_bench_arguments
 from service.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES, ServerConfig
+from service.ports import PortInUseError
+from service.quiet_logs import quiet_third_party_logs
 
 _DEFAULTS = ServerConfig()
 
@@ -184,6 +186,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
     from service import commands as user_commands  # sample / strategies (light imports only)
 
+    user_commands.one_line_errors(parser)
+
     user_commands.add_sample_arguments(commands.add_parser(
         "sample", help="sample from a saved logits array (.npy), on a server or in-process",
         description=user_commands.SAMPLE_DESCRIPTION))
@@ -195,6 +199,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     service_bench = targets.add_parser(
         "service", help="the service against an empty grpc.aio handler, at several concurrencies")
+    from service.bench import add_arguments as add_bench_arguments  # imports grpc: after quiet_third_party_logs
+
     add_bench_arguments(service_bench)
     targets.add_parser(
         "kernels", help="sampling kernels against sort-based implementations (options: see its --help)",
@@ -222,12 +228,39 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     if args.command == "bench" and args.target == "kernels":
         args.args = rest
     elif rest:
-        parser.error("unrecognized arguments: " + " ".join(rest))
+        parser.error("unrecognized arguments: " + " ".join(rest) + _flag_hint(parser, args, rest))
     return args
+
+
+def _flag_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> str:
+    """'; did you mean --top-p?' for the first unknown flag that is close to one of the command's."""
+    command = parser
+    for name in (args.command, getattr(args, "target", None)):
+        sub = _subcommand(command, name)
+        if sub is None:
+            break
+        command = sub
+    known = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
+    for word in rest:
+        if word.startswith("--"):
+            flag = word.split("=", 1)[0]
+            dashed = flag.replace("_", "-")
+            close = [dashed] if dashed in known else difflib.get_close_matches(flag, known, n=1)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samplerd`` console script."""
+    quiet_third_party_logs()
     try:
         args = parse_args(argv)
     except CliError as error:
@@ -263,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except KeyboardInterrupt:
         return 130
+    except PortInUseError as error:
+        print(f"samplerd: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # a clear one-line message, not a traceback, for start-up failures
         logging.getLogger("samplerd").debug("failed", exc_info=True)
         print(f"samplerd: error: {type(error).__name__}: {error}", file=sys.stderr)

@@ -9,7 +9,9 @@ needs no edit here. Validation is the library's: constructing ``SamplingParams``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,24 +88,64 @@ def _from_bytes(serialized: bytes, base: SamplingParams | None) -> SamplingParam
     return dataclasses.replace(base, **values) if values else base
 
 
-def to_proto(values: Mapping[str, Any]) -> pb.SamplingParams:
+class ParameterError(ValueError, TypeError):
+    """A client-side sampling parameter of the wrong type or outside its wire range, naming
+    the field (``params.seed``, ``row_params[2].top_p``) as the server's errors do."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def to_proto(values: Mapping[str, Any], where: str = "params") -> pb.SamplingParams:
     """A proto ``SamplingParams`` holding ``values`` (keyword arguments of ``SamplingParams``).
 
-    Raises ``TypeError`` for a name that is not a sampling parameter. Values are not
-    validated here: the server does that and answers INVALID_ARGUMENT naming the field.
+    Raises :class:`ParameterError` naming ``where.<name>`` for a name that is not a sampling
+    parameter or a value the wire cannot carry (a string for a number, a negative seed).
+    Ranges are not checked here: the server does that and answers INVALID_ARGUMENT naming the
+    field.
     """
     message = pb.SamplingParams()
     for name, value in values.items():
         parameter = PARAMETERS.get(name)
+        field = f"{where}.{name}"
         if parameter is None:
-            raise TypeError(f"unknown sampling parameter {name!r}")
+            close = difflib.get_close_matches(name, PARAMETERS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ParameterError(field, f"unknown sampling parameter {name!r}{hint}")
         if value is None:
             continue
-        if parameter.kind == "token_ids":
-            getattr(message, name).extend(int(v) for v in value)
-        elif parameter.kind == "token_bias":
-            items = value.items() if isinstance(value, Mapping) else value
-            getattr(message, name).update({int(k): float(v) for k, v in items})
-        else:
-            setattr(message, name, value)
+        try:
+            if parameter.kind == "token_ids":
+                getattr(message, name).extend(_integer(v) for v in value)
+            elif parameter.kind == "token_bias":
+                items = value.items() if isinstance(value, Mapping) else value
+                getattr(message, name).update({_integer(k): _number(v) for k, v in items})
+            elif parameter.kind == "float":
+                setattr(message, name, _number(value))
+            else:
+                setattr(message, name, _integer(value))
+        except (TypeError, ValueError) as error:
+            raise ParameterError(field, _wire_problem(parameter, value, error)) from None
     return message
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _wire_problem(parameter, value: Any, error: Exception) -> str:
+    if isinstance(error, TypeError) and str(error).startswith("must be"):
+        return str(error)
+    if parameter.kind in ("int", "optional_int") and isinstance(value, numbers.Integral):
+        allowed = parameter.range_text() or "the parameter's range"
+        return f"must be in {allowed}, got {value}"
+    return f"cannot be sent as given ({value!r}): {error}"
