@@ -1,6 +1,6 @@
 """The sampling pipeline: logits in, filtered logits or sampled tokens out.
 
-Order of stages (SAMPLERS.md Part A; the Hugging Face / vLLM order, temperature before
+Order of stages (docs/semantics.md; the Hugging Face order, temperature before
 truncation): repetition / frequency / presence penalties -> DRY -> logit bias ->
 temperature (dynamic temperature when ``dynatemp_range > 0``; below 1e-5, greedy) ->
 top-nσ -> top-k -> optimal-k -> entropy top-k -> statistical top-k -> top-H -> top-p ->

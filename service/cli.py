@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES, ServerConfig
+from service.demo_model import DEMO
 from service.ports import PortInUseError
 from service.quiet_logs import quiet_third_party_logs
 
@@ -61,9 +62,12 @@ def _batch_transport(text: str) -> str:
 
 
 def _model_dir(text: str) -> str | None:
-    """A model directory that exists ('' or 'none': no model), made absolute for the actor."""
+    """A model directory that exists ('' or 'none': no model; 'demo': the demo model), made
+    absolute for the actor."""
     if text.lower() in ("", "none"):
         return None
+    if text == DEMO:
+        return DEMO  # written to the cache when the server starts, not while parsing
     if not os.path.isdir(text):
         raise ValueError(text)
     return os.path.abspath(text)
@@ -90,7 +94,7 @@ _port.__name__ = "port (0-65535)"
 _non_negative_float.__name__ = "non-negative number"
 _optional_address.__name__ = "address"
 _device.__name__ = "device (auto, cpu or cuda)"
-_model_dir.__name__ = "model directory (an existing directory, or 'none')"
+_model_dir.__name__ = "model directory (an existing directory, 'demo' or 'none')"
 _batch_transport.__name__ = f"batch transport ({' or '.join(BATCH_TRANSPORTS)})"
 _model_dtype.__name__ = f"dtype ({', '.join(MODEL_DTYPES)})"
 
@@ -125,8 +129,9 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--session-idle-timeout-s", _non_negative_float, _DEFAULTS.session_idle_timeout_s,
      "a session with no client message for this many seconds ends with DEADLINE_EXCEEDED (0 = never)"),
     ("--model", _model_dir, _DEFAULTS.model,
-     "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; none = Generate "
-     "answers FAILED_PRECONDITION"),
+     "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; 'demo' = a tiny "
+     "random-weight GPT-2 written to ~/.cache/samplerd (gibberish text, no download); none = Generate answers "
+     "FAILED_PRECONDITION"),
     ("--model-device", _device, _DEFAULTS.model_device,
      "device of the language model: auto (cuda if the Ray cluster has a GPU), cpu or cuda"),
     ("--model-dtype", _model_dtype, _DEFAULTS.model_dtype,
@@ -205,6 +210,12 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     targets.add_parser(
         "kernels", help="sampling kernels against sort-based implementations (options: see its --help)",
         add_help=False)
+    demo = commands.add_parser(
+        "demo-model", help="write the tiny demo language model (random weights) to a directory, for --model DIR",
+        description="Write a tiny GPT-2 (random weights, byte-level BPE tokenizer) as a Hugging Face model "
+                    "directory, so Generate can be tried without downloading a model: samplerd demo-model DIR, "
+                    "then samplerd serve --model DIR. Its text is gibberish. (--model demo does this by itself.)")
+    demo.add_argument("directory", metavar="DIR", help="where to write it (created if missing)")
     from service.session_bench import add_arguments as add_session_bench_arguments
 
     add_session_bench_arguments(targets.add_parser(
@@ -270,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "demo-model":
+            from service.demo_model import write_demo_model
+
+            print(write_demo_model(args.directory))
+            return 0
         if args.command in ("sample", "strategies"):
             from service import commands as user_commands
 
@@ -309,7 +325,12 @@ def _serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
     fields = {flag.lstrip("-").replace("-", "_") for flag, *_ in SERVE_OPTIONS}
-    config = ServerConfig(**{name: getattr(args, name) for name in fields})
+    values = {name: getattr(args, name) for name in fields}
+    if values["model"] == DEMO:
+        from service.demo_model import demo_model_dir
+
+        values["model"] = demo_model_dir()
+    config = ServerConfig(**values)
     asyncio.run(serve(config))
     return 0
 

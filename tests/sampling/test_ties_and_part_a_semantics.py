@@ -1,4 +1,4 @@
-"""SAMPLERS.md Part A, rule by rule: ties, min_tokens_to_keep, disabled values, the order of
+"""docs/semantics.md, rule by rule: ties, min_tokens_to_keep, disabled values, the order of
 stages, greedy, and each strategy's specific choices, on small hand-made rows.
 
 Each expected kept set is worked out in the test (or by the float64 reference in
