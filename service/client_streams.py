@@ -40,6 +40,12 @@ class GenerateStream:
             elif message.HasField("finish"):
                 self.finish = message.finish
 
+    @property
+    def reason(self) -> str | None:
+        """Why the generation stopped (``LENGTH``, ``STOP``, ``EOS``, ``CANCELLED``); None
+        before the stream ended."""
+        return None if self.finish is None else pb.GenerateFinish.FinishReason.Name(self.finish.reason)
+
     def text(self) -> str:
         """Read the stream to its end; the generated text."""
         for _token in self:
