@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw latency and throughput against batch size (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
+    parser.add_argument("--check", action="store_true", help="exit with status 1 when a row misses its target")
     args = parser.parse_args(argv)
     # As samplerd's workers do; it applies to every path timed in this process alike.
     tuned = keep_freed_memory()
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump([asdict(r) for r in results], handle, indent=2)
     if args.plot:
         plot(results, args.plot)
-    return 0
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

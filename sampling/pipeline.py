@@ -1,7 +1,7 @@
 """The sampling pipeline: logits in, filtered logits or sampled tokens out.
 
-The stages run in the registry's order (:data:`sampling.registry.STRATEGIES`; SAMPLERS.md
-Part A): logits processors (penalties, DRY, logit bias), then temperature (below 1e-5,
+The stages run in the registry's order (:data:`sampling.registry.STRATEGIES`;
+docs/semantics.md): logits processors (penalties, DRY, logit bias), then temperature (below 1e-5,
 greedy), then the truncations, each seeing the renormalised output of the one before, then
 the draw. Each stage runs its declaration's kernel on the rows that switch it on, all at
 once, with per-row parameter tensors; which rows those are is decided once per batch

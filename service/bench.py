@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-rows", type=int, default=256, help="server --max-batch-rows [256]")
     parser.add_argument("--batch-window-ms", type=float, default=2.0, help="server --batch-window-ms [2]")
     parser.add_argument("--json", metavar="PATH", help="also write the measurements as JSON")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 when a target ratio is missed (FAIL); without it the exit status "
+                             "is 0 whatever the figures")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw rows/s and p50/p99 latency against concurrency (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
@@ -145,14 +148,27 @@ def format_table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def format_targets(results: list[Measurement]) -> str:
-    """The issue's three ratios with their targets (where the measured concurrencies allow)."""
+@dataclass(frozen=True)
+class Verdict:
+    """One target ratio: its value, the bound, and whether it was met."""
+
+    name: str
+    value: float
+    op: str
+    bound: float
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.bound if self.op == ">=" else self.value < self.bound
+
+
+def target_verdicts(results: list[Measurement]) -> list[Verdict]:
+    """The three target ratios (where the measured concurrencies allow: C=1, 16, 64)."""
     by = {(m.target, m.concurrency): m for m in results}
-    lines = []
+    verdicts = []
 
     def ratio_line(name: str, value: float, op: str, bound: float) -> None:
-        ok = value >= bound if op == ">=" else value < bound
-        lines.append(f"{name:<52}{value:>7.2f}   target {op} {bound:g}   {'PASS' if ok else 'FAIL'}")
+        verdicts.append(Verdict(name, value, op, bound))
 
     if ("samplerd", 16) in by and ("empty", 16) in by:
         ratio_line("throughput C=16, samplerd / empty handler", by["samplerd", 16].requests_per_s
@@ -162,7 +178,18 @@ def format_targets(results: list[Measurement]) -> str:
                    / max(by["samplerd", 1].rows_per_s, 1e-9), ">=", 4.0)
     if ("samplerd", 16) in by:
         ratio_line("latency samplerd C=16, p99 / p50", by["samplerd", 16].p99_ms / by["samplerd", 16].p50_ms, "<", 3.0)
-    return "\n".join(lines)
+    return verdicts
+
+
+def format_targets(verdicts: list[Verdict]) -> str:
+    """One line per target ratio: value, bound, PASS or FAIL."""
+    return "\n".join(f"{v.name:<52}{v.value:>7.2f}   target {v.op} {v.bound:g}   {'PASS' if v.met else 'FAIL'}"
+                     for v in verdicts)
+
+
+def check_status(verdicts: list[Verdict], check: bool) -> int:
+    """The exit status: 1 when ``check`` and a target was missed, else 0."""
+    return 1 if check and not all(v.met for v in verdicts) else 0
 
 
 def server_breakdown(metrics_port: int) -> str:
@@ -259,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
                         bar.advance(task)
                 results.extend(pooled[label].measurement(label, concurrency, args.rows) for label, _ in targets)
         print(format_table(results))
-        print(format_targets(results))
+        verdicts = target_verdicts(results)
+        print(format_targets(verdicts))
         print(server_breakdown(samplerd.metrics_port))
         if args.json:
             with open(args.json, "w") as out:
@@ -271,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         empty.wait(30)
         if samplerd is not None:
             samplerd.terminate()
-    return 0
+    return check_status(verdicts, args.check)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["empty-server"]:

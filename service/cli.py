@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from service.bench import add_arguments as add_bench_arguments
 from service.config import ServerConfig
+from service.demo_model import DEMO
+from service.ports import PortInUseError
+from service.quiet_logs import quiet_third_party_logs
 from workers.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES
 
 _DEFAULTS = ServerConfig()
@@ -60,9 +63,12 @@ def _batch_transport(text: str) -> str:
 
 
 def _model_dir(text: str) -> str | None:
-    """A model directory that exists ('' or 'none': no model), made absolute for the actor."""
+    """A model directory that exists ('' or 'none': no model; 'demo': the demo model), made
+    absolute for the actor."""
     if text.lower() in ("", "none"):
         return None
+    if text == DEMO:
+        return DEMO  # written to the cache when the server starts, not while parsing
     if not os.path.isdir(text):
         raise ValueError(text)
     return os.path.abspath(text)
@@ -89,7 +95,7 @@ _port.__name__ = "port (0-65535)"
 _non_negative_float.__name__ = "non-negative number"
 _optional_address.__name__ = "address"
 _device.__name__ = "device (auto, cpu or cuda)"
-_model_dir.__name__ = "model directory (an existing directory, or 'none')"
+_model_dir.__name__ = "model directory (an existing directory, 'demo' or 'none')"
 _batch_transport.__name__ = f"batch transport ({' or '.join(BATCH_TRANSPORTS)})"
 _model_dtype.__name__ = f"dtype ({', '.join(MODEL_DTYPES)})"
 
@@ -124,8 +130,9 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--session-idle-timeout-s", _non_negative_float, _DEFAULTS.session_idle_timeout_s,
      "a session with no client message for this many seconds ends with DEADLINE_EXCEEDED (0 = never)"),
     ("--model", _model_dir, _DEFAULTS.model,
-     "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; none = Generate "
-     "answers FAILED_PRECONDITION"),
+     "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; 'demo' = a tiny "
+     "random-weight GPT-2 written to ~/.cache/samplerd (gibberish text, no download); none = Generate answers "
+     "FAILED_PRECONDITION"),
     ("--model-device", _device, _DEFAULTS.model_device,
      "device of the language model: auto (cuda if the Ray cluster has a GPU), cpu or cuda"),
     ("--model-dtype", _model_dtype, _DEFAULTS.model_dtype,
@@ -185,6 +192,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
     from service import commands as user_commands  # sample / strategies (light imports only)
 
+    user_commands.one_line_errors(parser)
+
     user_commands.add_sample_arguments(commands.add_parser(
         "sample", help="sample from a saved logits array (.npy), on a server or in-process",
         description=user_commands.SAMPLE_DESCRIPTION))
@@ -196,10 +205,18 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     service_bench = targets.add_parser(
         "service", help="the service against an empty grpc.aio handler, at several concurrencies")
+    from service.bench import add_arguments as add_bench_arguments  # imports grpc: after quiet_third_party_logs
+
     add_bench_arguments(service_bench)
     targets.add_parser(
         "kernels", help="sampling kernels against sort-based implementations (options: see its --help)",
         add_help=False)
+    demo = commands.add_parser(
+        "demo-model", help="write the tiny demo language model (random weights) to a directory, for --model DIR",
+        description="Write a tiny GPT-2 (random weights, byte-level BPE tokenizer) as a Hugging Face model "
+                    "directory, so Generate can be tried without downloading a model: samplerd demo-model DIR, "
+                    "then samplerd serve --model DIR. Its text is gibberish. (--model demo does this by itself.)")
+    demo.add_argument("directory", metavar="DIR", help="where to write it (created if missing)")
     from service.session_bench import add_arguments as add_session_bench_arguments
 
     add_session_bench_arguments(targets.add_parser(
@@ -223,12 +240,39 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     if args.command == "bench" and args.target == "kernels":
         args.args = rest
     elif rest:
-        parser.error("unrecognized arguments: " + " ".join(rest))
+        parser.error("unrecognized arguments: " + " ".join(rest) + _flag_hint(parser, args, rest))
     return args
+
+
+def _flag_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> str:
+    """'; did you mean --top-p?' for the first unknown flag that is close to one of the command's."""
+    command = parser
+    for name in (args.command, getattr(args, "target", None)):
+        sub = _subcommand(command, name)
+        if sub is None:
+            break
+        command = sub
+    known = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
+    for word in rest:
+        if word.startswith("--"):
+            flag = word.split("=", 1)[0]
+            dashed = flag.replace("_", "-")
+            close = [dashed] if dashed in known else difflib.get_close_matches(flag, known, n=1)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samplerd`` console script."""
+    quiet_third_party_logs()
     try:
         args = parse_args(argv)
     except CliError as error:
@@ -238,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "demo-model":
+            from service.demo_model import write_demo_model
+
+            print(write_demo_model(args.directory))
+            return 0
         if args.command in ("sample", "strategies"):
             from service import commands as user_commands
 
@@ -264,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except KeyboardInterrupt:
         return 130
+    except PortInUseError as error:
+        print(f"samplerd: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # a clear one-line message, not a traceback, for start-up failures
         logging.getLogger("samplerd").debug("failed", exc_info=True)
         print(f"samplerd: error: {type(error).__name__}: {error}", file=sys.stderr)
@@ -274,7 +326,12 @@ def _serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
     fields = {flag.lstrip("-").replace("-", "_") for flag, *_ in SERVE_OPTIONS}
-    config = ServerConfig(**{name: getattr(args, name) for name in fields})
+    values = {name: getattr(args, name) for name in fields}
+    if values["model"] == DEMO:
+        from service.demo_model import demo_model_dir
+
+        values["model"] = demo_model_dir()
+    config = ServerConfig(**values)
     asyncio.run(serve(config))
     return 0
 

@@ -7,12 +7,18 @@
 
 Any keyword argument of :class:`sampling.SamplingParams` is accepted; ``row_params`` (one dict
 per row, merged over the keyword arguments) and ``steps`` set per-row values. Errors are the
-``grpc.RpcError`` the server answered; :func:`field_violations` lists the fields it named.
+``grpc.RpcError`` the server answered; :func:`field_violations` lists the fields it named. A
+value the wire cannot carry (``seed=-1``, ``top_p="0.9"``) raises :class:`ParameterError`
+(a ValueError and TypeError) naming the field before anything is sent. ``client.wait()``
+blocks until a freshly started server can answer; ``client.generate(...)`` and
+``client.session(...)`` are the streaming calls (:mod:`service.client_streams`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +26,21 @@ from typing import Any
 import grpc
 import numpy as np
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from service import client_params
+from service.client_params import ParameterError as ParameterError  # re-exported: raised by build_request
+from service.client_streams import GenerateStream, SampleSession, generate_request
 from service.config import ServerConfig, message_size_options
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 from service.security import open_channel
 
 DEFAULT_MAX_MESSAGE_BYTES = ServerConfig.max_message_bytes
+_SERVICE = pb.DESCRIPTOR.services_by_name["Sampler"].full_name  # the health service name of the Sampler
+_NOT_YET = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND)
+_WAIT_POLL_S = 0.25
 _NUMPY_WIRE = {np.dtype(np.float32): pb.Tensor.FP32, np.dtype(np.float16): pb.Tensor.FP16}
 
 
@@ -120,7 +132,7 @@ def build_request(
     return pb.SampleRequest(
         logits=encode_logits(array),
         params=client_params.to_proto(params),
-        row_params=[client_params.to_proto(row) for row in row_params or ()],
+        row_params=[client_params.to_proto(row, f"row_params[{i}]") for i, row in enumerate(row_params or ())],
         steps=list(steps or ()),
         request_id=request_id,
     )
@@ -128,25 +140,27 @@ def build_request(
 
 def decode_response(response: pb.SampleResponse) -> SampleResult:
     """A :class:`SampleResult` from the wire answer."""
-    rows = []
-    for row in response.rows:
-        stats = row.stats
-        rows.append(RowSample(
-            token_ids=list(row.token_ids),
-            logprobs=list(row.logprobs),
-            top_logprobs=[(t.token_id, t.logprob) for t in row.top_logprobs],
-            strategy=row.strategy,
-            mirostat_mu=row.mirostat_mu if row.HasField("mirostat_mu") else None,
-            entropy=stats.entropy,
-            varentropy=stats.varentropy,
-            truncated_entropy=stats.truncated_entropy,
-            kept_tokens=stats.kept_tokens,
-            kept_mass=stats.kept_mass,
-            top_k_entropy=stats.top_k_entropy,
-            top_k_mass=stats.top_k_mass,
-            surprise=list(stats.surprise),
-        ))
-    return SampleResult(rows=rows, request_id=response.request_id)
+    return SampleResult(rows=[decode_row(row) for row in response.rows], request_id=response.request_id)
+
+
+def decode_row(row: pb.RowResult) -> RowSample:
+    """A :class:`RowSample` from one wire row."""
+    stats = row.stats
+    return RowSample(
+        token_ids=list(row.token_ids),
+        logprobs=list(row.logprobs),
+        top_logprobs=[(t.token_id, t.logprob) for t in row.top_logprobs],
+        strategy=row.strategy,
+        mirostat_mu=row.mirostat_mu if row.HasField("mirostat_mu") else None,
+        entropy=stats.entropy,
+        varentropy=stats.varentropy,
+        truncated_entropy=stats.truncated_entropy,
+        kept_tokens=stats.kept_tokens,
+        kept_mass=stats.kept_mass,
+        top_k_entropy=stats.top_k_entropy,
+        top_k_mass=stats.top_k_mass,
+        surprise=list(stats.surprise),
+    )
 
 
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
@@ -173,6 +187,7 @@ class SamplerClient:
                                      key=key, token=token)
         self._stub = pb_grpc.SamplerStub(self._channel)
         self._timeout = timeout
+        self._target = target
 
     def sample(self, array: Any, *, row_params: Sequence[Mapping[str, Any]] | None = None,
                steps: Sequence[int] | None = None, request_id: str = "", timeout: float | None = None,
@@ -184,6 +199,48 @@ class SamplerClient:
     def list_strategies(self) -> list[pb.StrategyInfo]:
         """The server's strategies with their parameters."""
         return list(self._stub.ListStrategies(pb.ListStrategiesRequest(), timeout=self._timeout).strategies)
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until the server can answer: its health says SERVING (its sampler workers,
+        and its language model if any, are up). ``samplerd serve`` binds its port at once but
+        needs several seconds more for the workers; until then calls get UNAVAILABLE.
+        Raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        last = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"samplerd at {self._target} not ready within {timeout:g} s ({last})")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=_SERVICE), timeout=min(remaining, 5.0),
+                                   wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as error:
+                if error.code() not in _NOT_YET:
+                    raise
+                last = error.code().name
+            time.sleep(min(_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int | None = None, stop: Sequence[str] = (),
+                 stop_token_ids: Sequence[int] = (), ignore_eos: bool = False, request_id: str = "",
+                 timeout: float | None = None, **params: Any) -> GenerateStream:
+        """Generate text with the server's language model (``samplerd serve --model``): an
+        iterator of ``GeneratedToken`` messages; its ``finish`` holds the final message."""
+        request = generate_request(prompt, max_tokens=max_tokens, stop=stop, stop_token_ids=stop_token_ids,
+                                   ignore_eos=ignore_eos, request_id=request_id, **params)
+        return GenerateStream(self._stub.Generate(request, timeout=timeout or self._timeout))
+
+    def session(self, sequences: Mapping[str, Mapping[str, Any]] | Sequence[str], *,
+                prompts: Mapping[str, Sequence[int]] | None = None, session_id: str = "",
+                timeout: float | None = None, **params: Any) -> SampleSession:
+        """Open a decoding session (``SampleStream``): ``sequences`` are ids, or ids mapped to
+        their own parameters (merged over ``params``); ``prompts`` seed the penalties' history.
+        See :class:`service.client_streams.SampleSession`."""
+        return SampleSession(self._stub, sequences, prompts=prompts, session_id=session_id,
+                             timeout=timeout or self._timeout, **params)
 
     def close(self) -> None:
         """Close the channel."""
@@ -219,6 +276,22 @@ class AsyncSamplerClient:
         """The server's strategies with their parameters."""
         response = await self._stub.ListStrategies(pb.ListStrategiesRequest(), timeout=self._timeout)
         return list(response.strategies)
+
+    async def wait(self, timeout: float = 120.0) -> None:
+        """Wait until the server's health says SERVING (see :meth:`SamplerClient.wait`)."""
+        deadline = time.monotonic() + timeout
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=_SERVICE),
+                                         timeout=min(deadline - time.monotonic(), 5.0), wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in _NOT_YET:
+                    raise
+            await asyncio.sleep(_WAIT_POLL_S)
+        raise TimeoutError(f"samplerd not ready within {timeout:g} s")
 
     async def close(self) -> None:
         """Close the channel."""

@@ -209,11 +209,11 @@ def sample_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.step < 0:
         raise CommandError(f"--step must be >= 0, got {args.step}")
     if args.local:
-        return _sample_local(logits, params, args.step)
+        return _sample_local(logits, params, args.step, args.file)
     return _sample_remote(logits, values, args)
 
 
-def _sample_local(logits, params, step: int) -> list[dict[str, Any]]:
+def _sample_local(logits, params, step: int, path: str) -> list[dict[str, Any]]:
     import torch
 
     from sampling import SamplingError, sample
@@ -228,6 +228,8 @@ def _sample_local(logits, params, step: int) -> list[dict[str, Any]]:
     except RequestError as error:
         if error.violations:
             violation = error.violations[0]
+            if violation.field.split(".")[0].split("[")[0] == "logits":  # the file's values, not a flag
+                raise CommandError(f"{path}: {violation.description}") from None
             raise CommandError(f"{flag_of(violation.field.split('.')[-1])}: {violation.description}") from None
         raise CommandError(error.message) from None
     except SamplingError as error:
@@ -339,11 +341,25 @@ def strategies_data(args: argparse.Namespace) -> list[dict[str, Any]]:
             for s in strategies]
 
 
+def common_parameters_data() -> list[dict[str, Any]]:
+    """The parameters every row has whatever its strategy (seed, n, top_logprobs,
+    min_tokens_to_keep, stats_top_k), from the registry: they are fields of SamplingParams
+    like the others, and ListStrategies describes strategies only."""
+    from google.protobuf.json_format import MessageToDict
+
+    from sampling.registry import COMMON_PARAMETERS
+    from service.catalog import parameter_info
+
+    return [MessageToDict(parameter_info(p), preserving_proto_field_name=True,
+                          always_print_fields_with_no_presence=True) for p in COMMON_PARAMETERS]
+
+
 def run_strategies(args: argparse.Namespace) -> int:
     """``samplerd strategies``."""
     strategies = strategies_data(args)
+    common = common_parameters_data()
     if args.json:
-        print(json.dumps({"strategies": strategies}, indent=2))
+        print(json.dumps({"strategies": strategies, "common_parameters": common}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -357,6 +373,8 @@ def run_strategies(args: argparse.Namespace) -> int:
         params = "\n".join(f"{flag_of(p['name'])} {p['range'] or ''}; {p['default']}".replace(" ;", ";")
                            for p in s["parameters"])
         table.add_row(s["name"], s["stage"], params or "-", f"{s['summary']}\n[dim]{s['paper']}[/dim]")
+    table.add_row("(every row)", "-", "\n".join(f"{flag_of(p['name'])} {p['range']}; {p['default']}" for p in common),
+                  "\n".join(f"{p['name']}: {p['doc']}" for p in common))
     Console(width=max(140, Console().width)).print(table)
     return 0
 

@@ -1,8 +1,10 @@
-"""Prometheus metrics of the front end, with exactly the names and labels of DESIGN.md "Metrics".
+"""Prometheus metrics of the front end; docs/metrics.md lists every name, label and unit.
 
 Every series whose label values are known up front (each strategy, each RPC method) is
 created at start, so dashboards see zeros instead of missing series. Metrics live in their
-own registry, served on ``--metrics-port`` at ``/metrics``.
+own registry, served on ``--metrics-port`` at ``/metrics``. The ``_created`` timestamp series
+prometheus-client adds to every counter and histogram are switched off: each would be exported
+as a gauge of its own, tripling /metrics for nothing a query uses.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     start_http_server,
 )
 
@@ -65,6 +68,7 @@ class Metrics:
     """The front end's metrics, in a registry of their own."""
 
     def __init__(self, device: str = "cpu", strategies: Iterable[str] = STRATEGY_LABELS) -> None:
+        disable_created_metrics()  # process-wide, and this process serves only samplerd's metrics
         self.registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
@@ -86,7 +90,8 @@ class Metrics:
         self.rows = Counter("samplerd_rows", "Rows sampled, by the strategy that decided them.", ["strategy"],
                             registry=r)
         self.entropy = Histogram(
-            "samplerd_entropy_nats", "Entropy per row: full distribution or truncated (sampled) one.",
+            "samplerd_entropy_nats", "Entropy per row in nats; label stage: full (the distribution before "
+            "truncation) or truncated (the one sampled from), not a pipeline stage.",
             ["strategy", "stage"], buckets=ENTROPY_BUCKETS, registry=r)
         self.kept_tokens = Histogram(
             "samplerd_kept_tokens", "Tokens the truncation kept per row.", ["strategy"],

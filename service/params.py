@@ -1,7 +1,7 @@
 """The mapping between the proto ``SamplingParams`` and :class:`sampling.SamplingParams`.
 
 Built from :data:`sampling.registry.PARAMETERS`: each parameter's ``kind`` says how its proto
-field is read and written, so a parameter added to the registry (and its field to the .proto)
+field is read, so a parameter added to the registry (and its field to the .proto)
 needs no edit here. Validation is the library's: constructing ``SamplingParams`` raises
 :class:`sampling.SamplingError` naming the field.
 """

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-_READY_RE = re.compile(r"samplerd: serving grpc=(\S+):(\d+) metrics=(\d+)")
+_READY_RE = re.compile(r"samplerd: (?:listening|serving) grpc=(\S+):(\d+) metrics=(\d+)")
 
 
 @dataclass

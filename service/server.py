@@ -28,6 +28,7 @@ from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 from service.generation import Generation
 from service.metrics import Metrics
+from service.ports import PortInUseError, check_port_free, port_error
 from service.security import ShutdownGate, server_interceptors, server_port_credentials
 from service.session_stream import SessionStreams
 from service.sessions import SessionLimits
@@ -138,13 +139,21 @@ class SamplerServer:
 
     async def bind(self) -> None:
         """Bind the gRPC and metrics ports and start answering; health is NOT_SERVING."""
-        address = f"{self.config.host}:{self.config.port}"
+        host, port = self.config.host, self.config.port
+        check_port_free(host, port, "--port")
         credentials = server_port_credentials(self.config)  # TLS / mutual TLS, or None
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
-        self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host or self.config.host)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
+        except RuntimeError:  # taken between the check and here
+            raise PortInUseError(host, port, "--port") from None
+        metrics_host = self.config.metrics_host or host
+        try:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, metrics_host)
+        except OSError as error:
+            raise port_error(error, metrics_host, self.config.metrics_port, "--metrics-port") from None
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
@@ -178,15 +187,25 @@ class SamplerServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
+    def _readiness_line(self, ready: bool) -> str:
+        alive = self.dispatcher.worker_states().get("alive", 0)
+        device = resolve_device(self.config.device)
+        if not ready:
+            return f"samplerd: not ready ({alive} of {self.config.workers} sampler workers alive); health NOT_SERVING"
+        model = f", language model {self.config.model}" if self.config.model else ""
+        return f"samplerd: ready: {alive} sampler worker{'s' if alive != 1 else ''} on {device}{model}; health SERVING"
+
     async def _refresh(self) -> None:
         """Keep health and the queue/worker gauges in step with the dispatcher."""
         serving = None
         while not self._stopping:
             ready = self.dispatcher.ready() and self.generation.ready()  # workers up, and the model if any
             if ready != serving:
-                serving = ready
                 status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._set_health(status)
+                if ready or serving is not None:  # not the initial NOT_SERVING, already announced
+                    print(self._readiness_line(ready), flush=True)
+                serving = ready
             self.metrics.queue_depth.set(self.dispatcher.queue_depth())
             self.metrics.set_workers(self.dispatcher.worker_states())
             await asyncio.sleep(_HEALTH_REFRESH_S)
@@ -195,8 +214,9 @@ class SamplerServer:
 async def serve(config: ServerConfig) -> None:
     """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
 
-    Once the ports are bound it prints ``samplerd: serving grpc=HOST:PORT metrics=PORT`` (the
-    bound ports, which is how port 0 is used: see :mod:`service.process`).
+    Once the ports are bound it prints ``samplerd: listening grpc=HOST:PORT metrics=PORT ...``
+    (the bound ports, which is how port 0 is used: see :mod:`service.process`), and
+    ``samplerd: ready: N sampler workers on DEVICE; health SERVING`` once calls can be answered.
     """
     # The front end's tensor work is small (views, stacking, slicing); torch's intra-op threads
     # would only spin between ops, taking CPU from the sampler actors on the same machine.
@@ -207,7 +227,9 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     await server.bind()
-    print(f"samplerd: serving grpc={config.host}:{server.port} metrics={server.metrics_port}", flush=True)
+    print(f"samplerd: listening grpc={config.host}:{server.port} metrics={server.metrics_port} (starting "
+          f"{config.workers} sampler worker{'s' if config.workers != 1 else ''}; health NOT_SERVING until "
+          "they are up)", flush=True)
     starting = asyncio.create_task(server.start_workers())
     stopping = asyncio.create_task(stop_requested.wait())
     try:

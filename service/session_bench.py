@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import grpc
 import numpy as np
 
-from service import params as params_codec
+from service import client_params
 from service.client import build_request, encode_logits
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="sampler workers of the server [1]")
     parser.add_argument("--device", default="cpu", help="server --device [cpu]")
     parser.add_argument("--json", metavar="PATH", help="also write the measurements as JSON")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 when the stream is not faster than the unary calls (FAIL)")
 
 
 def _logits(args: argparse.Namespace) -> list[np.ndarray]:
@@ -79,7 +81,7 @@ async def run_stream(stub: pb_grpc.SamplerStub, args: argparse.Namespace, varian
                      round_: int) -> Measurement:
     """One session of S sequences; one message per step."""
     ids = [f"s{i}" for i in range(args.sequences)]
-    open_message = pb.SessionOpen(session_id="bench", params=params_codec.to_proto({"top_p": args.top_p}))
+    open_message = pb.SessionOpen(session_id="bench", params=client_params.to_proto({"top_p": args.top_p}))
     for i, sequence_id in enumerate(ids):
         open_message.sequences.add(sequence_id=sequence_id, params=pb.SamplingParams(seed=i))
     steps = [pb.SampleStreamRequest(step=pb.SessionStep(sequence_ids=ids, logits=encode_logits(v)))
@@ -128,16 +130,23 @@ async def _drive(target: str, args: argparse.Namespace) -> list[Measurement]:
     return results
 
 
+def stream_ratio(results: list[Measurement]) -> float | None:
+    """Mean steps/s of the stream over that of the unary calls (None without both)."""
+    stream = [m.steps_per_s for m in results if m.mode == "stream"]
+    unary = [m.steps_per_s for m in results if m.mode != "stream"]
+    if not (stream and unary):
+        return None
+    return statistics.mean(stream) / max(statistics.mean(unary), 1e-9)
+
+
 def format_table(results: list[Measurement]) -> str:
     """The measurements as an aligned text table, then the stream / unary ratio and its target."""
     lines = [f"{'mode':<12}{'round':>6}{'steps':>7}{'steps/s':>10}{'tokens/s':>11}{'p50 ms':>9}{'p99 ms':>9}"]
     for m in results:
         lines.append(f"{m.mode:<12}{m.round:>6}{m.steps:>7}{m.steps_per_s:>10.2f}{m.tokens_per_s:>11.0f}"
                      f"{m.p50_step_ms:>9.1f}{m.p99_step_ms:>9.1f}")
-    stream = [m.steps_per_s for m in results if m.mode == "stream"]
-    unary = [m.steps_per_s for m in results if m.mode != "stream"]
-    if stream and unary:
-        ratio = statistics.mean(stream) / max(statistics.mean(unary), 1e-9)
+    ratio = stream_ratio(results)
+    if ratio is not None:
         lines.append(f"steps/s, stream / unary (mean over rounds): {ratio:.2f}   target > 1   "
                      f"{'PASS' if ratio > 1 else 'FAIL'}")
     return "\n".join(lines)
@@ -159,4 +168,5 @@ def run(args: argparse.Namespace) -> int:
                 json.dump([asdict(m) for m in results], out, indent=2)
     finally:
         server.terminate()
-    return 0
+    ratio = stream_ratio(results)
+    return 1 if args.check and (ratio is None or ratio <= 1) else 0

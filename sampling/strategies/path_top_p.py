@@ -4,7 +4,7 @@ From Li and Li, "Analysis on Riemann Hypothesis with Cross Entropy Optimization 
 Reasoning", arXiv 2409.19790, which proposes choosing the next token "based on accumulated
 path probabilities among multiple top-k chain of thoughts paths" by combining top-p sampling
 with a beam of width k. The paper gives no algorithm statement; samplerd implements this
-reading (SAMPLERS.md Part B §15, a proposal): each of the k live paths ``b`` with
+reading (docs/semantics.md, "Path-aware top-p"; our construction): each of the k live paths ``b`` with
 log-probability ``L_b`` proposes the tokens of its own nucleus (``top_p``, after the rest of
 the pipeline); a candidate ``(b, x)`` scores ``L_b + ln p_b(x)``; a global nucleus of mass
 ``path_top_p`` is taken over the pooled candidates, and k of them are drawn without
@@ -38,7 +38,7 @@ STRATEGY = Strategy(
     stage=Stage.TRUNCATION,
     summary="Nucleus per path, global nucleus over accumulated path probability, k paths kept.",
     paper="Li and Li, Analysis on Riemann Hypothesis with Cross Entropy Optimization and Reasoning, "
-    "arXiv 2409.19790 (samplerd's reading: SAMPLERS.md Part B section 15)",
+    "arXiv 2409.19790 (samplerd's reading: docs/semantics.md)",
     parameters=(BEAMS, PATH_TOP_P),
     is_active=lambda p: p.path_beams > 1,
 )

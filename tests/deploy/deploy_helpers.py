@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import urllib.request
 from pathlib import Path
 
-import pytest
+from external_tools import require_tool  # noqa: F401  (re-exported for the deploy tests)
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,15 +23,6 @@ _SAMPLE_SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count"),
     "summary": ("", "_sum", "_count"),
 }
-
-
-def require_tool(name: str) -> str:
-    """The path of a command-line tool the test needs; fails (not skips) when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not installed (promtool: Debian package prometheus; "
-                    "kubectl: any kubectl with kustomize v5)")
-    return path
 
 
 def fetch_metrics_text(metrics_port: int) -> str:

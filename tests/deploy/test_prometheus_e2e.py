@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import socket
 import subprocess
 import time
@@ -107,9 +106,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def prometheus(samplerd_server, tmp_path_factory) -> PrometheusAPI:
     """A Prometheus server scraping the test's samplerd every second."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("the prometheus binary is not installed (apt-get install prometheus)")
+    binary = require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -192,6 +192,13 @@ def test_bench_kernels_writes_json_and_a_plot_over_batch_sizes(tmp_path: Path) -
     assert (tmp_path / "k.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_bench_kernels_check_exits_1_exactly_when_a_row_misses_its_target(tmp_path: Path) -> None:
+    run = samplerd("bench", "kernels", "--rows", "1", "--vocab", "300", "--cases", "randn", "--device", "cpu",
+                   "--repeats", "1", "--no-progress", "--check", timeout=300)
+    assert "rows meet their target" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == (1 if "MISSED" in run.stdout else 0), run.stdout + run.stderr
+
+
 def test_bench_service_plot(tmp_path: Path) -> None:
     results = [Measurement(target, c, 100.0 * c, 100.0 * c, 1.0 + c, 2.0 + c, 0)
                for target in ("empty", "samplerd") for c in (1, 16, 64)]

@@ -1,6 +1,6 @@
 """Float64 reference definitions of samplerd's strategies, for the tests.
 
-Written from ../shared/SAMPLERS.md Part A and the definitions in the strategy modules'
+Written from docs/semantics.md and the definitions in the strategy modules'
 docstrings, deliberately NOT from the kernels in ``sampling/``: plain NumPy in float64,
 sorting the row, one stage at a time. Every ``keep_*`` function takes the logits ``z`` of
 the distribution the stage sees (a 1-D float64 array, ``-inf`` = removed) and returns the
@@ -303,7 +303,7 @@ def dynamic_temperature(z, temperature: float, spread: float, exponent: float) -
 
 def reference_filter(z, p, history=(), mirostat_mu=None, xtc_coin=True) -> np.ndarray:
     """The final logits (float64, ``-inf`` = removed) of one row under ``SamplingParams`` ``p``,
-    stage by stage in Part A's order, each stage seeing the previous one's output."""
+    stage by stage in the order of docs/semantics.md, each stage seeing the previous one's output."""
     z = as_array(z)
     if p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
         z = penalised(z, history, p.repetition_penalty, p.frequency_penalty, p.presence_penalty)

@@ -173,7 +173,7 @@ def test_temperature_then_top_k_then_top_p_equals_hf(rows):
 
 
 def test_every_hf_truncation_chained_in_hf_order_equals_hf(rows):
-    """HF's order top-k -> top-p -> min-p -> typical -> epsilon -> eta is also samplerd's (Part A)."""
+    """HF's order top-k -> top-p -> min-p -> typical -> epsilon -> eta is also samplerd's (docs/semantics.md)."""
 
     def make(rng, row):
         temperature, m = _log_uniform(rng, 0.3, 3.0), _min_keep(rng)

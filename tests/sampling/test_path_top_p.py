@@ -1,4 +1,4 @@
-"""Path-aware top-p (sampling.strategies.path_top_p.path_aware_step), SAMPLERS.md Part B §15."""
+"""Path-aware top-p (sampling.strategies.path_top_p.path_aware_step), docs/semantics.md, "Path-aware top-p"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Invalid input raises SamplingError naming what is wrong (SAMPLERS.md Part A rules 5 and 6).
+"""Invalid input raises SamplingError naming what is wrong (docs/semantics.md: bad numbers, ranges).
 
 The parameter checks are driven by the registry's declarations (PARAMETERS): every declared
 parameter gets bad values built from its own range, so a new parameter is covered without

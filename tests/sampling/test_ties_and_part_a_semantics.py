@@ -1,4 +1,4 @@
-"""SAMPLERS.md Part A, rule by rule: ties, min_tokens_to_keep, disabled values, the order of
+"""docs/semantics.md, rule by rule: ties, min_tokens_to_keep, disabled values, the order of
 stages, greedy, and each strategy's specific choices, on small hand-made rows.
 
 Each expected kept set is worked out in the test (or by the float64 reference in
@@ -77,8 +77,9 @@ def test_min_p_keeps_ties_at_the_threshold():
 
 
 def test_epsilon_keeps_every_token_tied_at_the_floor():
+    # Thresholds a clear margin from every p: whether p = 0.25 >= 0.25 holds is float rounding.
     row = logits_of([0.25, 0.25, 0.5])
-    assert kept_ids(row, epsilon=0.25) == [0, 1, 2]
+    assert kept_ids(row, epsilon=0.2) == [0, 1, 2]
     assert kept_ids(row, epsilon=0.3) == [2]
 
 
@@ -368,15 +369,16 @@ def test_mirostat_v2_keeps_tokens_with_surprise_at_most_mu():
     from sampling import SequenceState
 
     row = logits_of([0.5, 0.25, 0.125, 0.0625, 0.0625])  # surprise 1, 2, 3, 4, 4 bits
-    for mu, expected in ((0.5, [0]), (2.5, [0, 1]), (3.0, [0, 1, 2]), (4.0, [0, 1, 2, 3, 4])):
+    # 2^-mu a clear margin from every p (mu = 3 would put 2^-3 exactly on p = 0.125).
+    for mu, expected in ((0.5, [0]), (2.5, [0, 1]), (3.3, [0, 1, 2]), (4.3, [0, 1, 2, 3, 4])):
         got = filter_logits(torch.tensor([row]), SamplingParams(mirostat=2), states=[SequenceState(mirostat_mu=mu)])
         assert ids(kept(got[0])) == expected
 
 
 def test_xtc_removes_every_top_choice_but_the_least_probable():
     row = logits_of([0.3, 0.05, 0.4, 0.15, 0.1])
-    # Top choices (p >= 0.15): 0.4, 0.3, 0.15; only the 0.15 stays.
-    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.15) == [1, 3, 4]
+    # Top choices (p >= 0.12): 0.4, 0.3, 0.15; only the 0.15 stays.
+    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.12) == [1, 3, 4]
 
 
 def test_xtc_needs_two_top_choices():
@@ -384,13 +386,14 @@ def test_xtc_needs_two_top_choices():
 
 
 def test_xtc_keeps_the_least_probable_top_choices_whole_tie_group():
-    assert kept_ids(logits_of([0.4, 0.2, 0.2, 0.2]), xtc_probability=1.0, xtc_threshold=0.2) == [1, 2, 3]
+    assert kept_ids(logits_of([0.4, 0.2, 0.2, 0.2]), xtc_probability=1.0, xtc_threshold=0.15) == [1, 2, 3]
 
 
 def test_xtc_does_not_apply_when_fewer_than_min_tokens_to_keep_would_remain():
+    # Threshold 0.15, a clear margin below p = 0.2 (at 0.2 the outcome is float rounding).
     row = logits_of([0.5, 0.3, 0.2])
-    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.2) == [2]
-    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.2, min_tokens_to_keep=2) == [0, 1, 2]
+    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.15) == [2]
+    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.15, min_tokens_to_keep=2) == [0, 1, 2]
 
 
 def test_dynamic_temperature_divides_by_the_entropy_scaled_temperature():

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
+from external_tools import require_tool
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    """Path of ``promtool`` (Debian package ``prometheus``); the test skips without it."""
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (apt-get install prometheus; .ci/run installs it)")
-    return path
+    """Path of ``promtool``: skips without it outside CI, fails in CI (see tests/external_tools.py)."""
+    return require_tool("promtool")
