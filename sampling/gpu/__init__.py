@@ -5,7 +5,7 @@ greedy), top-k (Fan et al. 2018), top-p (Holtzman et al. 2020) and min-p (Nguyen
 2024) — with ``n``, ``seed``, ``top_logprobs``, ``stats_top_k`` and ``min_tokens_to_keep``
 — to :func:`sampling.gpu.fused_chain.sample`; every other row takes the eager torch
 pipeline. The kernel (:mod:`sampling.gpu.kernels`) keeps samplerd's semantics
-(SAMPLERS.md Part A, as the README states them): thresholds on the tempered logit, whole
+(docs/semantics.md): thresholds on the tempered logit, whole
 tie groups kept, the chain temperature -> top-k -> top-p -> min-p with each truncation
 seeing the renormalised output of the one before, ``min_tokens_to_keep`` lowering every
 threshold, inverse-CDF draws with the counter-based uniforms of :mod:`sampling.rng`, and
