@@ -112,6 +112,8 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "with ray.put"),
     ("--max-queue", _positive_int, _DEFAULTS.max_queue,
      "rows waiting for a worker before new requests get RESOURCE_EXHAUSTED"),
+    ("--max-queue-bytes", _positive_int, _DEFAULTS.max_queue_bytes,
+     "logits bytes queued or being sampled before new requests get RESOURCE_EXHAUSTED"),
     ("--max-message-bytes", _positive_int, _DEFAULTS.max_message_bytes,
      "largest gRPC message received or sent, in bytes"),
     ("--max-tensor-elements", _positive_int, _DEFAULTS.max_tensor_elements,
@@ -122,6 +124,13 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "sequences one SampleStream session may open; more is INVALID_ARGUMENT (open.sequences)"),
     ("--session-idle-timeout-s", _non_negative_float, _DEFAULTS.session_idle_timeout_s,
      "a session with no client message for this many seconds ends with DEADLINE_EXCEEDED (0 = never)"),
+    ("--max-history-tokens", _positive_int, _DEFAULTS.max_history_tokens,
+     "token history one session sequence may hold (prompt, forced and sampled); more is RESOURCE_EXHAUSTED"),
+    ("--max-session-tokens", _positive_int, _DEFAULTS.max_session_tokens,
+     "token history one session may hold over all its sequences and paths; more is RESOURCE_EXHAUSTED"),
+    ("--max-sessions-per-client", _positive_int, _DEFAULTS.max_sessions_per_client,
+     "SampleStream sessions one client (bearer token, else peer address) may hold open; one more is "
+     "RESOURCE_EXHAUSTED"),
     ("--model", _model_dir, _DEFAULTS.model,
      "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; none = Generate "
      "answers FAILED_PRECONDITION"),

@@ -30,11 +30,15 @@ class ServerConfig:
     max_batches_per_worker: int = 1
     batch_transport: str = "socket"
     max_queue: int = 4096
+    max_queue_bytes: int = 512 * 1024 * 1024
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024
     max_sessions: int = 1024
     max_sequences_per_session: int = 256
     session_idle_timeout_s: float = 300.0
+    max_history_tokens: int = 131072
+    max_session_tokens: int = 1 << 20
+    max_sessions_per_client: int = 256
     model: str | None = None
     model_device: str = "auto"
     model_dtype: str = "auto"
@@ -62,6 +66,7 @@ class ServerConfig:
             max_batches_per_worker=self.max_batches_per_worker,
             batch_transport=self.batch_transport,
             max_queue_rows=self.max_queue,
+            max_queue_bytes=self.max_queue_bytes,
             ray_address=self.ray_address,
         )
 
