@@ -110,6 +110,14 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "how batches reach the workers: 'socket' over a link to each worker (a Unix socket on this node, "
      "TCP to others; by Ray, as 'put', where none opens), 'put' by a Ray actor call each, stored once "
      "with ray.put"),
+    ("--link-admit-timeout-s", _non_negative_float, _DEFAULTS.link_admit_timeout_s,
+     "seconds a new batch-link connection has, in all, to prove the worker's token before the worker closes it"),
+    ("--link-frame-timeout-s", _non_negative_float, _DEFAULTS.link_frame_timeout_s,
+     "a batch-link peer silent this many seconds in the middle of a batch is disconnected"),
+    ("--link-max-frame-bytes", _positive_int, _DEFAULTS.link_max_frame_bytes,
+     "largest batch or answer one batch link carries, in bytes; a peer announcing more is disconnected"),
+    ("--link-max-connections", _positive_int, _DEFAULTS.link_max_connections,
+     "batch-link connections a worker serves at once, and as many more may be proving the token"),
     ("--max-queue", _positive_int, _DEFAULTS.max_queue,
      "rows waiting for a worker before new requests get RESOURCE_EXHAUSTED"),
     ("--max-queue-bytes", _positive_int, _DEFAULTS.max_queue_bytes,

@@ -29,6 +29,10 @@ class ServerConfig:
     batch_window_ms: float = 2.0
     max_batches_per_worker: int = 1
     batch_transport: str = "socket"
+    link_admit_timeout_s: float = 5.0
+    link_frame_timeout_s: float = 60.0
+    link_max_frame_bytes: int = 1 << 30
+    link_max_connections: int = 64
     max_queue: int = 4096
     max_queue_bytes: int = 512 * 1024 * 1024
     max_message_bytes: int = 64 * 1024 * 1024
@@ -67,6 +71,8 @@ class ServerConfig:
             batch_transport=self.batch_transport,
             max_queue_rows=self.max_queue,
             max_queue_bytes=self.max_queue_bytes,
+            link_limits=(self.link_admit_timeout_s, self.link_frame_timeout_s, self.link_max_frame_bytes,
+                         self.link_max_connections),
             ray_address=self.ray_address,
         )
 

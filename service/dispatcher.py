@@ -43,6 +43,7 @@ import torch
 from sampling import SampleOutput, SampleStats, SamplingParams, SequenceState
 from workers import (
     BatchOutput,
+    LinkLimits,
     NoLiveWorkerError,
     PoolConfig,
     RowError,
@@ -94,6 +95,8 @@ class DispatcherConfig:
     batch_window_s: float = 0.002
     max_queue_rows: int = 4096
     max_queue_bytes: int = 512 * 1024 * 1024
+    #: ``workers.LinkLimits`` fields: admit timeout (s), frame timeout (s), max frame bytes, max connections.
+    link_limits: tuple[float, float, int, int] = (5.0, 60.0, 1 << 30, 64)
     ray_address: str | None = None
     max_batches_per_worker: int = 1
     batch_transport: str = "socket"
@@ -122,6 +125,9 @@ class DispatcherConfig:
             batch_transport=self.batch_transport,
             ray_address=self.ray_address,
             startup_timeout_s=self.startup_timeout_s,
+            link_limits=LinkLimits(admit_timeout_s=self.link_limits[0], frame_timeout_s=self.link_limits[1],
+                                   max_frame_bytes=self.link_limits[2], max_connections=self.link_limits[3],
+                                   max_pending=self.link_limits[3]),
         )
 
 

@@ -17,11 +17,13 @@ from workers.pool import (
     WorkerInfo,
     WorkerState,
 )
+from workers.socket_link import LinkLimits
 
 __all__ = [
     "BatchFailedError",
     "BatchOutput",
     "GroupResult",
+    "LinkLimits",
     "NoLiveWorkerError",
     "PoolConfig",
     "RowError",
