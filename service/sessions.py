@@ -13,6 +13,7 @@ serves it, so an actor can die mid-session and the retry elsewhere gives the sam
 
 from __future__ import annotations
 
+import array
 import hashlib
 import math
 import os
@@ -90,14 +91,15 @@ class Sequence:
 
     ``index`` is its position in ``SessionOpen.sequences`` (for error field names); ``seed``
     is the parameters' seed, or for an unseeded path-aware sequence one drawn at open (path
-    selection needs a key). An ordinary sequence keeps its history in a list that grows in
-    place (appending is O(1) amortised); :attr:`state` is built from it when a step samples.
+    selection needs a key). An ordinary sequence keeps its history in an int64 array that grows
+    in place (appending is O(1) amortised, 8 bytes a token while the session idles);
+    :attr:`state` is built from it when a step samples.
     """
 
     sequence_id: str
     index: int
     params: SamplingParams
-    history: list[int]
+    history: array.array
     seed: int | None
     mirostat_mu: float | None = None
     step: int = 0
@@ -236,7 +238,7 @@ def build_session(message: pb.SessionOpen, limits: SessionLimits) -> Session:
             sequence_id=sequence_id,
             index=i,
             params=params,
-            history=prompt,
+            history=array.array("q", prompt),
             seed=seed,
             paths=[Path(SequenceState(history=tuple(prompt)))] if path_aware else None,
         )
