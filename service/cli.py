@@ -117,8 +117,18 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "how batches reach the workers: 'socket' over a link to each worker (a Unix socket on this node, "
      "TCP to others; by Ray, as 'put', where none opens), 'put' by a Ray actor call each, stored once "
      "with ray.put"),
+    ("--link-admit-timeout-s", _non_negative_float, _DEFAULTS.link_admit_timeout_s,
+     "seconds a new batch-link connection has, in all, to prove the worker's token before the worker closes it"),
+    ("--link-frame-timeout-s", _non_negative_float, _DEFAULTS.link_frame_timeout_s,
+     "a batch-link peer silent this many seconds in the middle of a batch is disconnected"),
+    ("--link-max-frame-bytes", _positive_int, _DEFAULTS.link_max_frame_bytes,
+     "largest batch or answer one batch link carries, in bytes; a peer announcing more is disconnected"),
+    ("--link-max-connections", _positive_int, _DEFAULTS.link_max_connections,
+     "batch-link connections a worker serves at once, and as many more may be proving the token"),
     ("--max-queue", _positive_int, _DEFAULTS.max_queue,
      "rows waiting for a worker before new requests get RESOURCE_EXHAUSTED"),
+    ("--max-queue-bytes", _positive_int, _DEFAULTS.max_queue_bytes,
+     "logits bytes queued or being sampled before new requests get RESOURCE_EXHAUSTED"),
     ("--max-message-bytes", _positive_int, _DEFAULTS.max_message_bytes,
      "largest gRPC message received or sent, in bytes"),
     ("--max-tensor-elements", _positive_int, _DEFAULTS.max_tensor_elements,
@@ -129,6 +139,13 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "sequences one SampleStream session may open; more is INVALID_ARGUMENT (open.sequences)"),
     ("--session-idle-timeout-s", _non_negative_float, _DEFAULTS.session_idle_timeout_s,
      "a session with no client message for this many seconds ends with DEADLINE_EXCEEDED (0 = never)"),
+    ("--max-history-tokens", _positive_int, _DEFAULTS.max_history_tokens,
+     "token history one session sequence may hold (prompt, forced and sampled); more is RESOURCE_EXHAUSTED"),
+    ("--max-session-tokens", _positive_int, _DEFAULTS.max_session_tokens,
+     "token history one session may hold over all its sequences and paths; more is RESOURCE_EXHAUSTED"),
+    ("--max-sessions-per-client", _positive_int, _DEFAULTS.max_sessions_per_client,
+     "SampleStream sessions one client (bearer token, else peer address) may hold open; one more is "
+     "RESOURCE_EXHAUSTED"),
     ("--model", _model_dir, _DEFAULTS.model,
      "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; 'demo' = a tiny "
      "random-weight GPT-2 written to ~/.cache/samplerd (gibberish text, no download); none = Generate answers "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers.config import PoolConfig
+from workers.config import LinkLimits, PoolConfig
 
 
 @dataclass(frozen=True)
@@ -12,13 +12,15 @@ class DispatcherConfig:
     """Batching and backpressure settings, and the worker pool's (:class:`workers.config.PoolConfig`).
 
     A row waits at most ``batch_window_s`` for others to join its batch of at most
-    ``max_batch_rows``; once ``max_queue_rows`` rows wait, new jobs are refused.
+    ``max_batch_rows``; once ``max_queue_rows`` rows wait, or the jobs admitted and not yet
+    answered hold ``max_queue_bytes`` of logits, new jobs are refused.
     """
 
     pool: PoolConfig = field(default_factory=PoolConfig)
     max_batch_rows: int = 256
     batch_window_s: float = 0.002
     max_queue_rows: int = 4096
+    max_queue_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -27,6 +29,8 @@ class DispatcherConfig:
             raise ValueError(f"batch_window_s must be >= 0, got {self.batch_window_s}")
         if self.max_queue_rows < 1:
             raise ValueError(f"max_queue_rows must be >= 1, got {self.max_queue_rows}")
+        if self.max_queue_bytes < 1:
+            raise ValueError(f"max_queue_bytes must be >= 1, got {self.max_queue_bytes}")
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,19 @@ class ServerConfig:
     max_batches_per_worker: int = PoolConfig.max_batches_per_worker
     batch_transport: str = PoolConfig.batch_transport
     max_queue: int = DispatcherConfig.max_queue_rows
+    link_admit_timeout_s: float = LinkLimits.admit_timeout_s
+    link_frame_timeout_s: float = LinkLimits.frame_timeout_s
+    link_max_frame_bytes: int = LinkLimits.max_frame_bytes
+    link_max_connections: int = LinkLimits.max_connections
+    max_queue_bytes: int = DispatcherConfig.max_queue_bytes
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024
     max_sessions: int = 1024
     max_sequences_per_session: int = 256
     session_idle_timeout_s: float = 300.0
+    max_history_tokens: int = 131072
+    max_session_tokens: int = 1 << 20
+    max_sessions_per_client: int = 256
     model: str | None = None
     model_device: str = "auto"
     model_dtype: str = "auto"
@@ -72,10 +84,16 @@ class ServerConfig:
             num_gpus_per_worker=self.num_gpus_per_worker if device == "cuda" else 0.0,
             max_batches_per_worker=self.max_batches_per_worker,
             batch_transport=self.batch_transport,
+            link_limits=LinkLimits(admit_timeout_s=self.link_admit_timeout_s,
+                                   frame_timeout_s=self.link_frame_timeout_s,
+                                   max_frame_bytes=self.link_max_frame_bytes,
+                                   max_connections=self.link_max_connections,
+                                   max_pending=self.link_max_connections),
             ray_address=self.ray_address,
         )
         return DispatcherConfig(pool=pool, max_batch_rows=self.max_batch_rows,
-                                batch_window_s=self.batch_window_ms / 1000.0, max_queue_rows=self.max_queue)
+                                batch_window_s=self.batch_window_ms / 1000.0, max_queue_rows=self.max_queue,
+                                max_queue_bytes=self.max_queue_bytes)
 
 
 def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:

@@ -170,6 +170,7 @@ class Dispatcher:
         self._pool = SamplerPool(config.pool, on_change=self._wake)
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        self._held_bytes = 0  # logits bytes of the jobs admitted and not answered yet
         self._running_batches = 0
         self._wakeup = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
@@ -258,10 +259,18 @@ class Dispatcher:
                 f"queue full: {self._queued_rows} rows waiting, {rows} more would exceed "
                 f"max_queue_rows={self._config.max_queue_rows}"
             )
+        nbytes = logits.numel() * logits.element_size()
+        if self._held_bytes + nbytes > self._config.max_queue_bytes:
+            raise QueueFullError(
+                f"queue full: {self._held_bytes} bytes of logits are queued or being sampled, {nbytes} more would "
+                f"exceed max_queue_bytes={self._config.max_queue_bytes} (--max-queue-bytes)"
+            )
         loop = asyncio.get_running_loop()
         pending = _Pending(
             logits, params, steps, states, job.deadline, loop.create_future(), now, draws, top_logprobs
         )
+        self._held_bytes += nbytes
+        pending.future.add_done_callback(lambda _future: self._release_bytes(nbytes))
         if job.deadline is not None:
             pending.timer = loop.call_later(job.deadline - now, self._expire, pending)
         was_empty = self._queued_rows == 0
@@ -270,6 +279,9 @@ class Dispatcher:
         if was_empty or self._queued_rows >= self._config.max_batch_rows:
             self._wake()
         return pending
+
+    def _release_bytes(self, nbytes: int) -> None:
+        self._held_bytes -= nbytes
 
     def _withdraw(self, pending: _Pending) -> None:
         """Free a waiting job's queue slot (a sent job's result is simply discarded)."""

@@ -55,7 +55,7 @@ from sampling import SamplingError, SamplingParams
 from sampling.registry import PARAMETERS
 from service.codec import Limits, check_logits_values, check_request_fit, decode_tensor
 from service.dispatcher import Dispatcher, SampleJob
-from service.errors import RequestError, classify, from_sampling_error, invalid_argument, to_status
+from service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
 from service.generated.inference import grpc_service_pb2 as oip
 from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.generated.inference import model_config_pb2 as mc
@@ -73,6 +73,8 @@ STEP_PARAMETER = "step"
 PROTOCOL_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", "binary_data_output"}
 )
+#: Longest JSON text a string parameter (``dry_sequence_breakers``, ``logit_bias``) may hold.
+MAX_JSON_PARAMETER_CHARS = 1 << 20
 _WIRE_DTYPES = {"FP32": pb.Tensor.FP32, "FP16": pb.Tensor.FP16, "BF16": pb.Tensor.BF16}
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64, "INT64": mc.TYPE_INT64, "BYTES": mc.TYPE_STRING}
 
@@ -162,6 +164,8 @@ def decode_parameters(parameters: Mapping[str, oip.InferParameter]) -> tuple[Sam
         return SamplingParams(**values), step
     except SamplingError as error:
         raise from_sampling_error(error, "parameters.") from None
+    except (TypeError, ValueError, OverflowError) as error:  # e.g. a JSON value of the wrong type
+        raise invalid_argument("parameters", f"the sampling parameters are not acceptable: {error}") from None
 
 
 def _convert(kind: str, name: str, choice: str, raw: object, field: str) -> object:
@@ -184,10 +188,15 @@ def _convert(kind: str, name: str, choice: str, raw: object, field: str) -> obje
         raise invalid_argument(field, f"{name} must be an integer (int64_param), got {choice} {raw!r}")
     if choice != "string_param":
         raise invalid_argument(field, f"{name} must be a JSON string (string_param), got {choice}")
+    if len(raw) > MAX_JSON_PARAMETER_CHARS:
+        raise invalid_argument(field, f"{name} is {len(raw)} characters of JSON, more than the "
+                                      f"{MAX_JSON_PARAMETER_CHARS} allowed")
     try:
         decoded = json.loads(raw)
     except json.JSONDecodeError as error:
         raise invalid_argument(field, f"{name} is not valid JSON: {error.msg}") from None
+    except (ValueError, RecursionError) as error:  # nesting too deep, a number too long to convert
+        raise invalid_argument(field, f"{name} is not acceptable JSON: {type(error).__name__}") from None
     if kind == "token_ids":
         if not isinstance(decoded, list):
             raise invalid_argument(field, f"{name} must be a JSON list of token ids, e.g. \"[13, 198]\"")
@@ -255,8 +264,42 @@ def requested_outputs(request: oip.ModelInferRequest, params: SamplingParams) ->
         if spec is None:
             raise invalid_argument(
                 f"outputs[{i}].name", f"unknown output {output.name!r}; the outputs are {', '.join(OUTPUTS_BY_NAME)}")
+        if spec in chosen:
+            raise invalid_argument(f"outputs[{i}].name", f"output {output.name!r} is requested twice")
         chosen.append(spec)
     return chosen
+
+
+#: Bytes per element of each output (BYTES: the length prefix; the text is counted apart).
+_ELEMENT_BYTES = {"INT64": 8, "FP32": 4, "FP64": 8, "BYTES": 4}
+#: Protocol overhead counted per output (name, datatype, shape) and per response.
+_OUTPUT_OVERHEAD_BYTES = 64
+_RESPONSE_OVERHEAD_BYTES = 1024
+
+
+def response_bytes(outputs: list[OutputSpec], rows: int, params: SamplingParams, strategy_chars: int = 0) -> int:
+    """An upper bound of the response's size: each output's raw bytes (``strategy_chars``, the
+    labels' total length, once known) plus the protocol's overhead."""
+    size = _RESPONSE_OVERHEAD_BYTES
+    for spec in outputs:
+        if spec.name in ("top_logprobs_ids", "top_logprobs"):
+            columns = params.top_logprobs
+        elif len(spec.shape) == 2:
+            columns = params.n
+        else:
+            columns = 1
+        size += _OUTPUT_OVERHEAD_BYTES + rows * columns * _ELEMENT_BYTES[spec.datatype]
+        if spec.datatype == "BYTES":
+            size += strategy_chars
+    return size
+
+
+def check_response_size(size: int, limit: int) -> None:
+    """RESOURCE_EXHAUSTED naming ``outputs`` when the response would exceed ``limit`` bytes."""
+    if size > limit:
+        raise over_limit("outputs", f"the response would take {size} bytes, more than the server's "
+                                    f"{limit}-byte message limit (--max-message-bytes): ask for fewer rows, "
+                                    "outputs, n or top_logprobs")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,10 +448,12 @@ def model_config() -> mc.ModelConfig:
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService``: the Open Inference Protocol over samplerd's dispatcher."""
 
-    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits) -> None:
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._limits = limits
+        self._max_response_bytes = max_response_bytes
         self.statistics = InferStatistics()
         self._metadata = model_metadata()
         self._config = model_config()
@@ -458,12 +503,15 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             rows, vocab = logits.shape
             check_request_fit(params, vocab, "parameters.")
             outputs = requested_outputs(request, params)
+            check_response_size(response_bytes(outputs, rows, params), self._max_response_bytes)
             check_logits_values(logits, LOGITS)
             decoded = time.perf_counter()
             job = SampleJob(logits=logits, params=[params] * rows, steps=[step] * rows,
                             deadline=_deadline(context))
             result = await self._dispatcher.submit(job)
             sampled = time.perf_counter()
+            labels = sum(len(label.encode()) for label in result.output.strategies)
+            check_response_size(response_bytes(outputs, rows, params, labels), self._max_response_bytes)
             response = encode_infer_response(request, result.output, params, outputs)
             done = time.perf_counter()
             self._metrics.queue_wait.observe(result.queue_wait_s)

@@ -17,7 +17,7 @@ import time
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import catalog, oip
 from service.codec import Limits, decode_request, encode_response
@@ -29,6 +29,7 @@ from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 from service.generation import Generation
 from service.metrics import Metrics
 from service.ports import PortInUseError, check_port_free, port_error
+from service.reflection import own_pool
 from service.security import ShutdownGate, server_interceptors, server_port_credentials
 from service.session_stream import SessionStreams
 from service.sessions import SessionLimits
@@ -113,7 +114,8 @@ class SamplerServer:
         self.dispatcher.set_batch_observer(self.metrics.observe_batch)
         self.health = health.aio.HealthServicer()
         sessions = SessionStreams(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), SessionLimits(
-            config.max_sessions, config.max_sequences_per_session, config.session_idle_timeout_s))
+            config.max_sessions, config.max_sequences_per_session, config.session_idle_timeout_s,
+            config.max_history_tokens, config.max_session_tokens, config.max_sessions_per_client))
         self.generation = Generation.from_config(config, self.metrics)  # --model: the language-model actor
         self.servicer = SamplerServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), sessions,
                                         self.generation)
@@ -126,11 +128,14 @@ class SamplerServer:
         self.gate = ShutdownGate()
         self.gate.register(pb_grpc.add_SamplerServicer_to_server, self.servicer, self.server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port: see service.oip.
-        self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements))
+        self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements),
+                                               config.max_message_bytes)
         self.gate.register(oip.add_to_server, self.inference, self.server)
         self.gate.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, always_open=True)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, oip.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, oip.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server,
+            pool=own_pool((pb.DESCRIPTOR, oip.oip.DESCRIPTOR, health_pb2.DESCRIPTOR,
+                           reflection_pb2.DESCRIPTOR)),  # samplerd's schemas only, not Ray's
         )
         self.port = 0
         self.metrics_port = 0

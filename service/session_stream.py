@@ -41,7 +41,7 @@ from sampling.state import advance
 from sampling.strategies.path_top_p import PathStep, path_aware_step
 from service.codec import Limits, check_logits_values, decode_tensor, encode_response
 from service.dispatcher import Dispatcher, SampleJob
-from service.errors import RequestError, classify, invalid_argument, to_status
+from service.errors import RequestError, classify, invalid_argument, over_limit, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.metrics import Metrics
 from service.sessions import (
@@ -52,6 +52,8 @@ from service.sessions import (
     SessionRegistry,
     build_session,
     check_vocabulary,
+    client_key,
+    token_list,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ METHOD = "SampleStream"
 PATH_STRATEGY = "path_top_p"
 _QUEUE_MESSAGES = 2
 _END = object()  # the client half-closed
+#: Steps forcing more tokens than this apply them in a worker thread, off the event loop.
+_INLINE_FORCED_TOKENS = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,22 +101,24 @@ class SessionStreams:
                 message = await self._next(messages)
                 if message is _END:
                     if session is not None:
-                        await context.write(_closed(session))
+                        await _write(context, _closed(session))
                     return
                 kind = message.WhichOneof("kind")
                 if session is None:
                     if kind != "open":
                         raise invalid_argument("open", "the first message must open the session (set `open`)")
                     candidate = build_session(message.open, self._session_limits)
+                    candidate.client = client_key(context.invocation_metadata(), context.peer())
                     self.registry.admit(candidate)
                     session = candidate
-                    await context.write(pb.SampleStreamResponse(opened=pb.SessionOpened(
+                    await _write(context, pb.SampleStreamResponse(opened=pb.SessionOpened(
                         session_id=session.session_id, sequences=len(session.sequences),
                         idle_timeout_s=self._session_limits.idle_timeout_s)))
                 elif kind == "step":
-                    await context.write(pb.SampleStreamResponse(step=await self._step(session, message.step, context)))
+                    result = await self._step(session, message.step, context)
+                    await _write(context, pb.SampleStreamResponse(step=result))
                 elif kind == "close":
-                    await context.write(_closed(session))
+                    await _write(context, _closed(session))
                     return
                 elif kind == "open":
                     raise invalid_argument("open", "the session is already open; `open` is only the first message")
@@ -122,6 +128,10 @@ class SessionStreams:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as error:  # every failure ends the stream with the code classify() picks
+            if isinstance(error, _ClientGone) or _cancelled(context):  # nobody to answer, nothing went wrong
+                code = grpc.StatusCode.CANCELLED
+                log.debug("SampleStream cancelled by the client: %s", error)
+                return
             refused = classify(error)
             code = refused.code
             await context.abort_with_status(to_status(refused))
@@ -149,11 +159,13 @@ class SessionStreams:
     async def _step(self, session: Session, step: pb.SessionStep,
                     context: grpc.aio.ServicerContext) -> pb.SessionStepResult:
         """Validate, apply forced tokens, sample the listed sequences, update their state."""
-        plan = _plan_step(session, step, self._limits)
+        forcing = sum(len(entry.token_ids) for entry in step.forced)
+        if forcing > _INLINE_FORCED_TOKENS:  # big steps are planned and applied off the event loop
+            plan = await asyncio.to_thread(_plan_and_force, session, step, self._limits, self._session_limits)
+        else:
+            plan = _plan_and_force(session, step, self._limits, self._session_limits)
         if plan.vocab is not None and session.vocab is None:
             session.vocab = plan.vocab
-        for sequence, tokens in plan.forced:
-            sequence.force(tokens)
         answers: dict[str, pb.SequenceResult] = {}
         if plan.listed:
             deadline = _deadline(context)
@@ -242,8 +254,19 @@ def _path_steps(inputs: list[tuple[Sequence, torch.Tensor, list, list[float]]]) 
     return out
 
 
-def _plan_step(session: Session, step: pb.SessionStep, limits: Limits) -> _StepPlan:
+def _plan_and_force(session: Session, step: pb.SessionStep, limits: Limits,
+                    session_limits: SessionLimits) -> _StepPlan:
+    """Validate the step, then append its forced tokens (nothing changes if it is refused)."""
+    plan = _plan_step(session, step, limits, session_limits)
+    for sequence, tokens in plan.forced:
+        sequence.force(tokens)
+    return plan
+
+
+def _plan_step(session: Session, step: pb.SessionStep, limits: Limits,
+               session_limits: SessionLimits | None = None) -> _StepPlan:
     """Validate a step against the session without changing anything; raises RequestError."""
+    session_limits = session_limits or SessionLimits()
     listed: list[Sequence] = []
     seen: set[str] = set()
     for j, sequence_id in enumerate(step.sequence_ids):
@@ -277,16 +300,43 @@ def _plan_step(session: Session, step: pb.SessionStep, limits: Limits) -> _StepP
     elif step.HasField("logits"):
         raise invalid_argument("step.logits", "logits given but sequence_ids is empty")
     forced: list[tuple[Sequence, list[int]]] = []
+    growth: dict[str, int] = {}  # tokens each sequence gains in this step (per path)
+    total = session.history_tokens()
     for j, entry in enumerate(step.forced):
+        field = f"step.forced[{j}].token_ids"
         sequence = session.sequences.get(entry.sequence_id)
         if sequence is None:
             raise invalid_argument(f"step.forced[{j}].sequence_id", f"unknown sequence id {entry.sequence_id!r}")
-        tokens = list(entry.token_ids)
-        outside = [t for t in tokens if t < 0 or (vocab is not None and t >= vocab)]
-        if outside:
-            bound = f"[0, {vocab})" if vocab is not None else ">= 0"
-            raise invalid_argument(f"step.forced[{j}].token_ids", f"token id {outside[0]} is outside {bound}")
+        count = len(entry.token_ids)  # sizes are checked before any token is copied
+        grown = growth.get(sequence.sequence_id, 0) + count
+        if sequence.longest_history() + grown > session_limits.max_history_tokens:
+            raise over_limit(field, f"{count} forced tokens would take the sequence's history to "
+                                    f"{sequence.longest_history() + grown} tokens, over the server limit of "
+                                    f"{session_limits.max_history_tokens} (--max-history-tokens)")
+        total += count * sequence.rows()
+        if total > session_limits.max_session_tokens:
+            raise over_limit(field, f"forced tokens would take the session's history to {total} tokens, over the "
+                                    f"server limit of {session_limits.max_session_tokens} (--max-session-tokens)")
+        growth[sequence.sequence_id] = grown
+        tokens = token_list(entry.token_ids)
+        if tokens:
+            low, high = min(tokens), max(tokens)
+            if low < 0 or (vocab is not None and high >= vocab):
+                bound = f"[0, {vocab})" if vocab is not None else ">= 0"
+                raise invalid_argument(field, f"token id {low if low < 0 else high} is outside {bound}")
         forced.append((sequence, tokens))
+    for j, sequence in enumerate(listed):
+        grown = growth.get(sequence.sequence_id, 0) + 1
+        if sequence.longest_history() + grown > session_limits.max_history_tokens:
+            raise over_limit(f"step.sequence_ids[{j}]",
+                             f"sequence {sequence.sequence_id!r} holds {sequence.longest_history()} tokens of "
+                             f"history; sampling would pass the server limit of {session_limits.max_history_tokens} "
+                             "(--max-history-tokens): close the session")
+        total += sequence.params.path_beams if sequence.path_aware else 1
+    if listed and total > session_limits.max_session_tokens:
+        raise over_limit("step.sequence_ids", f"sampling would take the session's history to {total} tokens, over "
+                                              f"the server limit of {session_limits.max_session_tokens} "
+                                              "(--max-session-tokens): close the session")
     return _StepPlan(forced, listed, logits, vocab)
 
 
@@ -297,6 +347,29 @@ def _closed(session: Session) -> pb.SampleStreamResponse:
         closed.sequences.add(sequence_id=sequence.sequence_id, tokens=sequence.appended(),
                              statistics=sequence.statistics.to_proto())
     return pb.SampleStreamResponse(closed=closed)
+
+
+class _ClientGone(Exception):
+    """An answer could not be written: the client cancelled or went away."""
+
+
+async def _write(context: grpc.aio.ServicerContext, response: pb.SampleStreamResponse) -> None:
+    """Write one answer; :class:`_ClientGone` when the call is over on the client's side (grpc
+    raises its own internal error type then)."""
+    try:
+        await context.write(response)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        raise _ClientGone(str(error)) from error
+
+
+def _cancelled(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the client cancelled the call (or it otherwise ended on the client's side)."""
+    try:
+        return context.cancelled()
+    except Exception:  # an older grpc without ServicerContext.cancelled
+        return False
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -13,17 +13,20 @@ serves it, so an actor can die mid-session and the retry elsewhere gives the sam
 
 from __future__ import annotations
 
-import dataclasses
+import array
+import hashlib
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 
-from sampling import SamplingError, SamplingParams, SequenceState, advance, check_token_ids
+from sampling import SamplingError, SamplingParams, SequenceState, check_token_ids
 from service import params as params_codec
-from service.errors import FieldViolation, RequestError, from_sampling_error, invalid_argument
+from service.errors import FieldViolation, RequestError, from_sampling_error, invalid_argument, over_limit
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 
 MAX_ID_BYTES = 256
@@ -32,12 +35,17 @@ _LN2 = math.log(2.0)
 
 @dataclass(frozen=True)
 class SessionLimits:
-    """The server's session limits: concurrent sessions, sequences per session, and the seconds
-    a session may wait for a client message (0 = no idle timeout)."""
+    """The server's session limits: concurrent sessions (in all, and per client), sequences per
+    session, the seconds a session may wait for a client message (0 = no idle timeout), and the
+    token history a sequence (prompt, forced and sampled tokens) and a whole session (every
+    sequence, every live path) may hold."""
 
     max_sessions: int = 1024
     max_sequences_per_session: int = 256
     idle_timeout_s: float = 300.0
+    max_history_tokens: int = 131072
+    max_session_tokens: int = 1 << 20
+    max_sessions_per_client: int = 256
 
 
 @dataclass
@@ -83,39 +91,70 @@ class Sequence:
 
     ``index`` is its position in ``SessionOpen.sequences`` (for error field names); ``seed``
     is the parameters' seed, or for an unseeded path-aware sequence one drawn at open (path
-    selection needs a key).
+    selection needs a key). An ordinary sequence keeps its history in an int64 array that grows
+    in place (appending is O(1) amortised, 8 bytes a token while the session idles);
+    :attr:`state` is built from it when a step samples.
     """
 
     sequence_id: str
     index: int
     params: SamplingParams
-    state: SequenceState
+    history: array.array
     seed: int | None
+    mirostat_mu: float | None = None
     step: int = 0
     paths: list[Path] | None = None
     statistics: RunningStatistics = field(default_factory=RunningStatistics)
+    _state: SequenceState | None = field(default=None, repr=False)
 
     @property
     def path_aware(self) -> bool:
         """Whether the sequence uses path-aware top-p (path_beams > 1)."""
         return self.paths is not None
 
+    @property
+    def state(self) -> SequenceState:
+        """The ordinary sequence's state as the sampler takes it (built once per change)."""
+        if self._state is None:
+            self._state = SequenceState(history=tuple(self.history), mirostat_mu=self.mirostat_mu)
+        return self._state
+
     def rows(self) -> int:
         """Logits rows a step must carry for this sequence: its live paths, or 1."""
         return len(self.paths) if self.paths is not None else 1
 
+    def history_tokens(self) -> int:
+        """Tokens of history held for this sequence: its own, or the sum over its live paths."""
+        if self.paths is not None:
+            return sum(len(p.state.history) for p in self.paths)
+        return len(self.history)
+
+    def longest_history(self) -> int:
+        """The longest history of the sequence (of any live path for path-aware ones)."""
+        if self.paths is not None:
+            return max(len(p.state.history) for p in self.paths)
+        return len(self.history)
+
     def force(self, tokens: list[int]) -> None:
-        """Append tokens the client chose itself; each advances the step counter."""
-        for token in tokens:
-            if self.paths is not None:
-                self.paths = [dataclasses.replace(p, state=advance(p.state, token, math.nan)) for p in self.paths]
-            else:
-                self.state = advance(self.state, token, math.nan)
-            self.step += 1
+        """Append tokens the client chose itself; each advances the step counter. One copy of
+        each path's history per call, not per token."""
+        if not tokens:
+            return
+        if self.paths is not None:
+            added = tuple(tokens)
+            self.paths = [Path(SequenceState(p.state.history + added, p.state.mirostat_mu), p.logprob)
+                          for p in self.paths]
+        else:
+            self.history.extend(tokens)
+            self._state = None
+        self.step += len(tokens)
 
     def accept(self, token: int, mirostat_mu: float, surprise_nats: float, entropy_nats: float) -> None:
         """The sampled token of an ordinary sequence: new state, one more step, statistics."""
-        self.state = advance(self.state, token, mirostat_mu)
+        self.history.append(int(token))
+        if not math.isnan(mirostat_mu):
+            self.mirostat_mu = float(mirostat_mu)
+        self._state = None
         self.step += 1
         if math.isfinite(surprise_nats):
             self.statistics.add(surprise_nats, entropy_nats)
@@ -139,6 +178,11 @@ class Session:
     vocab: int | None = None
     steps: int = 0
     statistics: RunningStatistics = field(default_factory=RunningStatistics)
+    client: str = ""
+
+    def history_tokens(self) -> int:
+        """Tokens of history held by every sequence (every live path) of the session."""
+        return sum(sequence.history_tokens() for sequence in self.sequences.values())
 
 
 def build_session(message: pb.SessionOpen, limits: SessionLimits) -> Session:
@@ -159,6 +203,7 @@ def build_session(message: pb.SessionOpen, limits: SessionLimits) -> Session:
     except SamplingError as error:
         raise from_sampling_error(error, "open.params.") from None
     sequences: dict[str, Sequence] = {}
+    total = 0
     for i, spec in enumerate(message.sequences):
         prefix = f"open.sequences[{i}]."
         sequence_id = spec.sequence_id
@@ -172,10 +217,19 @@ def build_session(message: pb.SessionOpen, limits: SessionLimits) -> Session:
             raise from_sampling_error(error, prefix + "params.") from None
         if params.path_beams > 1 and params.n > 1:
             raise invalid_argument(prefix + "params.n", f"n must be 1 with path_beams > 1, got {params.n}")
-        prompt = list(spec.prompt_token_ids)
-        if any(token < 0 for token in prompt):
+        size = len(spec.prompt_token_ids)  # checked before anything is copied
+        if size > limits.max_history_tokens:
+            raise over_limit(prefix + "prompt_token_ids",
+                             f"{size} prompt tokens exceed the server limit of {limits.max_history_tokens} "
+                             "per sequence (--max-history-tokens)")
+        total += size
+        if total > limits.max_session_tokens:
+            raise over_limit(prefix + "prompt_token_ids",
+                             f"the prompts hold {total} tokens or more, over the server limit of "
+                             f"{limits.max_session_tokens} per session (--max-session-tokens)")
+        prompt = token_list(spec.prompt_token_ids)
+        if prompt and min(prompt) < 0:
             raise invalid_argument(prefix + "prompt_token_ids", "prompt token ids must be >= 0")
-        state = SequenceState(history=tuple(prompt))
         path_aware = params.path_beams > 1
         seed = params.seed
         if path_aware and seed is None:
@@ -184,11 +238,16 @@ def build_session(message: pb.SessionOpen, limits: SessionLimits) -> Session:
             sequence_id=sequence_id,
             index=i,
             params=params,
-            state=state,
+            history=array.array("q", prompt),
             seed=seed,
-            paths=[Path(state)] if path_aware else None,
+            paths=[Path(SequenceState(history=tuple(prompt)))] if path_aware else None,
         )
     return Session(message.session_id, sequences)
+
+
+def token_list(ids) -> list[int]:
+    """A repeated int64 field as a list of Python ints, converted by numpy (not one by one)."""
+    return np.asarray(ids, dtype=np.int64).tolist() if len(ids) else []
 
 
 def check_vocabulary(session: Session, vocab: int) -> None:
@@ -201,7 +260,7 @@ def check_vocabulary(session: Session, vocab: int) -> None:
         except SamplingError as error:
             raise from_sampling_error(error, prefix + "params.") from None
         histories = [p.state.history for p in sequence.paths] if sequence.paths is not None else [
-            sequence.state.history]
+            sequence.history]
         largest = max((max(h, default=-1) for h in histories), default=-1)
         if largest >= vocab:
             raise invalid_argument(
@@ -210,14 +269,16 @@ def check_vocabulary(session: Session, vocab: int) -> None:
 
 
 class SessionRegistry:
-    """The open sessions: admission against ``max_sessions`` and the active-sessions gauge.
+    """The open sessions: admission against ``max_sessions`` in all and
+    ``max_sessions_per_client`` per client, and the active-sessions gauge.
 
     ``on_change(active)`` is called whenever the count changes (the metrics gauge).
     """
 
     def __init__(self, limits: SessionLimits, on_change: Callable[[int], None] | None = None) -> None:
         self.limits = limits
-        self._active: set[int] = set()
+        self._active: dict[int, str] = {}  # id(session) -> its client
+        self._per_client: Counter[str] = Counter()
         self._on_change = on_change or (lambda active: None)
         self._on_change(0)
 
@@ -227,17 +288,40 @@ class SessionRegistry:
         return len(self._active)
 
     def admit(self, session: Session) -> None:
-        """Count ``session`` as open; RESOURCE_EXHAUSTED when ``max_sessions`` are open already."""
+        """Count ``session`` as open; RESOURCE_EXHAUSTED when ``max_sessions`` are open already,
+        or ``max_sessions_per_client`` of its client."""
         if len(self._active) >= self.limits.max_sessions:
             description = (f"{len(self._active)} sessions are open, the server limit is "
                            f"{self.limits.max_sessions} (--max-sessions); retry later")
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"open: {description}",
                                (FieldViolation("open", description),))
-        self._active.add(id(session))
+        if self._per_client[session.client] >= self.limits.max_sessions_per_client:
+            description = (f"this client has {self._per_client[session.client]} sessions open, the server "
+                           f"limit is {self.limits.max_sessions_per_client} per client "
+                           "(--max-sessions-per-client); close one or retry later")
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"open: {description}",
+                               (FieldViolation("open", description),))
+        self._active[id(session)] = session.client
+        self._per_client[session.client] += 1
         self._on_change(len(self._active))
 
     def release(self, session: Session) -> None:
         """Forget ``session`` (idempotent)."""
-        if id(session) in self._active:
-            self._active.discard(id(session))
+        client = self._active.pop(id(session), None)
+        if client is not None:
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
             self._on_change(len(self._active))
+
+
+def client_key(metadata, peer: str) -> str:
+    """Who a call comes from, for per-client limits: its bearer token (hashed: the registry
+    keeps no secrets) when it sends one, else its peer's address without the port."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            return "token:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return "peer:" + peer.rsplit(":", 1)[0]
+    return "peer:" + peer

@@ -21,6 +21,7 @@ _EXPORTS = {
     "RowGroup": "workers.batch",
     "stack_group": "workers.batch",
     "take_job": "workers.batch",
+    "LinkLimits": "workers.config",
     "PoolConfig": "workers.config",
     "BatchFailedError": "workers.pool",
     "NoLiveWorkerError": "workers.pool",

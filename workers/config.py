@@ -1,4 +1,4 @@
-"""The worker settings: device names, batch transports and the pool's configuration.
+"""The worker settings: device names, batch transports, link limits and the pool's configuration.
 
 Imports neither ray nor torch, so the front end's configuration, the command line and the
 client can use the one definition of each value.
@@ -6,7 +6,7 @@ client can use the one definition of each value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Device names of the sampler and language-model actors; ``auto`` is ``cuda`` where the
 #: machine (or, for ``PoolConfig``, the Ray cluster) has a GPU.
@@ -18,6 +18,25 @@ MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: a Unix socket on this node, TCP to other nodes; by Ray, as ``put``, where no link opens), or
 #: ``put``, an actor call each, its batch stored once with ``ray.put``.
 BATCH_TRANSPORTS = ("socket", "put")
+
+
+@dataclass(frozen=True)
+class LinkLimits:
+    """What a link server allows its peers.
+
+    admit_timeout_s: the whole handshake of a new connection (not each read) must end within it.
+    max_connections: admitted connections served at once (one per front end; refused beyond).
+    max_pending: connections still in their handshake; a new one beyond closes the oldest, so
+        that peers without the token cannot keep a front end out.
+    max_frame_bytes: the most bytes one frame may carry (value and in-stream arrays).
+    frame_timeout_s: a peer that started a frame and sends nothing for this long is dropped.
+    """
+
+    admit_timeout_s: float = 5.0
+    max_connections: int = 64
+    max_pending: int = 64
+    max_frame_bytes: int = 1 << 30
+    frame_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,7 @@ class PoolConfig:
     startup_timeout_s: float = 120.0
     health_interval_s: float = 2.0
     restart_backoff_s: float = 1.0
+    link_limits: LinkLimits = field(default_factory=LinkLimits)
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:

@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from workers.batch import WIRE_TYPES, BatchOutput, RowGroup
 from workers.cluster import cluster_gpus, connect, disconnect, resolve
-from workers.config import PoolConfig
+from workers.config import LinkLimits, PoolConfig
 from workers.sampler_actor import SamplerActor
 from workers.socket_link import SUPPORTED as LINKS_SUPPORTED
 from workers.socket_link import LinkCallError, LinkLostError, SocketLink
@@ -44,6 +45,8 @@ LINK_OPEN_TIMEOUT_S = 30.0
 #: How long connecting to an actor on another node may take: a front end that cannot reach the
 #: actors' nodes directly (only the Ray client port) learns it this soon and uses Ray.
 REMOTE_LINK_CONNECT_TIMEOUT_S = 5.0
+#: Longest pause between tries to open a link that was refused.
+_LINK_RETRY_MAX_S = 60.0
 
 #: The errors that mean "this actor is gone": its batch may be retried elsewhere.
 ACTOR_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -100,6 +103,8 @@ class _Worker:
     #: a link was opened at warm-up, so one that broke is opened again by the health monitor.
     link: SocketLink | None = None
     linkable: bool = False
+    link_retry_at: float = 0.0
+    link_backoff_s: float = 0.0
 
 
 class SamplerPool:
@@ -259,7 +264,8 @@ class SamplerPool:
         # Named (see ACTOR_NAME_PREFIX) only so that operators and fault-injection tests can
         # find a server's actors with ray.util.list_named_actors(all_namespaces=True).
         name = f"{ACTOR_NAME_PREFIX}{os.getpid()}-{self._pool_number}-{next(self._spawned)}"
-        return _Worker(actor=self._actor_class.options(**self._actor_options, name=name).remote(self._config.device))
+        return _Worker(actor=self._actor_class.options(**self._actor_options, name=name).remote(
+            self._config.device, self._config.link_limits))
 
     async def _warm(self, worker: _Worker) -> bool:
         """Wait for a new actor's warm-up call; mark it alive, or dead (and killed)."""
@@ -273,8 +279,9 @@ class SamplerPool:
             return False
         worker.device = device
         if self._config.batch_transport == "socket":
-            worker.link = await _open_link(worker.actor)
-            worker.linkable = worker.link is not None
+            worker.link = await _open_link(worker.actor, self._config.link_limits)
+            # A link refused now (the actor busy with peers, say) is tried again by the monitor.
+            worker.linkable = LINKS_SUPPORTED and not _ray_tls()
         worker.state = WorkerState.ALIVE
         self._on_change()
         return True
@@ -331,8 +338,15 @@ class SamplerPool:
             for worker, result in zip(pinged, results, strict=True):
                 if isinstance(result, ACTOR_LOST):
                     self._lose(worker, result)
-                elif worker.linkable and worker.link is None and worker.state is WorkerState.ALIVE:
-                    link = await _open_link(worker.actor)
+                elif (worker.linkable and worker.link is None and worker.state is WorkerState.ALIVE
+                      and time.monotonic() >= worker.link_retry_at):
+                    link = await _open_link(worker.actor, self._config.link_limits)
+                    if link is None:  # tried again later, less often each time it fails
+                        worker.link_backoff_s = min(2 * worker.link_backoff_s or self._config.health_interval_s,
+                                                    _LINK_RETRY_MAX_S)
+                        worker.link_retry_at = time.monotonic() + worker.link_backoff_s
+                    else:
+                        worker.link_backoff_s = 0.0
                     if worker.state is WorkerState.ALIVE and worker.link is None:
                         worker.link = link
                     elif link is not None:
@@ -356,7 +370,12 @@ class SamplerPool:
             ray.kill(worker.actor, no_restart=True)
 
 
-async def _open_link(actor: Any) -> SocketLink | None:
+def _ray_tls() -> bool:
+    """Whether Ray runs with TLS (then batches stay on Ray's channels: links are not encrypted)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+
+
+async def _open_link(actor: Any, limits: LinkLimits) -> SocketLink | None:
     """A link to ``actor``, or None (its batches go by Ray).
 
     On this process's node the link is a Unix socket with an arena (:meth:`SocketLink.open`);
@@ -371,11 +390,13 @@ async def _open_link(actor: Any) -> SocketLink | None:
         if not ray.util.client.ray.is_connected():
             address = await resolve(actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
             if address.node_id == ray.get_runtime_context().get_node_id():
-                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES)
-        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES,
+                                             max_frame_bytes=limits.max_frame_bytes)
+        if _ray_tls():
             return None
         address = await resolve(actor.open_link.remote(tcp=True), LINK_OPEN_TIMEOUT_S)
-        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, WIRE_TYPES)
+        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, WIRE_TYPES,
+                                            max_frame_bytes=limits.max_frame_bytes)
     except Exception as error:  # a speed-up only: without it batches go by Ray
         _log.warning("no batch link to the sampler actor (%s); its batches go by Ray", error)
         return None

@@ -23,7 +23,7 @@ import torch
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
 from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
-from workers.config import DEVICES
+from workers.config import DEVICES, LinkLimits
 from workers.socket_link import LinkAddress, LinkServer
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
@@ -47,8 +47,9 @@ def resolve_device(device: str) -> torch.device:
 class SamplerActor:
     """Samples whole batches on the one device it owns."""
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", link_limits: LinkLimits | None = None) -> None:
         self._device = resolve_device(device)
+        self._link_limits = link_limits or LinkLimits()
         # A long-lived process sampling large batches: keep freed tensor memory (see module).
         keep_freed_memory()
         self._link: LinkServer | None = None
@@ -70,7 +71,7 @@ class SamplerActor:
         """Listen for a front end's batch link (one server per actor; with ``tcp``, also on this
         node's address, for a front end on another node); where to connect."""
         if self._link is None:
-            self._link = LinkServer(self.sample_batch, WIRE_TYPES)
+            self._link = LinkServer(self.sample_batch, WIRE_TYPES, self._link_limits)
         if tcp:
             self._link.listen_tcp(ray.util.get_node_ip_address())
         return self._link.address(ray.get_runtime_context().get_node_id())

@@ -13,34 +13,43 @@ which is also how a front end joined through the Ray client reaches the actors
 (:mod:`workers.pool` picks).
 
 Frames. Calls and answers are frames of one layout: a :data:`_FRAME` header (call id, status,
-pickle length, buffer count), a :data:`_BUFFER` entry per out-of-band buffer (where it is, its
-length), a pickle (protocol 5) and the buffers that follow in the stream. The numpy arrays of a
-batch travel out of band: the front end copies them into its arena (below) and the frame says
-where, or, when the arena has no room, they follow the pickle and go to ``sendmsg`` as they are.
-An answer's arrays follow in the stream and arrive writable. A failed call's answer carries the
-text of its error instead of a pickle. Calls may overlap; the actor answers them in order, the
-front end matches answers to calls by id.
+value length, buffer count), a :data:`_BUFFER` entry per out-of-band buffer (where it is, its
+length), the value in :mod:`workers.wire`'s format and the buffers that follow in the stream. The
+numpy arrays of a batch travel out of band: the front end copies them into its arena (below) and
+the frame says where, or, when the arena has no room, they follow the value and go to
+``sendmsg`` as they are. An answer's arrays follow in the stream and arrive writable. A failed
+call's answer carries the text of its error instead of a value. Calls may overlap; the actor
+answers them in order, the front end matches answers to calls by id. A frame may carry at most
+``LinkLimits.max_frame_bytes`` and :data:`_MAX_BUFFERS` buffers; its bytes are read into a
+buffer that grows as they arrive, and a peer silent for ``frame_timeout_s`` inside a frame is
+dropped.
 
 The arena. Pushing a batch's logits through the socket cost the front end more than anything
 else it does per batch (~50 us of its CPU per 128 KB row: a fifth of its time per request).
 So each link on the node has an arena: a memory file (``memfd``, sealed against shrinking so that the actor
 never faults on a page that went away) that the front end creates, maps, and hands to the actor
-with its token; the actor maps it read-only. The front end copies each call's arrays into the
+with its proof of the token; the actor maps it read-only. The front end copies each call's arrays into the
 arena, front to back as in a ring, and frees a call's space when its answer comes: the actor
 answers in order and has copied the rows out of the arena (``unpack_logits``) before it answers.
 A call that does not fit sends its arrays in the stream instead, as every call over TCP does.
 
-Trust. A pickle may name any function to call when loaded, so both ends load pickles that name
-only the classes the link was made for (``types``: a batch's and its answer's) and numpy's array
-reconstructors; anything else is refused before it runs. And only the front end that opened the
-link through Ray reaches the actor. The Unix socket has a random name in Linux's abstract
-namespace, admits only peers of its own user (``SO_PEERCRED``), and a peer must first send the
-random token that the actor handed the front end through Ray, with a sealed arena. On TCP the
-actor sends a random challenge and the peer must answer with its HMAC under the token, so the
-token never crosses the network and an answer seen once opens nothing. TCP links are not
-encrypted, like Ray's own traffic without TLS; a front end whose Ray runs with TLS opens none
-(:mod:`workers.pool`). An actor serves each connected front end on a thread of its own, and at
-most :data:`_MAX_CONNECTIONS` at once. Without Linux (no abstract namespace, ``SO_PEERCRED`` or
+Trust. The wire format (:mod:`workers.wire`) describes plain data, arrays of a closed list of
+numeric dtypes and instances of the link's own dataclasses (``types``): decoding runs no code
+and builds no other object. Only the front end that opened the link through Ray reaches the
+actor, and the front end knows it reached the actor: the actor's address comes with a random
+token through Ray, and both ends prove that they hold it. On connecting, the actor sends a fresh
+challenge; the front end answers with a fresh challenge of its own and the HMAC of both under
+the token (with the arena's descriptor, on the Unix socket); the actor checks it and, once a slot
+is free, answers with its own HMAC of both, which the front end checks
+(:class:`LinkRefusedError` otherwise). Each side's HMAC is keyed to its role, so neither can be
+replayed as the other's, and the token never crosses the socket. The Unix socket has a random
+name in Linux's abstract namespace and admits only peers of its own user (``SO_PEERCRED``) with
+a sealed arena. The whole handshake must end within ``LinkLimits.admit_timeout_s``;
+connections still in it are counted apart (``max_pending``: a new one beyond closes the oldest),
+so peers without the token cannot hold the slots of admitted front ends
+(``max_connections``). TCP links are not encrypted, like Ray's own traffic without TLS; a front
+end whose Ray runs with TLS opens none (:mod:`workers.pool`). An actor serves each connected
+front end on a thread of its own. Without Linux (no abstract namespace, ``SO_PEERCRED`` or
 ``memfd``) there is no link and batches go by Ray.
 """
 
@@ -50,27 +59,28 @@ import array
 import asyncio
 import fcntl
 import hmac
-import io
 import itertools
 import logging
 import mmap
 import os
-import pickle
 import secrets
 import socket
 import struct
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from workers.config import LinkLimits
+from workers.wire import Codec
+
 _log = logging.getLogger(__name__)
 
-#: call id, status (:data:`_OK` / :data:`_FAILED`; a call's is :data:`_OK`), pickle (or error text)
-#: length, buffer count.
+#: call id, status (:data:`_OK` / :data:`_FAILED`; a call's is :data:`_OK`), encoded value (or
+#: error text) length, buffer count.
 _FRAME = struct.Struct("<QBQI")
 #: Per out-of-band buffer: its offset in the arena, or :data:`_IN_STREAM`; its length.
 _BUFFER = struct.Struct("<qQ")
@@ -84,13 +94,17 @@ _ALIGN = 64
 #: The seals an arena must carry before the actor maps it.
 _ARENA_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL if hasattr(fcntl, "F_SEAL_SHRINK") else 0
 _TOKEN_BYTES = 32
-#: How long a new connection may take to present its token.
-_ADMIT_TIMEOUT_S = 5.0
-#: Connections an actor serves at once (one per front end; refused beyond).
-_MAX_CONNECTIONS = 64
-_BACKLOG = 16
-#: A TCP peer's answer to the challenge: HMAC-SHA256 of it under the token.
+_BACKLOG = 128
+#: Pause before connecting again while a link server's backlog is full.
+_CONNECT_RETRY_S = 0.01
+#: Each side's challenge, and its proof: HMAC-SHA256 under the token of both challenges.
+_CHALLENGE_BYTES = 32
 _PROOF_BYTES = 32
+#: Most out-of-band buffers one frame may list.
+_MAX_BUFFERS = 1 << 16
+#: A frame's bytes are read into a buffer that grows as they arrive, from this size: a header
+#: announcing a huge frame costs nothing until the bytes come.
+_FIRST_CHUNK_BYTES = 1 << 20
 #: Pause before accepting again after ``accept`` failed.
 _ACCEPT_RETRY_S = 1.0
 #: Most buffers one ``sendmsg`` takes (Linux's IOV_MAX).
@@ -105,13 +119,6 @@ _SEND_BUFFER_BYTES = 4 << 20
 #: Whether this platform can have links (see the module).
 SUPPORTED = sys.platform == "linux" and hasattr(os, "memfd_create") and _ARENA_SEALS != 0
 
-#: numpy's array and dtype reconstructors (numpy 2 names, then numpy 1), which a pickle of
-#: arrays names besides the link's own types.
-_NUMPY_GLOBALS = frozenset(
-    (f"{package}.{module}", name)
-    for package in ("numpy._core", "numpy.core")
-    for module, name in (("numeric", "_frombuffer"), ("multiarray", "_reconstruct"), ("multiarray", "scalar"))
-) | {("numpy", "dtype"), ("numpy", "ndarray")}
 
 
 class LinkLostError(ConnectionError):
@@ -120,6 +127,10 @@ class LinkLostError(ConnectionError):
 
 class LinkCallError(RuntimeError):
     """The actor's handler raised; the message is its error's text."""
+
+
+class LinkRefusedError(ConnectionError):
+    """The link server did not prove that it holds the token, or closed during the handshake."""
 
 
 @dataclass(frozen=True)
@@ -134,36 +145,22 @@ class LinkAddress:
     port: int | None = None
 
 
-class _Unpickler(pickle.Unpickler):
-    """Loads only instances of ``types``, numpy arrays and plain containers: a pickle that names
-    any other global (a function to call, say) is refused before anything runs."""
-
-    def __init__(self, data: bytes | bytearray, buffers: list[bytearray], types: frozenset[tuple[str, str]]) -> None:
-        super().__init__(io.BytesIO(data), buffers=buffers)
-        self._types = types
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._types or (module, name) in _NUMPY_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} may not travel over a batch link")
-
-
-def _type_names(types: Iterable[type]) -> frozenset[tuple[str, str]]:
-    return frozenset((t.__module__, t.__qualname__) for t in types)
-
-
 class LinkServer:
     """The actor's end: listening sockets (a Unix one, and a TCP one once :meth:`listen_tcp` was
     called), and a daemon thread per connected front end that answers each of its calls with
-    ``handler(batch)``, one at a time, in arrival order. Batches and answers may hold instances
-    of ``types``, numpy arrays and plain containers."""
+    ``handler(batch)``, one at a time, in arrival order. Batches and answers are values of
+    :mod:`workers.wire` made of plain data, arrays and instances of ``types``."""
 
-    def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = ()) -> None:
+    def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = (),
+                 limits: LinkLimits | None = None) -> None:
         if not SUPPORTED:
             raise OSError("batch links need Linux (abstract Unix sockets, SO_PEERCRED, memfd)")
         self._handler = handler
-        self._types = _type_names(types)
-        self._connections = threading.BoundedSemaphore(_MAX_CONNECTIONS)
+        self._codec = Codec(types)
+        self.limits = limits or LinkLimits()
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[socket.socket, None] = OrderedDict()  # in their handshake, oldest first
+        self._admitted = 0
         self.token = secrets.token_bytes(_TOKEN_BYTES)
         self.name = b"\0samplerd-link-" + secrets.token_hex(16).encode()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -196,96 +193,115 @@ class LinkServer:
                 _log.warning("batch link cannot accept: %s", error)
                 time.sleep(_ACCEPT_RETRY_S)
                 continue
-            if not self._connections.acquire(blocking=False):
-                _log.warning("batch link refused a connection: %d are open", _MAX_CONNECTIONS)
-                connection.close()
-                continue
+            with self._lock:
+                if len(self._pending) >= self.limits.max_pending:  # the oldest handshake makes room
+                    oldest, _ = self._pending.popitem(last=False)
+                    _log.warning("batch link dropped a connection still in its handshake: %d are",
+                                 self.limits.max_pending)
+                    _shut(oldest)
+                self._pending[connection] = None
             peer = threading.Thread(target=self._connection, args=(connection,), name="samplerd-link-peer", daemon=True)
             try:
                 peer.start()
             except RuntimeError as error:  # no thread to be had: refuse this one, keep accepting
                 _log.warning("batch link refused a connection: %s", error)
-                self._connections.release()
+                with self._lock:
+                    self._pending.pop(connection, None)
                 connection.close()
 
     def _connection(self, connection: socket.socket) -> None:
+        admitted = False
         try:
             with connection:
-                if connection.family == socket.AF_UNIX:
-                    arena = self._admit_local(connection)
-                    view = None if arena is None else memoryview(arena)
-                else:
-                    view = memoryview(b"") if self._admit_remote(connection) else None  # no arena across nodes
-                if view is not None:
-                    self._serve(connection, view)
+                deadline = time.monotonic() + self.limits.admit_timeout_s
+                admission = self._admit(connection, deadline)
+                with self._lock:
+                    self._pending.pop(connection, None)
+                    if admission is not None and self._admitted >= self.limits.max_connections:
+                        _log.warning("batch link refused a connection: %d are open", self.limits.max_connections)
+                        admission = None
+                    admitted = admission is not None
+                    self._admitted += admitted
+                if admission is not None:
+                    arena, proof = admission
+                    _send(connection, proof, deadline)  # only now does the peer know it is in
+                    self._serve(connection, arena)
         except (OSError, EOFError, _ProtocolError) as error:  # the front end went away, or broke the protocol
             _log.info("batch link connection ended: %s", error)
         except Exception:
             _log.exception("batch link connection failed")
         finally:
-            self._connections.release()
+            with self._lock:
+                self._pending.pop(connection, None)
+                self._admitted -= admitted
 
-    def _admit_remote(self, connection: socket.socket) -> bool:
-        """The TCP peer proved it holds the token: it answered a fresh challenge with its HMAC
-        (the token itself never crosses the network)."""
-        connection.settimeout(_ADMIT_TIMEOUT_S)
-        challenge = secrets.token_bytes(_TOKEN_BYTES)
+    def _admit(self, connection: socket.socket, deadline: float) -> tuple[memoryview, bytes] | None:
+        """The peer's half of the handshake (see the module), all before ``deadline``: it must
+        prove the token over both fresh challenges. The arena (a Unix peer's, mapped read-only;
+        an empty one for a TCP peer) and this server's proof to send once a slot is taken, or
+        None when the peer is refused."""
+        local = connection.family == socket.AF_UNIX
+        if local:
+            _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if uid != os.getuid():
+                _log.warning("batch link refused a peer of user %d", uid)
+                return None
+        challenge = secrets.token_bytes(_CHALLENGE_BYTES)
+        fds: list[int] = []
         try:
-            connection.sendall(challenge)
-            proof = _receive(connection, _PROOF_BYTES)
-        except (EOFError, TimeoutError):
-            return False
-        connection.settimeout(None)
-        if not hmac.compare_digest(bytes(proof), _proof(self.token, challenge)):
-            _log.warning("batch link refused a peer without the token")
-            return False
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return True
-
-    def _admit_local(self, connection: socket.socket) -> mmap.mmap | None:
-        """The peer's arena, mapped read-only, when the peer runs as this user and presented
-        the token with a sealed arena; else None."""
-        _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-        if uid != os.getuid():
-            _log.warning("batch link refused a peer of user %d", uid)
-            return None
-        connection.settimeout(_ADMIT_TIMEOUT_S)
-        try:
-            token, fds, _flags, _address = socket.recv_fds(connection, _TOKEN_BYTES, 1)
-        except TimeoutError:
-            return None
-        try:
-            if len(token) < _TOKEN_BYTES:  # a stream may split the token (never its descriptor)
-                token += _receive(connection, _TOKEN_BYTES - len(token))
-            connection.settimeout(None)
-            if not hmac.compare_digest(bytes(token), self.token):
+            _send(connection, challenge, deadline)
+            size = _CHALLENGE_BYTES + _PROOF_BYTES
+            if local:  # the arena's descriptor comes with the first bytes
+                _settimeout(connection, deadline)
+                first, fds, _flags, _address = socket.recv_fds(connection, size, 1)
+                if not first:
+                    return None
+                reply = bytes(first) + bytes(_receive(connection, size - len(first), deadline=deadline))
+            else:
+                reply = bytes(_receive(connection, size, deadline=deadline))
+            theirs, proof = reply[:_CHALLENGE_BYTES], reply[_CHALLENGE_BYTES:]
+            if not hmac.compare_digest(proof, _proof(self.token, b"front", challenge, theirs)):
                 _log.warning("batch link refused a peer without the token")
                 return None
-            if len(fds) != 1 or fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & _ARENA_SEALS != _ARENA_SEALS:
-                _log.warning("batch link refused a peer without a sealed arena")
-                return None
-            return mmap.mmap(fds[0], os.fstat(fds[0]).st_size, prot=mmap.PROT_READ)
+            arena = memoryview(b"")  # no arena across nodes
+            if local:
+                if len(fds) != 1 or fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & _ARENA_SEALS != _ARENA_SEALS:
+                    _log.warning("batch link refused a peer without a sealed arena")
+                    return None
+                arena = memoryview(mmap.mmap(fds[0], os.fstat(fds[0]).st_size, prot=mmap.PROT_READ))
         except (EOFError, TimeoutError, ValueError):  # ValueError: an empty arena cannot be mapped
             return None
         finally:
             for fd in fds:
                 os.close(fd)
+        if not local:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return arena, _proof(self.token, b"actor", challenge, theirs)
 
     def _serve(self, connection: socket.socket, arena: memoryview) -> None:
+        limits = self.limits
         while True:
+            connection.settimeout(None)  # between calls a front end may be quiet for as long as it likes
             try:
-                call_id, _status, pickle_bytes, count = _FRAME.unpack(_receive(connection, _FRAME.size))
+                head = _receive(connection, _FRAME.size)
             except EOFError:
                 return
-            table = _receive(connection, _BUFFER.size * count)
-            meta = _receive(connection, pickle_bytes)
+            connection.settimeout(limits.frame_timeout_s or None)  # within one, a silent peer is dropped (0: never)
+            call_id, _status, value_bytes, count = _FRAME.unpack(head)
+            if count > _MAX_BUFFERS or value_bytes > limits.max_frame_bytes:
+                raise _ProtocolError(f"a frame of {value_bytes} bytes and {count} buffers is over the limits")
+            table = list(_BUFFER.iter_unpack(_receive(connection, _BUFFER.size * count)))
+            in_stream = value_bytes + sum(length for offset, length in table if offset == _IN_STREAM)
+            if in_stream > limits.max_frame_bytes:
+                raise _ProtocolError(f"a frame of {in_stream} bytes is over the {limits.max_frame_bytes}-byte limit")
+            meta = _receive(connection, value_bytes)
             buffers = [
                 _receive(connection, length) if offset == _IN_STREAM else _arena_slice(arena, offset, length)
-                for offset, length in _BUFFER.iter_unpack(table)
+                for offset, length in table
             ]
             try:
-                answer = _frame(call_id, _OK, self._handler(_Unpickler(meta, buffers, self._types).load()))
+                answer = _frame(call_id, _OK, self._handler(self._codec.decode(meta, buffers)), self._codec)
             except Exception as error:  # the front end's call fails with this text, the link lives on
                 text = f"{type(error).__name__}: {error}".encode()
                 answer = [_FRAME.pack(call_id, _FAILED, len(text), 0), text]
@@ -303,12 +319,10 @@ def _arena_slice(arena: memoryview, offset: int, length: int) -> memoryview:
     return arena[offset:offset + length]
 
 
-def _frame(call_id: int, status: int, value: Any, arena: _Arena | None = None) -> list[Any]:
+def _frame(call_id: int, status: int, value: Any, codec: Codec, arena: _Arena | None = None) -> list[Any]:
     """The parts of a frame carrying ``value``, its arrays out of band: in ``arena`` when given and
     it has room (then the space is the call's until :meth:`_Arena.release`), else in the stream."""
-    buffers: list[pickle.PickleBuffer] = []
-    meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    raws = [memoryview(buffer.raw()) for buffer in buffers]
+    meta, raws = codec.encode(value)
     offsets = arena.place(call_id, raws) if arena is not None and raws else None
     table = b"".join(
         _BUFFER.pack(_IN_STREAM if offsets is None else offsets[i], raw.nbytes) for i, raw in enumerate(raws)
@@ -317,17 +331,49 @@ def _frame(call_id: int, status: int, value: Any, arena: _Arena | None = None) -
     return [head, meta] if offsets is not None else [head, meta, *raws]
 
 
-def _proof(token: bytes, challenge: bytes) -> bytes:
-    return hmac.new(token, challenge, "sha256").digest()
+def _proof(token: bytes, side: bytes, actor_challenge: bytes, front_challenge: bytes) -> bytes:
+    """What ``side`` (b"front" or b"actor") answers both challenges with: each side's proof is
+    its own, so neither can be replayed as the other's."""
+    return hmac.new(token, side + actor_challenge + front_challenge, "sha256").digest()
 
 
-def _receive(connection: socket.socket, size: int) -> bytearray:
-    """Exactly ``size`` bytes from a blocking socket; EOFError if it closes first."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+def _shut(connection: socket.socket) -> None:
+    """End a connection another thread is reading (its read returns at once)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _settimeout(connection: socket.socket, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the handshake took too long")
+    connection.settimeout(remaining)
+
+
+def _send(connection: socket.socket, data: bytes, deadline: float) -> None:
+    _settimeout(connection, deadline)
+    connection.sendall(data)
+
+
+def _receive(connection: socket.socket, size: int, deadline: float | None = None) -> bytearray:
+    """Exactly ``size`` bytes from a blocking socket; EOFError if it closes first, TimeoutError
+    past ``deadline`` (or past the socket's own timeout for a read). The buffer grows as bytes
+    arrive (doubling from :data:`_FIRST_CHUNK_BYTES`), so a size that the peer only announced
+    costs no memory."""
+    buffer = bytearray(min(size, _FIRST_CHUNK_BYTES))
     got = 0
     while got < size:
-        n = connection.recv_into(view[got:])
+        if got == len(buffer):
+            buffer.extend(bytes(min(size - got, len(buffer))))
+        if deadline is not None:
+            _settimeout(connection, deadline)
+        view = memoryview(buffer)
+        try:
+            n = connection.recv_into(view[got:])
+        finally:
+            view.release()
         if n == 0:
             raise EOFError("the peer closed the batch link")
         got += n
@@ -400,10 +446,12 @@ class SocketLink:
     order and are written as the socket takes them. When the link breaks every waiting call
     raises :class:`LinkLostError`."""
 
-    def __init__(self, sock: socket.socket, arena: _Arena | None, types: Iterable[type] = ()) -> None:
+    def __init__(self, sock: socket.socket, arena: _Arena | None, types: Iterable[type] = (),
+                 max_frame_bytes: int = LinkLimits.max_frame_bytes) -> None:
         self._sock = sock
         self._arena = arena
-        self._types = _type_names(types)
+        self._codec = Codec(types)
+        self._max_frame_bytes = max_frame_bytes
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -415,18 +463,19 @@ class SocketLink:
 
     @classmethod
     async def open(
-        cls, address: LinkAddress, timeout_s: float, types: Iterable[type] = (), arena_bytes: int = _ARENA_BYTES
+        cls, address: LinkAddress, timeout_s: float, types: Iterable[type] = (), arena_bytes: int = _ARENA_BYTES,
+        max_frame_bytes: int = LinkLimits.max_frame_bytes,
     ) -> SocketLink:
-        """Connect to a :class:`LinkServer` on this node, present its token and hand it an arena of
-        ``arena_bytes``; answers may hold instances of ``types``, numpy arrays and plain containers."""
+        """Connect to a :class:`LinkServer` on this node, prove the token, hand it an arena of
+        ``arena_bytes`` and check its own proof (:class:`LinkRefusedError` without it); answers
+        may hold instances of ``types``, numpy arrays and plain containers."""
         sock = _client_socket(socket.AF_UNIX)
         arena = None
         try:
             loop = asyncio.get_running_loop()
-            await asyncio.wait_for(loop.sock_connect(sock, address.name), timeout_s)
+            await asyncio.wait_for(_connect_unix(sock, address.name), timeout_s)
             arena = _Arena(arena_bytes)
-            # A new connection's buffer takes the token whole, so this never waits.
-            sock.sendmsg([address.token], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [arena.fd]))])
+            await asyncio.wait_for(_handshake(loop, sock, address.token, arena.fd), timeout_s)
         except BaseException:
             sock.close()
             if arena is not None:
@@ -435,12 +484,14 @@ class SocketLink:
         finally:
             if arena is not None:
                 os.close(arena.fd)  # the actor holds its own descriptor now
-        return cls(sock, arena, types)
+        return cls(sock, arena, types, max_frame_bytes)
 
     @classmethod
-    async def open_remote(cls, address: LinkAddress, timeout_s: float, types: Iterable[type] = ()) -> SocketLink:
-        """Connect to a :class:`LinkServer`'s TCP listener (on another node) and answer its
-        challenge; the batches' arrays travel in the stream."""
+    async def open_remote(cls, address: LinkAddress, timeout_s: float, types: Iterable[type] = (),
+                          max_frame_bytes: int = LinkLimits.max_frame_bytes) -> SocketLink:
+        """Connect to a :class:`LinkServer`'s TCP listener (on another node); both ends prove the
+        token (:class:`LinkRefusedError` when the server does not). The batches' arrays travel in
+        the stream."""
         if address.host is None or address.port is None:
             raise ValueError("this link server has no TCP listener")
         sock = _client_socket(_tcp_family(address.host))
@@ -448,12 +499,11 @@ class SocketLink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.sock_connect(sock, (address.host, address.port)), timeout_s)
-            challenge = await asyncio.wait_for(_sock_receive(loop, sock, _TOKEN_BYTES), timeout_s)
-            await asyncio.wait_for(loop.sock_sendall(sock, _proof(address.token, challenge)), timeout_s)
+            await asyncio.wait_for(_handshake(loop, sock, address.token), timeout_s)
         except BaseException:
             sock.close()
             raise
-        return cls(sock, None, types)
+        return cls(sock, None, types, max_frame_bytes)
 
     @property
     def is_open(self) -> bool:
@@ -472,7 +522,7 @@ class SocketLink:
         if self._lost is not None:
             raise self._lost
         call_id = next(self._ids)
-        parts = _frame(call_id, _OK, batch, self._arena)
+        parts = _frame(call_id, _OK, batch, self._codec, self._arena)
         answer = self._loop.create_future()
         self._calls[call_id] = answer
         try:
@@ -520,11 +570,19 @@ class SocketLink:
         self._inbox += data
         while self._lost is None and len(self._inbox) >= _FRAME.size:
             call_id, status, payload_bytes, count = _FRAME.unpack_from(self._inbox)
+            if count > _MAX_BUFFERS or payload_bytes > self._max_frame_bytes:
+                self._lose(LinkLostError(f"the sampler actor announced a frame of {payload_bytes} bytes and "
+                                         f"{count} buffers, over the limits"))
+                return
             table_end = _FRAME.size + _BUFFER.size * count
             if len(self._inbox) < table_end:
                 return
             table = list(_BUFFER.iter_unpack(bytes(self._inbox[_FRAME.size:table_end])))
             end = table_end + payload_bytes + sum(length for _offset, length in table)
+            if end - table_end > self._max_frame_bytes:
+                self._lose(LinkLostError(f"the sampler actor announced a frame of {end - table_end} bytes, over "
+                                         f"the {self._max_frame_bytes}-byte limit"))
+                return
             if len(self._inbox) < end:
                 return
             if any(offset != _IN_STREAM for offset, _length in table):
@@ -549,7 +607,7 @@ class SocketLink:
             answer.set_exception(LinkCallError(payload.decode(errors="replace")))
             return
         try:
-            answer.set_result(_Unpickler(payload, buffers, self._types).load())
+            answer.set_result(self._codec.decode(payload, buffers))
         except Exception as error:  # the stream cannot be trusted any more
             _log.exception("batch link answer unreadable")
             self._lose(LinkLostError(f"the batch link sent an unreadable answer: {error}"))
@@ -584,6 +642,38 @@ def _client_socket(family: socket.AddressFamily) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def _connect_unix(sock: socket.socket, name: bytes) -> None:
+    """Connect a non-blocking Unix socket. While the listener's backlog is full, ``connect``
+    fails with EAGAIN and, unlike TCP, does not go on in the background (asyncio's
+    ``sock_connect`` would then report a connection that never was): try again shortly."""
+    while True:
+        try:
+            sock.connect(name)
+            return
+        except (BlockingIOError, InterruptedError):
+            await asyncio.sleep(_CONNECT_RETRY_S)
+
+
+async def _handshake(loop: asyncio.AbstractEventLoop, sock: socket.socket, token: bytes,
+                     arena_fd: int | None = None) -> None:
+    """The front end's half of the handshake (see the module): read the server's challenge,
+    send a fresh one of its own with this side's proof (and the arena's descriptor), and check
+    the server's proof over both."""
+    theirs = await _sock_receive(loop, sock, _CHALLENGE_BYTES)
+    mine = secrets.token_bytes(_CHALLENGE_BYTES)
+    reply = mine + _proof(token, b"front", theirs, mine)
+    if arena_fd is None:
+        await loop.sock_sendall(sock, reply)
+    else:  # a new connection's buffer takes these 64 bytes whole, so this never waits
+        sock.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [arena_fd]))])
+    try:
+        proof = await _sock_receive(loop, sock, _PROOF_BYTES)
+    except EOFError:
+        raise LinkRefusedError("the link server closed the connection during the handshake") from None
+    if not hmac.compare_digest(proof, _proof(token, b"actor", theirs, mine)):
+        raise LinkRefusedError("the link server did not prove that it holds the token")
 
 
 async def _sock_receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
