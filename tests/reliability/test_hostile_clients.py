@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from reliability_support import metric, serve
 
-from service import params as params_codec
+from service import client_params
 from service.client import encode_logits, field_violations
 from service.generated.inference import grpc_service_pb2 as oip
 from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
@@ -66,7 +66,7 @@ class Stream:
         return next(self.call)
 
     def open(self, prompts: dict[str, list[int]], **params) -> pb.SessionOpened:
-        message = pb.SessionOpen(params=params_codec.to_proto(params))
+        message = pb.SessionOpen(params=client_params.to_proto(params))
         for sequence_id, prompt in prompts.items():
             message.sequences.add(sequence_id=sequence_id, prompt_token_ids=prompt)
         return self.send(open=message).opened
