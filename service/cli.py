@@ -122,6 +122,11 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "sequences one SampleStream session may open; more is INVALID_ARGUMENT (open.sequences)"),
     ("--session-idle-timeout-s", _non_negative_float, _DEFAULTS.session_idle_timeout_s,
      "a session with no client message for this many seconds ends with DEADLINE_EXCEEDED (0 = never)"),
+    ("--max-shm-regions", _positive_int, _DEFAULTS.max_shm_regions,
+     "shared-memory regions one client (bearer token; everyone without auth) may register; more is "
+     "RESOURCE_EXHAUSTED"),
+    ("--max-shm-bytes", _positive_int, _DEFAULTS.max_shm_bytes,
+     "bytes of shared-memory regions one client (bearer token; everyone without auth) may register"),
     ("--model", _model_dir, _DEFAULTS.model,
      "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; none = Generate "
      "answers FAILED_PRECONDITION"),

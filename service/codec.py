@@ -20,6 +20,7 @@ from sampling import SamplingError, SamplingParams, check_logits, check_token_id
 from service import params as params_codec
 from service.errors import from_sampling_error, invalid_argument, over_limit
 from service.generated.samplerd.v1 import sampler_pb2 as pb
+from service.shared_memory import SharedAccess
 
 # Wire dtype -> (little-endian NumPy dtype of the raw elements, torch dtype).
 # bfloat16 has no NumPy dtype: its raw 16-bit patterns are viewed as int16 and reinterpreted.
@@ -55,24 +56,24 @@ class DecodedRequest:
     request_id: str
 
 
-def decode_request(request: pb.SampleRequest, limits: Limits) -> DecodedRequest:
-    """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`."""
+def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAccess | None = None) -> DecodedRequest:
+    """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`.
+    ``shared``: the caller's shared-memory regions, for logits given by reference."""
     if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise invalid_argument("request_id", f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
     if not request.HasField("logits"):
         raise invalid_argument("logits", "logits is required")
-    logits = decode_tensor(request.logits, limits, "logits")
-    rows, vocab = logits.shape
-    params = decode_params(request, rows, vocab)
+    rows, vocab = check_tensor_header(request.logits, limits, "logits")
+    params = decode_params(request, rows, vocab)  # before reading a region: a bad request costs no copy
     steps = decode_steps(request, rows)
-    check_logits_values(logits, "logits.data")
+    logits = decode_tensor(request.logits, limits, "logits", shared)
+    check_logits_values(logits, tensor_data_field(request.logits, "logits"))
     return DecodedRequest(logits=logits, params=params, steps=steps, request_id=request.request_id)
 
 
-def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str) -> torch.Tensor:
-    """A ``[B, V]`` CPU tensor viewing ``tensor.data`` (copied only on big-endian hosts)."""
-    wire = _WIRE_DTYPES.get(tensor.dtype)
-    if wire is None:
+def check_tensor_header(tensor: pb.Tensor, limits: Limits, field: str) -> tuple[int, int]:
+    """``(B, V)`` of a logits tensor whose dtype and shape are valid and within the limits."""
+    if tensor.dtype not in _WIRE_DTYPES:
         name = pb.Tensor.DType.Name(tensor.dtype) if tensor.dtype in pb.Tensor.DType.values() else tensor.dtype
         raise invalid_argument(f"{field}.dtype", f"dtype must be FP32, FP16 or BF16, got {name}")
     if len(tensor.shape) != 2:  # counted before copying: a hostile shape may hold millions of dims
@@ -88,20 +89,49 @@ def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str) -> torch.Tensor
             f"{field}.shape",
             f"{rows} x {vocab} = {rows * vocab} elements exceed the server limit of {limits.max_tensor_elements}",
         )
-    raw_dtype, torch_dtype = wire
+    return rows, vocab
+
+
+def tensor_data_field(tensor: pb.Tensor, field: str) -> str:
+    """The field that names a tensor's bytes: ``<field>.data``, or ``<field>.shared_memory``."""
+    return f"{field}.shared_memory" if tensor.HasField("shared_memory") else f"{field}.data"
+
+
+def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str, shared: SharedAccess | None = None) -> torch.Tensor:
+    """A ``[B, V]`` CPU tensor viewing ``tensor.data`` (copied only on big-endian hosts), or
+    read from the caller's shared-memory region when ``tensor.shared_memory`` is set (one copy)."""
+    rows, vocab = check_tensor_header(tensor, limits, field)
+    raw_dtype, torch_dtype = _WIRE_DTYPES[tensor.dtype]
     expected = rows * vocab * raw_dtype.itemsize
-    data = tensor.data  # each read of a bytes field copies it out of the message
-    if len(data) != expected:
-        raise invalid_argument(
-            f"{field}.data",
-            f"data must hold B*V*itemsize = {rows}*{vocab}*{raw_dtype.itemsize} = {expected} bytes, "
-            f"got {len(data)}",
-        )
+    if tensor.HasField("shared_memory"):
+        data = _read_shared(tensor, expected, shared, field)
+    else:
+        data = tensor.data  # each read of a bytes field copies it out of the message
+        if len(data) != expected:
+            raise invalid_argument(
+                f"{field}.data",
+                f"data must hold B*V*itemsize = {rows}*{vocab}*{raw_dtype.itemsize} = {expected} bytes, "
+                f"got {len(data)}",
+            )
     array = np.frombuffer(data, dtype=raw_dtype).reshape(rows, vocab)
     if sys.byteorder != "little":
         array = array.astype(raw_dtype.newbyteorder("="))
     values = torch.from_numpy(array)
     return values.view(torch_dtype) if torch_dtype is torch.bfloat16 else values
+
+
+def _read_shared(tensor: pb.Tensor, expected: int, shared: SharedAccess | None, field: str) -> np.ndarray:
+    """The tensor's bytes from the region its ``shared_memory`` names."""
+    where = f"{field}.shared_memory"
+    if tensor.data:
+        raise invalid_argument(f"{field}.data", "data must be empty when shared_memory is set (give one of them)")
+    if shared is None:
+        raise invalid_argument(where, "shared memory is not available for this tensor")
+    reference = tensor.shared_memory
+    if reference.byte_size != expected:
+        raise invalid_argument(
+            f"{where}.byte_size", f"byte_size must be B*V*itemsize = {expected} bytes, got {reference.byte_size}")
+    return shared.read(reference.region, reference.offset, expected, where)
 
 
 def decode_params(request: pb.SampleRequest, rows: int, vocab: int) -> list[SamplingParams]:

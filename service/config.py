@@ -35,6 +35,8 @@ class ServerConfig:
     max_sessions: int = 1024
     max_sequences_per_session: int = 256
     session_idle_timeout_s: float = 300.0
+    max_shm_regions: int = 64
+    max_shm_bytes: int = 4 * 1024**3
     model: str | None = None
     model_device: str = "auto"
     model_dtype: str = "auto"

@@ -39,7 +39,7 @@ import torch
 from sampling import filter_logits
 from sampling.state import advance
 from sampling.strategies.path_top_p import PathStep, path_aware_step
-from service.codec import Limits, check_logits_values, decode_tensor, encode_response
+from service.codec import Limits, check_logits_values, decode_tensor, encode_response, tensor_data_field
 from service.dispatcher import Dispatcher, SampleJob
 from service.errors import RequestError, classify, invalid_argument, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
@@ -53,6 +53,7 @@ from service.sessions import (
     build_session,
     check_vocabulary,
 )
+from service.shared_memory import SharedAccess, SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ class SessionStreams:
     """Serves ``SampleStream`` RPCs: one session each, against the server's session limits."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
-                 session_limits: SessionLimits | None = None) -> None:
+                 session_limits: SessionLimits | None = None,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self._dispatcher = dispatcher
+        self._shared_memory = shared_memory
         self._metrics = metrics
         self._limits = limits
         self._session_limits = session_limits or SessionLimits()
@@ -149,7 +152,9 @@ class SessionStreams:
     async def _step(self, session: Session, step: pb.SessionStep,
                     context: grpc.aio.ServicerContext) -> pb.SessionStepResult:
         """Validate, apply forced tokens, sample the listed sequences, update their state."""
-        plan = _plan_step(session, step, self._limits)
+        shared = None if self._shared_memory is None else SharedAccess(
+            self._shared_memory, self._shared_memory.owner(context))
+        plan = _plan_step(session, step, self._limits, shared)
         if plan.vocab is not None and session.vocab is None:
             session.vocab = plan.vocab
         for sequence, tokens in plan.forced:
@@ -242,7 +247,7 @@ def _path_steps(inputs: list[tuple[Sequence, torch.Tensor, list, list[float]]]) 
     return out
 
 
-def _plan_step(session: Session, step: pb.SessionStep, limits: Limits) -> _StepPlan:
+def _plan_step(session: Session, step: pb.SessionStep, limits: Limits, shared: SharedAccess | None = None) -> _StepPlan:
     """Validate a step against the session without changing anything; raises RequestError."""
     listed: list[Sequence] = []
     seen: set[str] = set()
@@ -259,7 +264,7 @@ def _plan_step(session: Session, step: pb.SessionStep, limits: Limits) -> _StepP
     if listed:
         if not step.HasField("logits"):
             raise invalid_argument("step.logits", "logits are required when sequence_ids is non-empty")
-        logits = decode_tensor(step.logits, limits, "step.logits")
+        logits = decode_tensor(step.logits, limits, "step.logits", shared)
         rows, step_vocab = logits.shape
         expected = sum(s.rows() for s in listed)
         if rows != expected:
@@ -270,7 +275,7 @@ def _plan_step(session: Session, step: pb.SessionStep, limits: Limits) -> _StepP
         if vocab is not None and step_vocab != vocab:
             raise invalid_argument(
                 "step.logits.shape", f"V must stay {vocab} (the session's first logits), got {step_vocab}")
-        check_logits_values(logits, "step.logits.data")
+        check_logits_values(logits, tensor_data_field(step.logits, "step.logits"))
         if vocab is None:
             check_vocabulary(session, step_vocab)
             vocab = step_vocab
