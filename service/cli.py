@@ -212,6 +212,11 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
     add_generate_bench_arguments(targets.add_parser(
         "generate", help="generation tokens/s for 1 and 16 concurrent prompts on a tiny model: engine and gRPC"))
+    from service.step_bench import add_arguments as add_step_bench_arguments
+
+    add_step_bench_arguments(targets.add_parser(
+        "step", help="one engine-sized step (B x 128256): in-process, Sample inline and by shared memory, OIP by "
+                     "shared memory (tritonclient), an empty handler"))
     from service.soak import add_arguments as add_soak_arguments
 
     add_soak_arguments(targets.add_parser(
@@ -259,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             from service.bench_generate import run as run_generate_bench
 
             return run_generate_bench(args)
+        if args.target == "step":
+            from service.step_bench import run as run_step_bench
+
+            return run_step_bench(args)
         if args.target == "soak":
             from service.soak import run as run_soak
 
