@@ -21,6 +21,8 @@ from service import params as params_codec
 from service.errors import from_sampling_error, invalid_argument, over_limit
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.shared_memory import SharedAccess
+from workers.batch import DTYPE_NAMES
+from workers.region import RegionSlice
 
 # Wire dtype -> (little-endian NumPy dtype of the raw elements, torch dtype).
 # bfloat16 has no NumPy dtype: its raw 16-bit patterns are viewed as int16 and reinterpreted.
@@ -48,9 +50,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class DecodedRequest:
-    """A validated ``SampleRequest``: logits ``[B, V]`` on the CPU and per-row parameters/steps."""
+    """A validated ``SampleRequest``: logits ``[B, V]`` on the CPU (or where they lie in the
+    caller's shared memory, for the sampler actor to read) and per-row parameters/steps."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | RegionSlice
     params: list[SamplingParams]
     steps: list[int]
     request_id: str
@@ -66,8 +69,12 @@ def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAcce
     rows, vocab = check_tensor_header(request.logits, limits, "logits")
     params = decode_params(request, rows, vocab)  # before reading a region: a bad request costs no copy
     steps = decode_steps(request, rows)
-    logits = decode_tensor(request.logits, limits, "logits", shared)
-    check_logits_values(logits, tensor_data_field(request.logits, "logits"))
+    if request.logits.HasField("shared_memory") and shared is not None:
+        # The sampler actor reads the region itself (and checks the values as it samples).
+        logits = region_slice(request.logits, shared, "logits")
+    else:
+        logits = decode_tensor(request.logits, limits, "logits", shared)
+        check_logits_values(logits, tensor_data_field(request.logits, "logits"))
     return DecodedRequest(logits=logits, params=params, steps=steps, request_id=request.request_id)
 
 
@@ -118,6 +125,22 @@ def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str, shared: SharedA
         array = array.astype(raw_dtype.newbyteorder("="))
     values = torch.from_numpy(array)
     return values.view(torch_dtype) if torch_dtype is torch.bfloat16 else values
+
+
+def region_slice(tensor: pb.Tensor, shared: SharedAccess, field: str) -> RegionSlice:
+    """Where a tensor given by ``shared_memory`` lies (checked against its region now, and read
+    by the sampler actor later); its header must already be checked (:func:`check_tensor_header`)."""
+    rows, vocab = tensor.shape
+    raw_dtype, torch_dtype = _WIRE_DTYPES[tensor.dtype]
+    expected = rows * vocab * raw_dtype.itemsize
+    where = f"{field}.shared_memory"
+    if tensor.data:
+        raise invalid_argument(f"{field}.data", "data must be empty when shared_memory is set (give one of them)")
+    reference = tensor.shared_memory
+    if reference.byte_size != expected:
+        raise invalid_argument(
+            f"{where}.byte_size", f"byte_size must be B*V*itemsize = {expected} bytes, got {reference.byte_size}")
+    return shared.slice(reference.region, reference.offset, expected, (rows, vocab), DTYPE_NAMES[torch_dtype], where)
 
 
 def _read_shared(tensor: pb.Tensor, expected: int, shared: SharedAccess | None, field: str) -> np.ndarray:

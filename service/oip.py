@@ -53,7 +53,14 @@ import torch
 
 from sampling import SamplingError, SamplingParams
 from sampling.registry import PARAMETERS
-from service.codec import Limits, check_logits_values, check_request_fit, decode_tensor
+from service.codec import (
+    Limits,
+    check_logits_values,
+    check_request_fit,
+    check_tensor_header,
+    decode_tensor,
+    region_slice,
+)
 from service.dispatcher import Dispatcher, SampleJob
 from service.errors import RequestError, classify, from_sampling_error, invalid_argument, to_status
 from service.generated.inference import grpc_service_pb2 as oip
@@ -62,6 +69,7 @@ from service.generated.inference import model_config_pb2 as mc
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.metrics import Metrics
 from service.shared_memory import SharedAccess, SharedMemoryRegistry
+from workers import RegionSlice
 
 SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 MODEL_NAME = "samplerd"
@@ -203,7 +211,8 @@ def _convert(kind: str, name: str, choice: str, raw: object, field: str) -> obje
         raise invalid_argument(field, f"{name} keys must be integer token ids") from None
 
 
-def decode_logits(request: oip.ModelInferRequest, limits: Limits, shared: SharedAccess | None = None) -> torch.Tensor:
+def decode_logits(request: oip.ModelInferRequest, limits: Limits,
+                  shared: SharedAccess | None = None) -> torch.Tensor | RegionSlice:
     """The ``logits`` input as a [B, V] CPU tensor; raises RequestError naming the input.
     ``shared``: the caller's regions, for an input given by ``shared_memory_region``."""
     names = [tensor.name for tensor in request.inputs]
@@ -226,7 +235,8 @@ def decode_logits(request: oip.ModelInferRequest, limits: Limits, shared: Shared
         region, byte_size, offset = reference
         message = pb.Tensor(dtype=dtype, shape=tensor.shape,
                             shared_memory=pb.SharedMemoryReference(region=region, offset=offset, byte_size=byte_size))
-        return decode_tensor(message, limits, LOGITS, shared)
+        check_tensor_header(message, limits, LOGITS)
+        return region_slice(message, shared, LOGITS)  # read by the sampler actor
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise invalid_argument(
@@ -529,7 +539,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             logits = decode_logits(request, self._limits, shared)
             rows, vocab = logits.shape
             check_request_fit(params, vocab, "parameters.")
-            check_logits_values(logits, LOGITS)
+            if not isinstance(logits, RegionSlice):  # a sampler actor checks the ones it reads
+                check_logits_values(logits, LOGITS)
             decoded = time.perf_counter()
             job = SampleJob(logits=logits, params=[params] * rows, steps=[step] * rows,
                             deadline=_deadline(context))

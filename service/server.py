@@ -19,11 +19,12 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sampling import SamplingError
 from service import catalog, oip
 from service.codec import Limits, decode_request, encode_response
 from service.config import ServerConfig, message_size_options, resolve_device
 from service.dispatcher import Dispatcher, SampleJob
-from service.errors import RequestError, classify, to_status
+from service.errors import RequestError, classify, invalid_argument, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 from service.generation import Generation
@@ -32,6 +33,7 @@ from service.security import ShutdownGate, server_interceptors, server_port_cred
 from service.session_stream import SessionStreams
 from service.sessions import SessionLimits
 from service.shared_memory import SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
+from workers import RegionSlice
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,12 @@ class SamplerServicer(pb_grpc.SamplerServicer):
             decoded = decode_request(request, self._limits, shared)
             deadline = _deadline(context)
             job = SampleJob(logits=decoded.logits, params=decoded.params, steps=decoded.steps, deadline=deadline)
-            result = await self._dispatcher.submit(job)
+            try:
+                result = await self._dispatcher.submit(job)
+            except SamplingError as error:
+                if isinstance(decoded.logits, RegionSlice) and error.field == "logits":  # a bad row, found as read
+                    raise invalid_argument("logits.shared_memory", error.reason) from None
+                raise
             response = encode_response(result, decoded.params, decoded.request_id)
             self._metrics.queue_wait.observe(result.queue_wait_s)
             self._metrics.observe_rows(result, (p.n for p in decoded.params))

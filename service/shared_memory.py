@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 
 from service.errors import RequestError, invalid_argument, over_limit
+from workers.region import RegionError, RegionSlice, open_checked, transfer
 
 SHM_DIR = Path("/dev/shm")
 #: shm_open names: one optional leading '/', then one path component of safe characters.
@@ -57,6 +58,11 @@ class Region:
     path: Path
     identity: tuple[int, int]
 
+    @property
+    def label(self) -> str:
+        """How errors name the region."""
+        return f"region {self.name!r} (key {self.key!r})"
+
 
 def failed_precondition(field: str, description: str) -> RequestError:
     """FAILED_PRECONDITION naming ``field`` (the region changed under the server)."""
@@ -78,26 +84,10 @@ class _Opened:
 
     def __init__(self, region: Region, flags: int, field: str) -> None:
         try:
-            self.fd = os.open(region.path, flags | _FLAGS)
-        except FileNotFoundError:
-            raise failed_precondition(
-                field, f"shared-memory object {region.key!r} of region {region.name!r} no longer exists") from None
-        except OSError as error:
-            raise failed_precondition(
-                field, f"shared-memory object {region.key!r} cannot be opened: {error.strerror}") from None
-        try:
-            info = os.fstat(self.fd)
-            if (info.st_dev, info.st_ino) != region.identity:
-                raise failed_precondition(
-                    field, f"shared-memory object {region.key!r} was replaced since region {region.name!r} was "
-                           "registered; register it again")
-            if info.st_size < region.offset + region.byte_size:
-                raise failed_precondition(
-                    field, f"shared-memory object {region.key!r} shrank to {info.st_size} bytes, below region "
-                           f"{region.name!r}'s end ({region.offset + region.byte_size})")
-        except BaseException:
-            os.close(self.fd)
-            raise
+            self.fd = open_checked(str(region.path), region.identity, region.offset + region.byte_size, flags,
+                                   region.label)
+        except RegionError as error:
+            raise failed_precondition(field, str(error)) from None
 
     def __enter__(self) -> int:
         return self.fd
@@ -215,7 +205,7 @@ class SharedMemoryRegistry:
         """``byte_size`` bytes at ``offset`` in ``region`` as a new uint8 array (one copy)."""
         out = np.empty(byte_size, dtype=np.uint8)
         with _Opened(region, os.O_RDONLY, field) as fd:
-            _transfer(os.preadv, fd, memoryview(out), region.offset + offset, region, field)
+            _transfer(os.preadv, fd, memoryview(out), region.offset + offset, region.label, field)
         return out
 
     def write(self, region: Region, offset: int, parts: Iterable[bytes], field: str) -> None:
@@ -223,20 +213,15 @@ class SharedMemoryRegistry:
         with _Opened(region, os.O_RDWR, field) as fd:
             position = region.offset + offset
             for part in parts:
-                _transfer(os.pwritev, fd, memoryview(part), position, region, field)
+                _transfer(os.pwritev, fd, memoryview(part), position, region.label, field)
                 position += len(part)
 
 
-def _transfer(call, fd: int, view: memoryview, position: int, region: Region, field: str) -> None:
-    """``preadv``/``pwritev`` all of ``view`` at ``position``; a short transfer means the object
-    shrank between the size check and the call."""
-    done = 0
-    while done < len(view):
-        moved = call(fd, [view[done:]], position + done)
-        if moved <= 0:
-            raise failed_precondition(
-                field, f"shared-memory object {region.key!r} of region {region.name!r} shrank while it was in use")
-        done += moved
+def _transfer(call, fd: int, view: memoryview, position: int, label: str, field: str) -> None:
+    try:
+        transfer(call, fd, view, position, label)
+    except RegionError as error:
+        raise failed_precondition(field, str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -252,6 +237,18 @@ class SharedAccess:
             raise invalid_argument(f"{field}.offset", f"offset must be >= 0, got {offset}")
         region = self.registry.lookup(self.owner, name, offset, byte_size, field)
         return self.registry.read(region, offset, byte_size, field)
+
+    def slice(self, name: str, offset: int, byte_size: int, shape: tuple[int, int], dtype: str,
+              field: str) -> RegionSlice:
+        """A reference to the caller's region ``name`` at ``offset`` that a sampler actor reads
+        itself (checked now against the registration, and again when read)."""
+        if offset < 0:
+            raise invalid_argument(f"{field}.offset", f"offset must be >= 0, got {offset}")
+        region = self.registry.lookup(self.owner, name, offset, byte_size, field)
+        with _Opened(region, os.O_RDONLY, field):  # still there and long enough: fail early
+            pass
+        return RegionSlice(str(region.path), region.identity, region.offset + region.byte_size,
+                           region.offset + offset, shape[0], shape[1], dtype, region.label)
 
     def write(self, name: str, offset: int, byte_size: int, parts: list[bytes], field: str) -> None:
         """Write ``parts`` into the caller's region ``name`` at ``offset``; they must fit ``byte_size``."""

@@ -17,6 +17,7 @@ from workers.pool import (
     WorkerInfo,
     WorkerState,
 )
+from workers.region import RegionError, RegionSlice
 
 __all__ = [
     "BatchFailedError",
@@ -24,6 +25,8 @@ __all__ = [
     "GroupResult",
     "NoLiveWorkerError",
     "PoolConfig",
+    "RegionError",
+    "RegionSlice",
     "RowError",
     "RowGroup",
     "SamplerPool",

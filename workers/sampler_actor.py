@@ -20,7 +20,7 @@ import torch
 
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
-from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
+from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_group
 from workers.socket_link import LinkAddress, LinkServer
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
@@ -87,7 +87,9 @@ class SamplerActor:
         return BatchOutput(results, self.device_name(), seconds_by_strategy)
 
     def _sample_group(self, group: RowGroup) -> GroupResult:
-        logits = unpack_logits(group.logits, group.dtype, self._device)
+        logits, unreadable = unpack_group(group.logits, group.dtype, self._device)
+        if unreadable:  # a request's shared-memory region could not be read: it alone fails
+            return self._sample_jobs_apart(logits, group, unreadable)
         started = time.perf_counter()
         try:
             output = sample(logits, group.params, group.steps, group.states)
@@ -97,13 +99,19 @@ class SamplerActor:
         kernel_seconds = time.perf_counter() - started
         return GroupResult(to_numpy(output), None, kernel_seconds)
 
-    def _sample_jobs_apart(self, logits: torch.Tensor, group: RowGroup) -> GroupResult:
-        """The slow path after a group failed: each request's rows on their own."""
+    def _sample_jobs_apart(self, logits: torch.Tensor, group: RowGroup,
+                           failed: dict[int, RowError] | None = None) -> GroupResult:
+        """The slow path after a group failed: each request's rows on their own (those in
+        ``failed``, by index, answered with their error unsampled)."""
         outputs: list[SampleOutput | RowError] = []
         kernel_seconds = 0.0
         start = 0
-        for rows in group.job_rows:
+        for index, rows in enumerate(group.job_rows):
             stop = start + rows
+            if failed and index in failed:
+                outputs.append(failed[index])
+                start = stop
+                continue
             states = group.states[start:stop] if group.states is not None else None
             started = time.perf_counter()
             try:
