@@ -32,6 +32,11 @@ _WIRE_DTYPES: dict[int, tuple[np.dtype, torch.dtype]] = {
     pb.Tensor.BF16: (np.dtype("<i2"), torch.bfloat16),
 }
 MAX_REQUEST_ID_BYTES = 256
+#: Inline logits of at least this many bytes are left for the sampler actor to check (it checks
+#: every batch as it samples): a second pass over them here would cost ~1 ms per MB on the
+#: event loop. Smaller ones are checked here, so a bad request rarely costs its batch
+#: neighbours the actor's one-request-at-a-time retry.
+ACTOR_CHECKED_BYTES = 4 * 1024 * 1024
 
 # torch warns whenever it views read-only memory, as the request's bytes are; the front end
 # never writes to the logits and the sampler computes out of place. A filter installed once
@@ -57,11 +62,17 @@ class DecodedRequest:
     params: list[SamplingParams]
     steps: list[int]
     request_id: str
+    #: None when the values were checked here; else the field that names them, for the
+    #: sampler actor's verdict (see ACTOR_CHECKED_BYTES).
+    unchecked_field: str | None = None
 
 
-def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAccess | None = None) -> DecodedRequest:
+def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAccess | None = None,
+                   actor_checks: bool = False) -> DecodedRequest:
     """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`.
-    ``shared``: the caller's shared-memory regions, for logits given by reference."""
+    ``shared``: the caller's shared-memory regions, for logits given by reference.
+    ``actor_checks``: leave the values of large logits to the sampler actor (see
+    ``ACTOR_CHECKED_BYTES``; logits in shared memory are always the actor's)."""
     if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise invalid_argument("request_id", f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
     if not request.HasField("logits"):
@@ -69,12 +80,15 @@ def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAcce
     rows, vocab = check_tensor_header(request.logits, limits, "logits")
     params = decode_params(request, rows, vocab)  # before reading a region: a bad request costs no copy
     steps = decode_steps(request, rows)
+    field = tensor_data_field(request.logits, "logits")
     if request.logits.HasField("shared_memory") and shared is not None:
         # The sampler actor reads the region itself (and checks the values as it samples).
         logits = region_slice(request.logits, shared, "logits")
-    else:
-        logits = decode_tensor(request.logits, limits, "logits", shared)
-        check_logits_values(logits, tensor_data_field(request.logits, "logits"))
+        return DecodedRequest(logits, params, steps, request.request_id, field)
+    logits = decode_tensor(request.logits, limits, "logits", shared)
+    if actor_checks and logits.numel() * logits.element_size() >= ACTOR_CHECKED_BYTES:
+        return DecodedRequest(logits, params, steps, request.request_id, field)
+    check_logits_values(logits, field)
     return DecodedRequest(logits=logits, params=params, steps=steps, request_id=request.request_id)
 
 

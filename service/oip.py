@@ -54,6 +54,7 @@ import torch
 from sampling import SamplingError, SamplingParams
 from sampling.registry import PARAMETERS
 from service.codec import (
+    ACTOR_CHECKED_BYTES,
     Limits,
     check_logits_values,
     check_request_fit,
@@ -539,7 +540,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             logits = decode_logits(request, self._limits, shared)
             rows, vocab = logits.shape
             check_request_fit(params, vocab, "parameters.")
-            if not isinstance(logits, RegionSlice):  # a sampler actor checks the ones it reads
+            # The sampler actor checks what it reads from a region, and large logits (as for Sample).
+            if not isinstance(logits, RegionSlice) and logits.numel() * logits.element_size() < ACTOR_CHECKED_BYTES:
                 check_logits_values(logits, LOGITS)
             decoded = time.perf_counter()
             job = SampleJob(logits=logits, params=[params] * rows, steps=[step] * rows,

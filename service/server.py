@@ -33,7 +33,6 @@ from service.security import ShutdownGate, server_interceptors, server_port_cred
 from service.session_stream import SessionStreams
 from service.sessions import SessionLimits
 from service.shared_memory import SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
-from workers import RegionSlice
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +61,14 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         self._metrics.inflight.inc()
         try:
             shared = SharedAccess(self._shared_memory, self._shared_memory.owner(context))
-            decoded = decode_request(request, self._limits, shared)
+            decoded = decode_request(request, self._limits, shared, actor_checks=True)
             deadline = _deadline(context)
             job = SampleJob(logits=decoded.logits, params=decoded.params, steps=decoded.steps, deadline=deadline)
             try:
                 result = await self._dispatcher.submit(job)
             except SamplingError as error:
-                if isinstance(decoded.logits, RegionSlice) and error.field == "logits":  # a bad row, found as read
-                    raise invalid_argument("logits.shared_memory", error.reason) from None
+                if decoded.unchecked_field is not None and error.field == "logits":  # a bad row the actor found
+                    raise invalid_argument(decoded.unchecked_field, error.reason) from None
                 raise
             response = encode_response(result, decoded.params, decoded.request_id)
             self._metrics.queue_wait.observe(result.queue_wait_s)

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size V [128256]")
     parser.add_argument("--rounds", type=int, default=4, help="turns each row takes per case [4]")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per row and round [3]")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0,
+                        help="the server's --batch-window-ms [2, its default]; 0 suits one engine sending one "
+                             "step at a time")
     parser.add_argument("--tritonclient-python", default=os.environ.get(
         "SAMPLERD_TRITONCLIENT_PYTHON", ".venv-tritonclient/bin/python"),
         help="a Python with tritonclient[grpc] for the OIP row [env SAMPLERD_TRITONCLIENT_PYTHON; "
@@ -168,6 +171,9 @@ def format_case(case: Case, medians: dict[str, float]) -> str:
         lines.append(f"  target: OIP shm / in-process = {oip:.2f} (<= 1.3: {'met' if oip <= 1.3 else 'NOT met'})")
     lines.append(f"  target: Sample inline / empty handler = {inline:.2f} "
                  f"(<= 1.2: {'met' if inline <= 1.2 else 'NOT met'})")
+    transport = (medians["Sample inline"] - base) / medians["empty handler (inline message)"]
+    lines.append(f"  (Sample inline - in-process) / empty handler = {transport:.2f}: the inline path's cost beyond "
+                 "sampling, against the transport floor")
     return "\n".join(lines)
 
 
@@ -182,10 +188,12 @@ def run(args: argparse.Namespace) -> int:
     samplerd = None
     try:
         samplerd = start_server("--device", "cpu", "--workers", "1", "--max-message-bytes", str(message_bytes),
-                                "--max-tensor-elements", str(elements), "--max-shm-bytes", str(2 * largest))
+                                "--max-tensor-elements", str(elements), "--max-shm-bytes", str(2 * largest),
+                                "--batch-window-ms", str(args.batch_window_ms))
         samplerd.wait_serving()
-        print(f"samplerd bench step: top_p 0.9, min_p 0.05, top_k 50, temperature 0.7; one CPU worker; "
-              f"median of {args.rounds} rounds x {args.calls} calls per row", flush=True)
+        print(f"samplerd bench step: top_p 0.9, min_p 0.05, top_k 50, temperature 0.7; one CPU worker, "
+              f"--batch-window-ms {args.batch_window_ms:g}; median of {args.rounds} rounds x {args.calls} calls per "
+              f"row; {os.cpu_count()} CPUs", flush=True)
         for case in cases:
             print(format_case(case, measure_case(case, samplerd.target, empty_target, args, message_bytes)),
                   flush=True)

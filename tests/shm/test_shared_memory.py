@@ -221,6 +221,16 @@ def test_a_bad_row_in_shared_memory_is_invalid_argument_naming_the_row(client: S
     assert field == "logits.shared_memory" and "row 2" in description
 
 
+def test_a_bad_row_in_a_large_inline_request_is_found_by_the_actor_and_named(client: SamplerClient) -> None:
+    logits = logits_of(4, 300_000)  # 4.8 MB: over ACTOR_CHECKED_BYTES, checked where it is sampled
+    logits[3, 10] = float("inf")
+    error = refused(lambda: client.sample(logits.numpy(), **PARAMS))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    field, description = field_violations(error)[0]
+    assert field == "logits.data" and "row 3" in description and "+inf" in description
+    still_serving(client)
+
+
 @pytest.mark.parametrize("key", ["../etc/passwd", "/a/b", "..", "", "x" * 300, "/dev/shm/x", "a b"])
 def test_keys_are_shm_names_only(client: SamplerClient, key: str) -> None:
     error = refused(lambda: register(client, "bad-key", key, 16))
