@@ -31,6 +31,13 @@ BYTES [B]; with ``top_logprobs`` > 0 also ``top_logprobs_ids`` INT64 [B, k] and
 ``top_logprobs`` FP32 [B, k]; with ``mirostat`` > 0 also ``mirostat_mu`` FP64 [B] (named
 explicitly while their parameter is off, they come back as [B, 0] and NaN).
 
+Triton's system shared-memory extension (:mod:`service.shared_memory`): regions registered
+with ``SystemSharedMemoryRegister``; an input whose parameters name ``shared_memory_region``
+(with ``shared_memory_byte_size``, optional ``shared_memory_offset``) is read from there by the
+sampler actor, and a requested output that names one is written there (listed after the
+inline outputs, with those parameters, and without an entry in ``raw_output_contents``).
+``CudaSharedMemoryRegister`` is refused (FAILED_PRECONDITION without CUDA, else UNIMPLEMENTED).
+
 Errors have the same codes as ``Sample`` (INVALID_ARGUMENT with google.rpc.BadRequest
 naming the field, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE) plus NOT_FOUND for a
 model or version this server does not serve.
