@@ -236,6 +236,8 @@ def decode_logits(request: oip.ModelInferRequest, limits: Limits,
     if dtype is None:
         raise invalid_argument(f"{LOGITS}.datatype", f"datatype must be FP32, FP16 or BF16, got {tensor.datatype!r}")
     reference = shared_memory_reference(tensor.parameters, f"{LOGITS}.parameters")
+    if reference is not None and shared is None:
+        raise invalid_argument(f"{LOGITS}.parameters.{SHM_REGION}", "shared memory is not available here")
     if reference is not None:
         if request.raw_input_contents or tensor.HasField("contents"):
             raise invalid_argument(f"{LOGITS}.parameters.{SHM_REGION}",

@@ -35,7 +35,8 @@ SHM_DIR = Path("/dev/shm")
 #: shm_open names: one optional leading '/', then one path component of safe characters.
 _KEY_RE = re.compile(r"/?([A-Za-z0-9_.-]{1,255})")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO a client put in /dev/shm must not block the event loop.
+_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ and nothing stays open or mapped afterwards.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
 
-_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO put in place of the object must not block.
+_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: numpy dtype of each logits dtype name (bf16 as its int16 bits, as workers.batch packs it).
 _NUMPY = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<i2")}
 
@@ -61,7 +63,7 @@ def open_checked(path: str, identity: tuple[int, int], end: int, flags: int, lab
         raise RegionError(f"the shared-memory object of {label} cannot be opened: {error.strerror}") from None
     try:
         info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) != identity:
+        if (info.st_dev, info.st_ino) != identity or not stat.S_ISREG(info.st_mode):
             raise RegionError(f"the shared-memory object of {label} was replaced since it was registered; "
                               "register it again")
         if info.st_size < end:

@@ -222,7 +222,7 @@ def test_a_bad_row_in_shared_memory_is_invalid_argument_naming_the_row(client: S
 
 
 def test_a_bad_row_in_a_large_inline_request_is_found_by_the_actor_and_named(client: SamplerClient) -> None:
-    logits = logits_of(4, 300_000)  # 4.8 MB: over ACTOR_CHECKED_BYTES, checked where it is sampled
+    logits = logits_of(4, 300_000)  # 4.8 MB: over ACTOR_CHECKED_BYTES (1 MiB), checked where it is sampled
     logits[3, 10] = float("inf")
     error = refused(lambda: client.sample(logits.numpy(), **PARAMS))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -252,6 +252,9 @@ def test_registration_checks_the_object(client: SamplerClient, tmp_path: Path) -
         secret.write_bytes(b"x" * 64)
         link.symlink_to(secret)
         assert field_violations(refused(lambda: register(client, "link", link.name, 8)))[0][0] == "key"
+        link.unlink()
+        os.mkfifo(link)  # opening a FIFO for reading would block without O_NONBLOCK
+        assert field_violations(refused(lambda: register(client, "fifo", link.name, 8)))[0][0] == "key"
     finally:
         path.unlink()
         link.unlink(missing_ok=True)
