@@ -86,6 +86,39 @@ def test_unregister_one_then_all(report: dict) -> None:
     assert report["after_unregister_all"] == {}
 
 
+def shm_request(**input_parameters) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name="samplerd")
+    tensor = request.inputs.add(name="logits", datatype="FP32", shape=[2, 10])
+    for name, value in input_parameters.items():
+        if isinstance(value, str):
+            tensor.parameters[name].string_param = value
+        elif isinstance(value, float):
+            tensor.parameters[name].double_param = value
+        else:
+            tensor.parameters[name].int64_param = value
+    return request
+
+
+@pytest.mark.parametrize(("parameters", "field"), [
+    ({"shared_memory_region": "r"}, "logits.parameters.shared_memory_byte_size"),
+    ({"shared_memory_region": "r", "shared_memory_byte_size": -8}, "logits.parameters.shared_memory_byte_size"),
+    ({"shared_memory_region": "r", "shared_memory_byte_size": 80, "shared_memory_offset": 1.5},
+     "logits.parameters.shared_memory_offset"),
+    ({"shared_memory_byte_size": 80}, "logits.parameters.shared_memory_byte_size"),
+    ({"shared_memory_region": 3, "shared_memory_byte_size": 80}, "logits.parameters.shared_memory_region"),
+    ({"shared_memory_region": "unregistered", "shared_memory_byte_size": 80}, "logits.shared_memory.region"),
+    ({"shared_memory_region": "unregistered", "shared_memory_byte_size": 40}, "logits.shared_memory.byte_size"),
+])
+def test_malformed_input_references_are_invalid_argument_naming_the_parameter(
+        server: ServerProcess, parameters: dict, field: str) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(shm_request(**parameters), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field), caught.value.details()
+
+
 def test_cuda_register_answers_a_clear_error_without_cuda(server: ServerProcess) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the no-CUDA answer is not what it gives")
