@@ -146,6 +146,11 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
     ("--max-sessions-per-client", _positive_int, _DEFAULTS.max_sessions_per_client,
      "SampleStream sessions one client (bearer token, else peer address) may hold open; one more is "
      "RESOURCE_EXHAUSTED"),
+    ("--max-shm-regions", _positive_int, _DEFAULTS.max_shm_regions,
+     "shared-memory regions one client (bearer token; everyone without auth) may register; more is "
+     "RESOURCE_EXHAUSTED"),
+    ("--max-shm-bytes", _positive_int, _DEFAULTS.max_shm_bytes,
+     "bytes of shared-memory regions one client (bearer token; everyone without auth) may register"),
     ("--model", _model_dir, _DEFAULTS.model,
      "Hugging Face causal LM directory (config, weights, tokenizer) that Generate runs; 'demo' = a tiny "
      "random-weight GPT-2 written to ~/.cache/samplerd (gibberish text, no download); none = Generate answers "
@@ -242,6 +247,11 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
     add_generate_bench_arguments(targets.add_parser(
         "generate", help="generation tokens/s for 1 and 16 concurrent prompts on a tiny model: engine and gRPC"))
+    from service.step_bench import add_arguments as add_step_bench_arguments
+
+    add_step_bench_arguments(targets.add_parser(
+        "step", help="one engine-sized step (B x 128256): in-process, Sample inline and by shared memory, OIP by "
+                     "shared memory (tritonclient), an empty handler"))
     from service.soak import add_arguments as add_soak_arguments
 
     add_soak_arguments(targets.add_parser(
@@ -321,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             from service.bench_generate import run as run_generate_bench
 
             return run_generate_bench(args)
+        if args.target == "step":
+            from service.step_bench import run as run_step_bench
+
+            return run_step_bench(args)
         if args.target == "soak":
             from service.soak import run as run_soak
 

@@ -90,8 +90,14 @@ def encode_logits(array: Any) -> pb.Tensor:
 
     torch: float32, float16, bfloat16; numpy: float32, float16 (float64 is sent as float32).
     """
+    dtype, values = wire_array(array)
+    return pb.Tensor(dtype=dtype, shape=list(values.shape), data=values.tobytes())
+
+
+def wire_array(array: Any) -> tuple[int, np.ndarray]:
+    """``(wire dtype, [B, V] little-endian numpy array)`` of logits (bf16 as its int16 bits)."""
     if type(array).__module__.startswith("torch"):
-        return _encode_torch(array)
+        return _torch_array(array)
     values = np.asarray(array)
     native = values.dtype.newbyteorder("=")
     if native == np.float64:
@@ -100,11 +106,10 @@ def encode_logits(array: Any) -> pb.Tensor:
         raise TypeError(f"logits must be float32, float16 or bfloat16, got {values.dtype}")
     if values.ndim == 1:
         values = values[None, :]
-    little = values.astype(native.newbyteorder("<"), copy=False)
-    return pb.Tensor(dtype=_NUMPY_WIRE[native], shape=list(values.shape), data=little.tobytes())
+    return _NUMPY_WIRE[native], values.astype(native.newbyteorder("<"), copy=False)
 
 
-def _encode_torch(tensor: Any) -> pb.Tensor:
+def _torch_array(tensor: Any) -> tuple[int, np.ndarray]:
     import torch
 
     wire = {torch.float32: pb.Tensor.FP32, torch.float16: pb.Tensor.FP16, torch.bfloat16: pb.Tensor.BF16}
@@ -117,7 +122,7 @@ def _encode_torch(tensor: Any) -> pb.Tensor:
     data = raw.numpy()
     if sys.byteorder != "little":
         data = data.byteswap()
-    return pb.Tensor(dtype=wire[tensor.dtype], shape=list(values.shape), data=data.tobytes())
+    return wire[tensor.dtype], data
 
 
 def build_request(
@@ -126,11 +131,13 @@ def build_request(
     row_params: Sequence[Mapping[str, Any]] | None = None,
     steps: Sequence[int] | None = None,
     request_id: str = "",
+    logits: pb.Tensor | None = None,
     **params: Any,
 ) -> pb.SampleRequest:
-    """The ``SampleRequest`` for logits ``array`` and sampling parameters."""
+    """The ``SampleRequest`` for logits ``array`` (or the already encoded ``logits``) and
+    sampling parameters."""
     return pb.SampleRequest(
-        logits=encode_logits(array),
+        logits=logits if logits is not None else encode_logits(array),
         params=client_params.to_proto(params),
         row_params=[client_params.to_proto(row, f"row_params[{i}]") for i, row in enumerate(row_params or ())],
         steps=list(steps or ()),
@@ -180,20 +187,36 @@ class SamplerClient:
 
     def __init__(self, target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  timeout: float | None = None, tls: bool = False, ca: Any = None, cert: Any = None,
-                 key: Any = None, token: str | None = None) -> None:
+                 key: Any = None, token: str | None = None, shared_memory: bool = False) -> None:
         # TLS when tls or ca/cert/key (paths or PEM bytes; cert+key: mutual TLS); token: a
         # bearer token sent with every call. See service.security.open_channel.
+        # shared_memory: logits go through a region this client owns (same machine or pod as
+        # the server; see service.shm_region), grown as needed and removed by close().
         self._channel = open_channel(target, message_size_options(max_message_bytes), tls=tls, ca=ca, cert=cert,
                                      key=key, token=token)
         self._stub = pb_grpc.SamplerStub(self._channel)
         self._timeout = timeout
         self._target = target
+        self._shared = None
+        if shared_memory:
+            from service.shm_region import GrowingRegion
+
+            self._shared = GrowingRegion(self._stub, timeout)
+
+    @property
+    def stub(self) -> pb_grpc.SamplerStub:
+        """The channel's ``Sampler`` stub (for RPCs this class has no method for)."""
+        return self._stub
 
     def sample(self, array: Any, *, row_params: Sequence[Mapping[str, Any]] | None = None,
                steps: Sequence[int] | None = None, request_id: str = "", timeout: float | None = None,
-               **params: Any) -> SampleResult:
-        """Sample every row of ``array`` (see :func:`build_request` for the arguments)."""
-        request = build_request(array, row_params=row_params, steps=steps, request_id=request_id, **params)
+               logits: pb.Tensor | None = None, **params: Any) -> SampleResult:
+        """Sample every row of ``array`` (see :func:`build_request` for the arguments); or of
+        ``logits``, a ``Tensor`` already encoded (e.g. ``SharedMemoryRegion.put``), with ``array`` None."""
+        if logits is None and self._shared is not None:
+            logits = self._shared.encode(array)
+        request = build_request(array, row_params=row_params, steps=steps, request_id=request_id, logits=logits,
+                                **params)
         return decode_response(self._stub.Sample(request, timeout=timeout or self._timeout))
 
     def list_strategies(self) -> list[pb.StrategyInfo]:
@@ -243,7 +266,9 @@ class SamplerClient:
                              timeout=timeout or self._timeout, **params)
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (after unregistering and removing the client's region, if any)."""
+        if self._shared is not None:
+            self._shared.close()
         self._channel.close()
 
     def __enter__(self) -> SamplerClient:

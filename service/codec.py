@@ -20,6 +20,9 @@ from sampling import SamplingError, SamplingParams, check_logits, check_token_id
 from service import params as params_codec
 from service.errors import from_sampling_error, invalid_argument, over_limit
 from service.generated.samplerd.v1 import sampler_pb2 as pb
+from service.shared_memory import SharedAccess
+from workers.batch import DTYPE_NAMES
+from workers.region import RegionSlice
 
 # Wire dtype -> (little-endian NumPy dtype of the raw elements, torch dtype).
 # bfloat16 has no NumPy dtype: its raw 16-bit patterns are viewed as int16 and reinterpreted.
@@ -29,6 +32,11 @@ _WIRE_DTYPES: dict[int, tuple[np.dtype, torch.dtype]] = {
     pb.Tensor.BF16: (np.dtype("<i2"), torch.bfloat16),
 }
 MAX_REQUEST_ID_BYTES = 256
+#: Inline logits of at least this many bytes are left for the sampler actor to check (it checks
+#: every batch as it samples): a second pass over them here costs 1-3 ms per MB (fp16 most) on the
+#: event loop. Smaller ones are checked here, so a bad request rarely costs its batch
+#: neighbours the actor's one-request-at-a-time retry.
+ACTOR_CHECKED_BYTES = 1024 * 1024
 
 # torch warns whenever it views read-only memory, as the request's bytes are; the front end
 # never writes to the logits and the sampler computes out of place. A filter installed once
@@ -47,32 +55,46 @@ class Limits:
 
 @dataclass(frozen=True)
 class DecodedRequest:
-    """A validated ``SampleRequest``: logits ``[B, V]`` on the CPU and per-row parameters/steps."""
+    """A validated ``SampleRequest``: logits ``[B, V]`` on the CPU (or where they lie in the
+    caller's shared memory, for the sampler actor to read) and per-row parameters/steps."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | RegionSlice
     params: list[SamplingParams]
     steps: list[int]
     request_id: str
+    #: None when the values were checked here; else the field that names them, for the
+    #: sampler actor's verdict (see ACTOR_CHECKED_BYTES).
+    unchecked_field: str | None = None
 
 
-def decode_request(request: pb.SampleRequest, limits: Limits) -> DecodedRequest:
-    """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`."""
+def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAccess | None = None,
+                   actor_checks: bool = False) -> DecodedRequest:
+    """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`.
+    ``shared``: the caller's shared-memory regions, for logits given by reference.
+    ``actor_checks``: leave the values of large logits to the sampler actor (see
+    ``ACTOR_CHECKED_BYTES``; logits in shared memory are always the actor's)."""
     if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise invalid_argument("request_id", f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
     if not request.HasField("logits"):
         raise invalid_argument("logits", "logits is required")
-    logits = decode_tensor(request.logits, limits, "logits")
-    rows, vocab = logits.shape
-    params = decode_params(request, rows, vocab)
+    rows, vocab = check_tensor_header(request.logits, limits, "logits")
+    params = decode_params(request, rows, vocab)  # before reading a region: a bad request costs no copy
     steps = decode_steps(request, rows)
-    check_logits_values(logits, "logits.data")
+    field = tensor_data_field(request.logits, "logits")
+    if request.logits.HasField("shared_memory") and shared is not None:
+        # The sampler actor reads the region itself (and checks the values as it samples).
+        logits = region_slice(request.logits, shared, "logits")
+        return DecodedRequest(logits, params, steps, request.request_id, field)
+    logits = decode_tensor(request.logits, limits, "logits", shared)
+    if actor_checks and logits.numel() * logits.element_size() >= ACTOR_CHECKED_BYTES:
+        return DecodedRequest(logits, params, steps, request.request_id, field)
+    check_logits_values(logits, field)
     return DecodedRequest(logits=logits, params=params, steps=steps, request_id=request.request_id)
 
 
-def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str) -> torch.Tensor:
-    """A ``[B, V]`` CPU tensor viewing ``tensor.data`` (copied only on big-endian hosts)."""
-    wire = _WIRE_DTYPES.get(tensor.dtype)
-    if wire is None:
+def check_tensor_header(tensor: pb.Tensor, limits: Limits, field: str) -> tuple[int, int]:
+    """``(B, V)`` of a logits tensor whose dtype and shape are valid and within the limits."""
+    if tensor.dtype not in _WIRE_DTYPES:
         name = pb.Tensor.DType.Name(tensor.dtype) if tensor.dtype in pb.Tensor.DType.values() else tensor.dtype
         raise invalid_argument(f"{field}.dtype", f"dtype must be FP32, FP16 or BF16, got {name}")
     if len(tensor.shape) != 2:  # counted before copying: a hostile shape may hold millions of dims
@@ -88,20 +110,65 @@ def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str) -> torch.Tensor
             f"{field}.shape",
             f"{rows} x {vocab} = {rows * vocab} elements exceed the server limit of {limits.max_tensor_elements}",
         )
-    raw_dtype, torch_dtype = wire
+    return rows, vocab
+
+
+def tensor_data_field(tensor: pb.Tensor, field: str) -> str:
+    """The field that names a tensor's bytes: ``<field>.data``, or ``<field>.shared_memory``."""
+    return f"{field}.shared_memory" if tensor.HasField("shared_memory") else f"{field}.data"
+
+
+def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str, shared: SharedAccess | None = None) -> torch.Tensor:
+    """A ``[B, V]`` CPU tensor viewing ``tensor.data`` (copied only on big-endian hosts), or
+    read from the caller's shared-memory region when ``tensor.shared_memory`` is set (one copy)."""
+    rows, vocab = check_tensor_header(tensor, limits, field)
+    raw_dtype, torch_dtype = _WIRE_DTYPES[tensor.dtype]
     expected = rows * vocab * raw_dtype.itemsize
-    data = tensor.data  # each read of a bytes field copies it out of the message
-    if len(data) != expected:
-        raise invalid_argument(
-            f"{field}.data",
-            f"data must hold B*V*itemsize = {rows}*{vocab}*{raw_dtype.itemsize} = {expected} bytes, "
-            f"got {len(data)}",
-        )
+    if tensor.HasField("shared_memory"):
+        data = _read_shared(tensor, expected, shared, field)
+    else:
+        data = tensor.data  # each read of a bytes field copies it out of the message
+        if len(data) != expected:
+            raise invalid_argument(
+                f"{field}.data",
+                f"data must hold B*V*itemsize = {rows}*{vocab}*{raw_dtype.itemsize} = {expected} bytes, "
+                f"got {len(data)}",
+            )
     array = np.frombuffer(data, dtype=raw_dtype).reshape(rows, vocab)
     if sys.byteorder != "little":
         array = array.astype(raw_dtype.newbyteorder("="))
     values = torch.from_numpy(array)
     return values.view(torch_dtype) if torch_dtype is torch.bfloat16 else values
+
+
+def region_slice(tensor: pb.Tensor, shared: SharedAccess, field: str) -> RegionSlice:
+    """Where a tensor given by ``shared_memory`` lies (checked against its region now, and read
+    by the sampler actor later); its header must already be checked (:func:`check_tensor_header`)."""
+    rows, vocab = tensor.shape
+    raw_dtype, torch_dtype = _WIRE_DTYPES[tensor.dtype]
+    expected = rows * vocab * raw_dtype.itemsize
+    where = f"{field}.shared_memory"
+    if tensor.data:
+        raise invalid_argument(f"{field}.data", "data must be empty when shared_memory is set (give one of them)")
+    reference = tensor.shared_memory
+    if reference.byte_size != expected:
+        raise invalid_argument(
+            f"{where}.byte_size", f"byte_size must be B*V*itemsize = {expected} bytes, got {reference.byte_size}")
+    return shared.slice(reference.region, reference.offset, expected, (rows, vocab), DTYPE_NAMES[torch_dtype], where)
+
+
+def _read_shared(tensor: pb.Tensor, expected: int, shared: SharedAccess | None, field: str) -> np.ndarray:
+    """The tensor's bytes from the region its ``shared_memory`` names."""
+    where = f"{field}.shared_memory"
+    if tensor.data:
+        raise invalid_argument(f"{field}.data", "data must be empty when shared_memory is set (give one of them)")
+    if shared is None:
+        raise invalid_argument(where, "shared memory is not available for this tensor")
+    reference = tensor.shared_memory
+    if reference.byte_size != expected:
+        raise invalid_argument(
+            f"{where}.byte_size", f"byte_size must be B*V*itemsize = {expected} bytes, got {reference.byte_size}")
+    return shared.read(reference.region, reference.offset, expected, where)
 
 
 def decode_params(request: pb.SampleRequest, rows: int, vocab: int) -> list[SamplingParams]:

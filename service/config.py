@@ -62,6 +62,8 @@ class ServerConfig:
     max_history_tokens: int = 131072
     max_session_tokens: int = 1 << 20
     max_sessions_per_client: int = 256
+    max_shm_regions: int = 64
+    max_shm_bytes: int = 4 * 1024**3
     model: str | None = None
     model_device: str = "auto"
     model_dtype: str = "auto"

@@ -51,6 +51,7 @@ from service.errors import (
 from workers import (
     BatchOutput,
     NoLiveWorkerError,
+    RegionSlice,
     RowError,
     RowGroup,
     SamplerPool,
@@ -58,6 +59,8 @@ from workers import (
     take_job,
 )
 from workers.batch import DTYPE_NAMES
+
+_TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 _log = logging.getLogger(__name__)
 
@@ -70,9 +73,11 @@ class SampleJob:
     """One request's rows: logits [B, V] (CPU, fp32/fp16/bf16), B parameter sets (or one for
     all rows), B steps (or one for all rows), an optional ``time.monotonic()`` deadline, and
     optionally B ``sampling.SequenceState`` values (or None entries) for stateful strategies
-    (penalty history, mirostat mu), passed to ``sampling.sample(..., states=)``."""
+    (penalty history, mirostat mu), passed to ``sampling.sample(..., states=)``. ``logits`` may
+    instead be a ``workers.RegionSlice``: logits in a client's shared memory, which the sampler
+    actor reads itself (it then also checks their values, as ``sampling.sample`` does)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | RegionSlice
     params: Sequence[SamplingParams] | SamplingParams
     steps: Sequence[int] | int = 0
     deadline: float | None = None
@@ -128,7 +133,7 @@ class _State(enum.Enum):
 class _Pending:
     """A job inside the dispatcher: its rows normalised, its future and where it is."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | RegionSlice
     params: list[SamplingParams]
     steps: list[int]
     states: list[SequenceState | None] | None
@@ -147,7 +152,8 @@ class _Pending:
 
     def key(self) -> tuple[int, torch.dtype]:
         """Jobs with the same key are stacked into one row group."""
-        return int(self.logits.shape[1]), self.logits.dtype
+        dtype = self.logits.dtype
+        return int(self.logits.shape[1]), _TORCH_DTYPES[dtype] if isinstance(dtype, str) else dtype
 
     def answer(self, result: SampleResult | BaseException) -> None:
         """Resolve the future unless the caller already gave up on it."""
@@ -440,11 +446,14 @@ def _normalise(
 ) -> tuple[torch.Tensor, list[SamplingParams], list[int], list[SequenceState | None] | None]:
     """The job's logits, and per-row params, steps and states lists; ValueError when malformed."""
     logits = job.logits
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError("logits must be a 2-D torch tensor [B, V]")
-    if logits.dtype not in DTYPE_NAMES:
+    if isinstance(logits, RegionSlice):
+        if logits.dtype not in _TORCH_DTYPES:
+            raise ValueError(f"logits dtype must be float32, float16 or bfloat16, got {logits.dtype}")
+    elif not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError("logits must be a 2-D torch tensor [B, V] or a RegionSlice")
+    elif logits.dtype not in DTYPE_NAMES:
         raise ValueError(f"logits dtype must be float32, float16 or bfloat16, got {logits.dtype}")
-    if logits.device.type != "cpu":
+    elif logits.device.type != "cpu":
         raise ValueError(f"logits must be on the CPU, got {logits.device}")
     rows, vocab = logits.shape
     if rows < 1 or vocab < 1:

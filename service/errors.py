@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sampling import SamplingError
+from workers.region import RegionError
 
 
 class DispatchError(Exception):
@@ -87,6 +88,8 @@ def classify(error: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.UNAVAILABLE, f"no sampler worker available: {error}")
     if isinstance(error, DeadlineExceededError):
         return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before the work ran: {error}")
+    if isinstance(error, RegionError):  # a client's shared-memory region changed under the server
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"logits.shared_memory: {error}")
     if isinstance(error, DecodeError):  # a streamed message that does not parse (unary ones: service.security)
         return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {error}")
     log.exception("internal error", exc_info=error)

@@ -31,6 +31,13 @@ BYTES [B]; with ``top_logprobs`` > 0 also ``top_logprobs_ids`` INT64 [B, k] and
 ``top_logprobs`` FP32 [B, k]; with ``mirostat`` > 0 also ``mirostat_mu`` FP64 [B] (named
 explicitly while their parameter is off, they come back as [B, 0] and NaN).
 
+Triton's system shared-memory extension (:mod:`service.shared_memory`): regions registered
+with ``SystemSharedMemoryRegister``; an input whose parameters name ``shared_memory_region``
+(with ``shared_memory_byte_size``, optional ``shared_memory_offset``) is read from there by the
+sampler actor, and a requested output that names one is written there (listed after the
+inline outputs, with those parameters, and without an entry in ``raw_output_contents``).
+``CudaSharedMemoryRegister`` is refused (FAILED_PRECONDITION without CUDA, else UNIMPLEMENTED).
+
 Errors have the same codes as ``Sample`` (INVALID_ARGUMENT with google.rpc.BadRequest
 naming the field, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE) plus NOT_FOUND for a
 model or version this server does not serve.
@@ -53,7 +60,15 @@ import torch
 
 from sampling import SamplingError, SamplingParams
 from sampling.registry import PARAMETERS
-from service.codec import Limits, check_logits_values, check_request_fit, decode_tensor
+from service.codec import (
+    ACTOR_CHECKED_BYTES,
+    Limits,
+    check_logits_values,
+    check_request_fit,
+    check_tensor_header,
+    decode_tensor,
+    region_slice,
+)
 from service.dispatcher import Dispatcher, SampleJob
 from service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
 from service.generated.inference import grpc_service_pb2 as oip
@@ -61,12 +76,14 @@ from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
 from service.generated.inference import model_config_pb2 as mc
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.metrics import Metrics
+from service.shared_memory import SharedAccess, SharedMemoryRegistry
+from workers import RegionSlice
 
 SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 MODEL_NAME = "samplerd"
 MODEL_VERSION = "1"
 PLATFORM = "samplerd"
-EXTENSIONS = ("parameters", "model_configuration", "statistics")
+EXTENSIONS = ("parameters", "model_configuration", "statistics", "system_shared_memory")
 LOGITS = "logits"
 STEP_PARAMETER = "step"
 # Request parameters of the protocol itself (tritonclient sets them): accepted, not sampling parameters.
@@ -75,6 +92,8 @@ PROTOCOL_PARAMETERS = frozenset(
 )
 #: Longest JSON text a string parameter (``dry_sequence_breakers``, ``logit_bias``) may hold.
 MAX_JSON_PARAMETER_CHARS = 1 << 20
+# The parameters of an input or requested output that put its bytes in a registered region.
+SHM_REGION, SHM_BYTE_SIZE, SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 _WIRE_DTYPES = {"FP32": pb.Tensor.FP32, "FP16": pb.Tensor.FP16, "BF16": pb.Tensor.BF16}
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64, "INT64": mc.TYPE_INT64, "BYTES": mc.TYPE_STRING}
 
@@ -209,8 +228,10 @@ def _convert(kind: str, name: str, choice: str, raw: object, field: str) -> obje
         raise invalid_argument(field, f"{name} keys must be integer token ids") from None
 
 
-def decode_logits(request: oip.ModelInferRequest, limits: Limits) -> torch.Tensor:
-    """The ``logits`` input as a [B, V] CPU tensor; raises RequestError naming the input."""
+def decode_logits(request: oip.ModelInferRequest, limits: Limits,
+                  shared: SharedAccess | None = None) -> torch.Tensor | RegionSlice:
+    """The ``logits`` input as a [B, V] CPU tensor; raises RequestError naming the input.
+    ``shared``: the caller's regions, for an input given by ``shared_memory_region``."""
     names = [tensor.name for tensor in request.inputs]
     for i, name in enumerate(names):
         if name != LOGITS:
@@ -223,6 +244,18 @@ def decode_logits(request: oip.ModelInferRequest, limits: Limits) -> torch.Tenso
     dtype = _WIRE_DTYPES.get(tensor.datatype)
     if dtype is None:
         raise invalid_argument(f"{LOGITS}.datatype", f"datatype must be FP32, FP16 or BF16, got {tensor.datatype!r}")
+    reference = shared_memory_reference(tensor.parameters, f"{LOGITS}.parameters")
+    if reference is not None and shared is None:
+        raise invalid_argument(f"{LOGITS}.parameters.{SHM_REGION}", "shared memory is not available here")
+    if reference is not None:
+        if request.raw_input_contents or tensor.HasField("contents"):
+            raise invalid_argument(f"{LOGITS}.parameters.{SHM_REGION}",
+                                   "an input in shared memory must have neither raw_input_contents nor contents")
+        region, byte_size, offset = reference
+        message = pb.Tensor(dtype=dtype, shape=tensor.shape,
+                            shared_memory=pb.SharedMemoryReference(region=region, offset=offset, byte_size=byte_size))
+        check_tensor_header(message, limits, LOGITS)
+        return region_slice(message, shared, LOGITS)  # read by the sampler actor
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise invalid_argument(
@@ -234,6 +267,33 @@ def decode_logits(request: oip.ModelInferRequest, limits: Limits) -> torch.Tenso
     else:
         data = _typed_contents(tensor)
     return decode_tensor(pb.Tensor(dtype=dtype, shape=tensor.shape, data=data), limits, LOGITS)
+
+
+def shared_memory_reference(parameters: Mapping[str, oip.InferParameter],
+                            field: str) -> tuple[str, int, int] | None:
+    """``(region, byte_size, offset)`` when ``parameters`` put a tensor in shared memory, else None."""
+    if SHM_REGION not in parameters:
+        for name in (SHM_BYTE_SIZE, SHM_OFFSET):
+            if name in parameters:
+                raise invalid_argument(f"{field}.{name}", f"{name} needs {SHM_REGION}")
+        return None
+    region = parameters[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise invalid_argument(f"{field}.{SHM_REGION}", f"{SHM_REGION} must be a string_param")
+    values = []
+    for name in (SHM_BYTE_SIZE, SHM_OFFSET):
+        message = parameters.get(name)
+        if message is None:
+            if name == SHM_BYTE_SIZE:
+                raise invalid_argument(f"{field}.{name}", f"{name} is required with {SHM_REGION}")
+            values.append(0)
+            continue
+        choice = message.WhichOneof("parameter_choice")
+        value = getattr(message, choice) if choice in ("int64_param", "uint64_param") else -1
+        if value < 0:
+            raise invalid_argument(f"{field}.{name}", f"{name} must be a non-negative int64_param")
+        values.append(int(value))
+    return region.string_param, values[0], values[1]
 
 
 def _typed_contents(tensor: oip.ModelInferRequest.InferInputTensor) -> bytes:
@@ -345,15 +405,42 @@ def output_arrays(out, params: SamplingParams) -> dict[str, tuple[list[int], byt
 
 
 def encode_infer_response(request: oip.ModelInferRequest, out, params: SamplingParams,
-                          outputs: list[OutputSpec]) -> oip.ModelInferResponse:
-    """The ``ModelInferResponse``: the chosen outputs in ``raw_output_contents``."""
+                          outputs: list[OutputSpec], shared: SharedAccess | None = None) -> oip.ModelInferResponse:
+    """The ``ModelInferResponse``: the chosen outputs in ``raw_output_contents``, except those
+    the request asked for in a shared-memory region, which are written there and listed last
+    (``raw_output_contents`` holds one entry per output before them, as tritonclient reads it)."""
     arrays = output_arrays(out, params)
+    placed = output_regions(request)
     response = oip.ModelInferResponse(model_name=MODEL_NAME, model_version=MODEL_VERSION, id=request.id)
     for spec in outputs:
-        shape, raw = arrays[spec.name]
-        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
-        response.raw_output_contents.append(raw)
+        if spec.name not in placed:
+            shape, raw = arrays[spec.name]
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+            response.raw_output_contents.append(raw)
+    for spec in outputs:
+        if spec.name in placed:
+            (region, byte_size, offset), field = placed[spec.name]
+            shape, raw = arrays[spec.name]
+            if shared is None:
+                raise invalid_argument(field, "shared memory is not available")
+            shared.write(region, offset, byte_size, [raw], field)
+            tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+            tensor.parameters[SHM_REGION].string_param = region
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = len(raw)
+            if offset:
+                tensor.parameters[SHM_OFFSET].int64_param = offset
     return response
+
+
+def output_regions(request: oip.ModelInferRequest) -> dict[str, tuple[tuple[str, int, int], str]]:
+    """Requested outputs that go to shared memory: name -> ((region, byte_size, offset), field)."""
+    placed = {}
+    for i, output in enumerate(request.outputs):
+        field = f"outputs[{i}].parameters"
+        reference = shared_memory_reference(output.parameters, field)
+        if reference is not None:
+            placed[output.name] = (reference, f"{field}.{SHM_REGION}")
+    return placed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,8 +536,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService``: the Open Inference Protocol over samplerd's dispatcher."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
-                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self._dispatcher = dispatcher
+        self._shared_memory = shared_memory or SharedMemoryRegistry()
         self._metrics = metrics
         self._limits = limits
         self._max_response_bytes = max_response_bytes
@@ -499,12 +588,16 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             check_model(request.model_name, request.model_version)
             params, step = decode_parameters(request.parameters)
-            logits = decode_logits(request, self._limits)
+            shared = SharedAccess(self._shared_memory, self._shared_memory.owner(context))
+            outputs = requested_outputs(request, params)
+            output_regions(request)  # a malformed output reference is refused before any work
+            logits = decode_logits(request, self._limits, shared)
             rows, vocab = logits.shape
             check_request_fit(params, vocab, "parameters.")
-            outputs = requested_outputs(request, params)
             check_response_size(response_bytes(outputs, rows, params), self._max_response_bytes)
-            check_logits_values(logits, LOGITS)
+            # The sampler actor checks what it reads from a region, and large logits (as for Sample).
+            if not isinstance(logits, RegionSlice) and logits.numel() * logits.element_size() < ACTOR_CHECKED_BYTES:
+                check_logits_values(logits, LOGITS)
             decoded = time.perf_counter()
             job = SampleJob(logits=logits, params=[params] * rows, steps=[step] * rows,
                             deadline=_deadline(context))
@@ -512,7 +605,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             sampled = time.perf_counter()
             labels = sum(len(label.encode()) for label in result.output.strategies)
             check_response_size(response_bytes(outputs, rows, params, labels), self._max_response_bytes)
-            response = encode_infer_response(request, result.output, params, outputs)
+            response = encode_infer_response(request, result.output, params, outputs, shared)
             done = time.perf_counter()
             self._metrics.queue_wait.observe(result.queue_wait_s)
             self._metrics.observe_rows(result, [params.n] * rows)
@@ -531,12 +624,71 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             self._metrics.inflight.dec()
             self._metrics.observe_request("ModelInfer", code.name, time.perf_counter() - started)
 
-    async def _guard(self, context, check: Callable[..., None], *args: object) -> None:
+    # -- the system shared-memory extension (service.shared_memory) ---------------------------
+
+    async def SystemSharedMemoryStatus(self, request: oip.SystemSharedMemoryStatusRequest,
+                                       context) -> oip.SystemSharedMemoryStatusResponse:
+        """The caller's registered regions (or the one named; NOT_FOUND when it is not)."""
+        regions = await self._guard(context, self._shared_memory.status, self._shared_memory.owner(context),
+                                    request.name)
+        response = oip.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            response.regions[region.name].CopyFrom(oip.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
+        return response
+
+    async def SystemSharedMemoryRegister(self, request: oip.SystemSharedMemoryRegisterRequest,
+                                         context) -> oip.SystemSharedMemoryRegisterResponse:
+        """Register a region of a POSIX shared-memory object for inputs and outputs to name."""
+        await self._guard(context, self._shared_memory.register, self._shared_memory.owner(context), request.name,
+                          request.key, request.offset, request.byte_size)
+        return oip.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: oip.SystemSharedMemoryUnregisterRequest,
+                                           context) -> oip.SystemSharedMemoryUnregisterResponse:
+        """Forget one of the caller's regions, or all of them (empty name)."""
+        await self._guard(context, self._shared_memory.unregister, self._shared_memory.owner(context), request.name)
+        return oip.SystemSharedMemoryUnregisterResponse()
+
+    # -- the CUDA shared-memory extension: not served (see cuda_unavailable) --------------------
+
+    async def CudaSharedMemoryStatus(self, request, context) -> oip.CudaSharedMemoryStatusResponse:
+        """No CUDA region is ever registered: an empty map, or NOT_FOUND for a name."""
+        if request.name:
+            await self._guard(context, _raise, not_found(f"no CUDA shared-memory region named {request.name!r}"))
+        return oip.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request, context) -> oip.CudaSharedMemoryRegisterResponse:
+        """Refused with a clear reason (see :func:`cuda_unavailable`)."""
+        await self._guard(context, _raise, cuda_unavailable())
+        return oip.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(self, request, context) -> oip.CudaSharedMemoryUnregisterResponse:
+        """Nothing to forget: success, like unregistering an unknown system region."""
+        return oip.CudaSharedMemoryUnregisterResponse()
+
+    async def _guard(self, context, check: Callable[..., object], *args: object):
         """Run ``check(*args)``; answer its RequestError as the RPC's status."""
         try:
-            check(*args)
+            return check(*args)
         except RequestError as error:
             await context.abort_with_status(to_status(error))
+
+
+def cuda_unavailable() -> RequestError:
+    """Why CudaSharedMemoryRegister is refused: without CUDA there is nothing to map, and with
+    it this server does not yet map CUDA IPC handles (logits then go by system shared memory)."""
+    if not torch.cuda.is_available():
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                            "CUDA shared memory needs a CUDA device on the server; this server has none "
+                            "(use system shared memory: SystemSharedMemoryRegister)")
+    return RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                        "CUDA shared memory (CUDA IPC handles) is not supported yet; use system shared memory "
+                        "(SystemSharedMemoryRegister)")
+
+
+def _raise(error: RequestError) -> None:
+    raise error
 
 
 def _deadline(context) -> float | None:

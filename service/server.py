@@ -19,11 +19,12 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from sampling import SamplingError
 from service import catalog, oip
 from service.codec import Limits, decode_request, encode_response
 from service.config import ServerConfig, message_size_options, resolve_device
 from service.dispatcher import Dispatcher, SampleJob
-from service.errors import RequestError, classify, to_status
+from service.errors import RequestError, classify, invalid_argument, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 from service.generation import Generation
@@ -33,6 +34,7 @@ from service.reflection import own_pool
 from service.security import ShutdownGate, server_interceptors, server_port_credentials
 from service.session_stream import SessionStreams
 from service.sessions import SessionLimits
+from service.shared_memory import SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ class SamplerServicer(pb_grpc.SamplerServicer):
     """The ``samplerd.v1.Sampler`` RPCs: decode and validate, submit to the dispatcher, answer."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
-                 sessions: SessionStreams | None = None, generation: Generation | None = None) -> None:
+                 sessions: SessionStreams | None = None, generation: Generation | None = None,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self._dispatcher = dispatcher
+        self._shared_memory = shared_memory or SharedMemoryRegistry()
         self._metrics = metrics
         self._limits = limits
         self._strategies = catalog.list_strategies()
@@ -58,10 +62,16 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         code = grpc.StatusCode.OK
         self._metrics.inflight.inc()
         try:
-            decoded = decode_request(request, self._limits)
+            shared = SharedAccess(self._shared_memory, self._shared_memory.owner(context))
+            decoded = decode_request(request, self._limits, shared, actor_checks=True)
             deadline = _deadline(context)
             job = SampleJob(logits=decoded.logits, params=decoded.params, steps=decoded.steps, deadline=deadline)
-            result = await self._dispatcher.submit(job)
+            try:
+                result = await self._dispatcher.submit(job)
+            except SamplingError as error:
+                if decoded.unchecked_field is not None and error.field == "logits":  # a bad row the actor found
+                    raise invalid_argument(decoded.unchecked_field, error.reason) from None
+                raise
             response = encode_response(result, decoded.params, decoded.request_id)
             self._metrics.queue_wait.observe(result.queue_wait_s)
             self._metrics.observe_rows(result, (p.n for p in decoded.params))
@@ -92,6 +102,41 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         """Text generation with the server's language model (see the .proto and :mod:`service.generation`)."""
         await self._generation.serve(request, context)
 
+    async def RegisterSharedMemory(self, request: pb.RegisterSharedMemoryRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.RegisterSharedMemoryResponse:
+        """Register a shared-memory region of the caller (see the .proto and :mod:`service.shared_memory`)."""
+        await self._answer("RegisterSharedMemory", context, self._shared_memory.register,
+                           self._shared_memory.owner(context), request.name, request.key, request.offset,
+                           request.byte_size)
+        return pb.RegisterSharedMemoryResponse()
+
+    async def UnregisterSharedMemory(self, request: pb.UnregisterSharedMemoryRequest,
+                                     context: grpc.aio.ServicerContext) -> pb.UnregisterSharedMemoryResponse:
+        """Forget one of the caller's regions, or all of them."""
+        await self._answer("UnregisterSharedMemory", context, self._shared_memory.unregister,
+                           self._shared_memory.owner(context), request.name)
+        return pb.UnregisterSharedMemoryResponse()
+
+    async def SharedMemoryStatus(self, request: pb.SharedMemoryStatusRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.SharedMemoryStatusResponse:
+        """The caller's regions."""
+        regions = await self._answer("SharedMemoryStatus", context, self._shared_memory.status,
+                                     self._shared_memory.owner(context), request.name)
+        return pb.SharedMemoryStatusResponse(regions=[
+            pb.RegisterSharedMemoryRequest(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            for r in regions])
+
+    async def _answer(self, method: str, context: grpc.aio.ServicerContext, call, *args):
+        """``call(*args)``, its RequestError answered as the RPC's status; the request is counted."""
+        code = "OK"
+        try:
+            return call(*args)
+        except RequestError as error:
+            code = error.code.name
+            await context.abort_with_status(to_status(error))
+        finally:
+            self._metrics.observe_request(method, code, 0.0)
+
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The RPC's deadline on the ``time.monotonic()`` clock, or None; refuses expired ones."""
@@ -113,12 +158,16 @@ class SamplerServer:
         self.dispatcher = Dispatcher(config.dispatcher_config())
         self.dispatcher.set_batch_observer(self.metrics.observe_batch)
         self.health = health.aio.HealthServicer()
+        # Shared-memory regions (service.shared_memory): per bearer token when auth is on.
+        self.shared_memory = SharedMemoryRegistry(
+            SharedMemoryLimits(config.max_shm_regions, config.max_shm_bytes),
+            per_token=config.auth_token_file is not None)
         sessions = SessionStreams(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), SessionLimits(
             config.max_sessions, config.max_sequences_per_session, config.session_idle_timeout_s,
-            config.max_history_tokens, config.max_session_tokens, config.max_sessions_per_client))
+            config.max_history_tokens, config.max_session_tokens, config.max_sessions_per_client), self.shared_memory)
         self.generation = Generation.from_config(config, self.metrics)  # --model: the language-model actor
         self.servicer = SamplerServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements), sessions,
-                                        self.generation)
+                                        self.generation, self.shared_memory)
         # so_reuseport off: a second server on a taken port must fail, not share it.
         self.server = grpc.aio.server(
             options=[*message_size_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
@@ -129,7 +178,8 @@ class SamplerServer:
         self.gate.register(pb_grpc.add_SamplerServicer_to_server, self.servicer, self.server)
         # The Open Inference Protocol (KServe v2 / Triton) on the same port: see service.oip.
         self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements),
-                                               config.max_message_bytes)
+                                               max_response_bytes=config.max_message_bytes,
+                                               shared_memory=self.shared_memory)
         self.gate.register(oip.add_to_server, self.inference, self.server)
         self.gate.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, always_open=True)
         reflection.enable_server_reflection(
@@ -187,6 +237,7 @@ class SamplerServer:
             self._refresher.cancel()
         await self.generation.stop()  # before the dispatcher, which may stop Ray
         await self.dispatcher.stop()
+        self.shared_memory.clear()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

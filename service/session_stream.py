@@ -39,7 +39,7 @@ import torch
 from sampling import filter_logits
 from sampling.state import advance
 from sampling.strategies.path_top_p import PathStep, path_aware_step
-from service.codec import Limits, check_logits_values, decode_tensor, encode_response
+from service.codec import Limits, check_logits_values, decode_tensor, encode_response, tensor_data_field
 from service.dispatcher import Dispatcher, SampleJob
 from service.errors import RequestError, classify, invalid_argument, over_limit, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
@@ -55,6 +55,7 @@ from service.sessions import (
     client_key,
     token_list,
 )
+from service.shared_memory import SharedAccess, SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,10 @@ class SessionStreams:
     """Serves ``SampleStream`` RPCs: one session each, against the server's session limits."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
-                 session_limits: SessionLimits | None = None) -> None:
+                 session_limits: SessionLimits | None = None,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self._dispatcher = dispatcher
+        self._shared_memory = shared_memory
         self._metrics = metrics
         self._limits = limits
         self._session_limits = session_limits or SessionLimits()
@@ -159,11 +162,13 @@ class SessionStreams:
     async def _step(self, session: Session, step: pb.SessionStep,
                     context: grpc.aio.ServicerContext) -> pb.SessionStepResult:
         """Validate, apply forced tokens, sample the listed sequences, update their state."""
+        shared = None if self._shared_memory is None else SharedAccess(
+            self._shared_memory, self._shared_memory.owner(context))
         forcing = sum(len(entry.token_ids) for entry in step.forced)
         if forcing > _INLINE_FORCED_TOKENS:  # big steps are planned and applied off the event loop
-            plan = await asyncio.to_thread(_plan_and_force, session, step, self._limits, self._session_limits)
+            plan = await asyncio.to_thread(_plan_and_force, session, step, self._limits, self._session_limits, shared)
         else:
-            plan = _plan_and_force(session, step, self._limits, self._session_limits)
+            plan = _plan_and_force(session, step, self._limits, self._session_limits, shared)
         if plan.vocab is not None and session.vocab is None:
             session.vocab = plan.vocab
         answers: dict[str, pb.SequenceResult] = {}
@@ -254,17 +259,17 @@ def _path_steps(inputs: list[tuple[Sequence, torch.Tensor, list, list[float]]]) 
     return out
 
 
-def _plan_and_force(session: Session, step: pb.SessionStep, limits: Limits,
-                    session_limits: SessionLimits) -> _StepPlan:
+def _plan_and_force(session: Session, step: pb.SessionStep, limits: Limits, session_limits: SessionLimits,
+                    shared: SharedAccess | None = None) -> _StepPlan:
     """Validate the step, then append its forced tokens (nothing changes if it is refused)."""
-    plan = _plan_step(session, step, limits, session_limits)
+    plan = _plan_step(session, step, limits, session_limits, shared)
     for sequence, tokens in plan.forced:
         sequence.force(tokens)
     return plan
 
 
 def _plan_step(session: Session, step: pb.SessionStep, limits: Limits,
-               session_limits: SessionLimits | None = None) -> _StepPlan:
+               session_limits: SessionLimits | None = None, shared: SharedAccess | None = None) -> _StepPlan:
     """Validate a step against the session without changing anything; raises RequestError."""
     session_limits = session_limits or SessionLimits()
     listed: list[Sequence] = []
@@ -282,7 +287,7 @@ def _plan_step(session: Session, step: pb.SessionStep, limits: Limits,
     if listed:
         if not step.HasField("logits"):
             raise invalid_argument("step.logits", "logits are required when sequence_ids is non-empty")
-        logits = decode_tensor(step.logits, limits, "step.logits")
+        logits = decode_tensor(step.logits, limits, "step.logits", shared)
         rows, step_vocab = logits.shape
         expected = sum(s.rows() for s in listed)
         if rows != expected:
@@ -293,7 +298,7 @@ def _plan_step(session: Session, step: pb.SessionStep, limits: Limits,
         if vocab is not None and step_vocab != vocab:
             raise invalid_argument(
                 "step.logits.shape", f"V must stay {vocab} (the session's first logits), got {step_vocab}")
-        check_logits_values(logits, "step.logits.data")
+        check_logits_values(logits, tensor_data_field(step.logits, "step.logits"))
         if vocab is None:
             check_vocabulary(session, step_vocab)
             vocab = step_vocab

@@ -23,6 +23,8 @@ _EXPORTS = {
     "take_job": "workers.batch",
     "LinkLimits": "workers.config",
     "PoolConfig": "workers.config",
+    "RegionError": "workers.region",
+    "RegionSlice": "workers.region",
     "BatchFailedError": "workers.pool",
     "NoLiveWorkerError": "workers.pool",
     "SamplerPool": "workers.pool",

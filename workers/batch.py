@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sampling import SampleOutput, SampleStats, SamplingError, SamplingParams, SequenceState
+from workers.region import RegionError, RegionSlice, read_into
 
 #: The logits dtypes a batch may carry, by torch dtype, with their names on the wire.
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -29,6 +30,7 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float16: "float16",
     torch.bfloat16: "bfloat16",
 }
+_NUMPY_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<i2")}
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RowGroup:
     ``sampling.SequenceState`` (or None) when any request of the group has state.
     """
 
-    logits: list[np.ndarray]
+    logits: list[np.ndarray | RegionSlice]
     dtype: str
     params: list[SamplingParams]
     steps: list[int]
@@ -79,12 +81,16 @@ class RowError:
         """Describe ``error``."""
         if isinstance(error, SamplingError):
             return cls("sampling", error.field, error.reason)
+        if isinstance(error, RegionError):
+            return cls("region", "", str(error))
         return cls("internal", "", f"{type(error).__name__}: {error}")
 
     def to_exception(self) -> Exception:
         """The exception to raise to the caller: a SamplingError again, or a RuntimeError."""
         if self.kind == "sampling":
             return SamplingError(self.field, self.reason)
+        if self.kind == "region":
+            return RegionError(self.reason)
         return RuntimeError(f"sampler actor failed: {self.reason}")
 
 
@@ -120,6 +126,7 @@ class BatchOutput:
 #: that a batch link loads (:mod:`workers.socket_link`).
 WIRE_TYPES: tuple[type, ...] = (
     RowGroup, BatchOutput, GroupResult, RowError, SampleOutput, SampleStats, SamplingParams, SequenceState,
+    RegionSlice,
 )
 
 
@@ -130,24 +137,53 @@ def pack_logits(logits: torch.Tensor) -> np.ndarray:
     return logits.numpy()
 
 
-def unpack_logits(parts: Sequence[np.ndarray], dtype: str, device: torch.device) -> torch.Tensor:
-    """The requests' arrays of :func:`pack_logits` as one ``[rows, V]`` tensor on ``device``.
+def unpack_logits(parts: Sequence[np.ndarray | RegionSlice], dtype: str, device: torch.device) -> torch.Tensor:
+    """:func:`unpack_group`'s tensor; raises the first region's RegionError."""
+    tensor, failed = unpack_group(parts, dtype, device)
+    if failed:
+        raise next(iter(failed.values())).to_exception()
+    return tensor
+
+
+def unpack_group(parts: Sequence[np.ndarray | RegionSlice], dtype: str,
+                 device: torch.device) -> tuple[torch.Tensor, dict[int, RowError]]:
+    """The requests' arrays of :func:`pack_logits` as one ``[rows, V]`` tensor on ``device``,
+    and the requests whose :class:`~workers.region.RegionSlice` could not be read (by index;
+    their rows are left unset).
 
     The arrays arrive as read-only views of a link's arena or of Ray's shared memory, or in a
-    link's receive buffers; they are concatenated into one new array, which the sampler owns
-    (and which on a GPU is copied to the device once). Nothing may keep a view of them past the
-    batch's answer: the front end reuses its arena once the answer is in.
+    link's receive buffers; regions are read from the client's shared memory. Either way they
+    are copied once, into one new array, which the sampler owns (and which on a GPU is copied
+    to the device once). Nothing may keep a view of them past the batch's answer: the front
+    end reuses its arena once the answer is in.
     """
-    tensor = torch.from_numpy(np.concatenate(parts))
+    failed: dict[int, RowError] = {}
+    if any(isinstance(part, RegionSlice) for part in parts):
+        rows = sum(part.shape[0] for part in parts)
+        array = np.empty((rows, parts[0].shape[1]), dtype=_NUMPY_DTYPES[dtype])
+        start = 0
+        for index, part in enumerate(parts):
+            stop = start + part.shape[0]
+            if isinstance(part, RegionSlice):
+                try:
+                    read_into(part, array[start:stop])
+                except RegionError as error:
+                    failed[index] = RowError.from_exception(error)
+            else:
+                array[start:stop] = part
+            start = stop
+    else:
+        array = np.concatenate(parts)
+    tensor = torch.from_numpy(array)
     if device.type != "cpu":
         tensor = tensor.to(device)
     if dtype == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
-    return tensor
+    return tensor, failed
 
 
 def stack_group(
-    tensors: Sequence[torch.Tensor],
+    tensors: Sequence[torch.Tensor | RegionSlice],
     params: list[SamplingParams],
     steps: list[int],
     states: list[SequenceState | None] | None = None,
@@ -156,11 +192,13 @@ def stack_group(
 
     ``params``, ``steps`` and ``states`` are the per-row lists of all the tensors,
     concatenated in order (``states`` None when no row has any). The tensors are not copied
-    here: their bytes are sent once, over a batch link or into Ray's object store.
+    here: their bytes are sent once, over a batch link or into Ray's object store; a
+    :class:`~workers.region.RegionSlice` is sent as it is, for the actor to read.
     """
+    first = tensors[0]
     return RowGroup(
-        logits=[pack_logits(t) for t in tensors],
-        dtype=DTYPE_NAMES[tensors[0].dtype],
+        logits=[t if isinstance(t, RegionSlice) else pack_logits(t) for t in tensors],
+        dtype=first.dtype if isinstance(first, RegionSlice) else DTYPE_NAMES[first.dtype],
         params=params,
         steps=steps,
         states=states,

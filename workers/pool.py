@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
@@ -29,6 +30,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from workers.batch import WIRE_TYPES, BatchOutput, RowGroup
 from workers.cluster import cluster_gpus, connect, disconnect, resolve
 from workers.config import LinkLimits, PoolConfig
+from workers.region import RegionError, RegionSlice, read_array
 from workers.sampler_actor import SamplerActor
 from workers.socket_link import SUPPORTED as LINKS_SUPPORTED
 from workers.socket_link import LinkCallError, LinkLostError, SocketLink
@@ -212,7 +214,6 @@ class SamplerPool:
         retry's actor died as well, and :class:`BatchFailedError` on any other failure.
         """
         rows = sum(group.rows for group in groups)
-        nbytes = sum(group.nbytes for group in groups)
         stored: list[Any] = []  # the ray.put payload, made at most once for both attempts
         tried: list[_Worker] = []
         lost: BaseException | None = None
@@ -229,13 +230,15 @@ class SamplerPool:
                 link = worker.link
                 if link is not None:
                     try:
-                        return await link.call(groups)
+                        # Only an actor on this node can read a client's shared memory itself.
+                        return await link.call(localize(groups) if link.over_tcp else groups)
                     except LinkLostError as error:
                         if worker.link is link:  # not already replaced by the monitor
                             _log.warning("a sampler actor's batch link broke (%s); its batches go by Ray", error)
                             self._unlink(worker)
-                if not stored:
-                    stored.append(await _store(groups, nbytes))
+                if not stored:  # by Ray the actor may be on another node: regions are read here
+                    local = localize(groups)
+                    stored.append(await _store(local, sum(group.nbytes for group in local)))
                 return await worker.actor.sample_batch.remote(stored[0])
             except ACTOR_LOST as error:
                 lost = error
@@ -400,6 +403,24 @@ async def _open_link(actor: Any, limits: LinkLimits) -> SocketLink | None:
     except Exception as error:  # a speed-up only: without it batches go by Ray
         _log.warning("no batch link to the sampler actor (%s); its batches go by Ray", error)
         return None
+
+
+def localize(groups: list[RowGroup]) -> list[RowGroup]:
+    """``groups`` with each shared-memory :class:`RegionSlice` read into an array here (for an
+    actor that cannot read this node's shared memory); a slice that cannot be read is left for
+    the actor, which then answers that request alone with the region's error."""
+    if not any(isinstance(part, RegionSlice) for group in groups for part in group.logits):
+        return groups
+    out = []
+    for group in groups:
+        parts = []
+        for part in group.logits:
+            if isinstance(part, RegionSlice):
+                with contextlib.suppress(RegionError):
+                    part = read_array(part)
+            parts.append(part)
+        out.append(dataclasses.replace(group, logits=parts))
+    return out
 
 
 async def _store(groups: list[RowGroup], nbytes: int) -> Any:

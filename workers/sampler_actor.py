@@ -22,7 +22,7 @@ import torch
 
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
-from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_logits
+from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_group
 from workers.config import DEVICES, LinkLimits
 from workers.socket_link import LinkAddress, LinkServer
 
@@ -94,7 +94,9 @@ class SamplerActor:
     def _sample_group(self, group: RowGroup) -> GroupResult:
         started = time.perf_counter()
         try:  # the copy to the device too: an out-of-memory there fails requests, not the batch
-            logits = unpack_logits(group.logits, group.dtype, self._device)
+            logits, unreadable = unpack_group(group.logits, group.dtype, self._device)
+            if unreadable:  # a request's shared-memory region could not be read: it alone fails
+                return self._sample_jobs_apart(group, unreadable)
             output = sample(logits, group.params, group.steps, group.states)
             self._synchronize()
         except Exception as error:  # isolate the request(s) at fault, below
@@ -103,20 +105,28 @@ class SamplerActor:
         kernel_seconds = time.perf_counter() - started
         return GroupResult(to_numpy(output), None, kernel_seconds)
 
-    def _sample_jobs_apart(self, group: RowGroup) -> GroupResult:
-        """The slow path after a group failed: each request's rows on their own."""
+    def _sample_jobs_apart(self, group: RowGroup, failed: dict[int, RowError] | None = None) -> GroupResult:
+        """The slow path after a group failed: each request's rows on their own, each copied to
+        the device on its own (those in ``failed``, by index, answered with their error unsampled)."""
         outputs: list[SampleOutput | RowError] = []
         kernel_seconds = 0.0
         start = 0
-        for part, rows in zip(group.logits, group.job_rows, strict=True):
+        for index, (part, rows) in enumerate(zip(group.logits, group.job_rows, strict=True)):
             stop = start + rows
+            if failed and index in failed:
+                outputs.append(failed[index])
+                start = stop
+                continue
             states = group.states[start:stop] if group.states is not None else None
             started = time.perf_counter()
             try:
-                logits = unpack_logits([part], group.dtype, self._device)
-                output = sample(logits, group.params[start:stop], group.steps[start:stop], states)
-                self._synchronize()
-                outputs.append(to_numpy(output))
+                logits, unreadable = unpack_group([part], group.dtype, self._device)
+                if unreadable:
+                    outputs.append(unreadable[0])
+                else:
+                    output = sample(logits, group.params[start:stop], group.steps[start:stop], states)
+                    self._synchronize()
+                    outputs.append(to_numpy(output))
             except Exception as error:  # returned to the request as its answer
                 self._retire_on_device_fault(error)
                 outputs.append(RowError.from_exception(error))

@@ -50,7 +50,7 @@ def _group(requests: int = 2, vocab: int = 32) -> RowGroup:
 
 
 def test_a_failed_copy_to_the_device_fails_only_its_request(actor, monkeypatch):
-    real = sampler_actor.unpack_logits
+    real = sampler_actor.unpack_group
     first = _group().logits[0]
 
     def unpack(parts, dtype, device):
@@ -58,7 +58,7 @@ def test_a_failed_copy_to_the_device_fails_only_its_request(actor, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(parts, dtype, torch.device("cpu"))  # the CPU stands in for the device here
 
-    monkeypatch.setattr(sampler_actor, "unpack_logits", unpack)
+    monkeypatch.setattr(sampler_actor, "unpack_group", unpack)
     monkeypatch.setattr(actor, "_synchronize", lambda: None)
     actor._device = CUDA  # an out-of-memory is not a fault of the device: the actor stays
     group = _group()
@@ -75,7 +75,7 @@ def test_a_cuda_error_ends_the_actor_process(actor, monkeypatch):
 
     monkeypatch.setattr(sampler_actor, "sample", sample)
     actor._device = CUDA
-    monkeypatch.setattr(sampler_actor, "unpack_logits", lambda parts, dtype, device: torch.zeros(len(parts), 32))
+    monkeypatch.setattr(sampler_actor, "unpack_group", lambda parts, dtype, device: (torch.zeros(len(parts), 32), {}))
     monkeypatch.setattr(actor, "_synchronize", lambda: None)
     with pytest.raises(Retired, match="70"):
         actor.sample_batch([_group()])

@@ -55,6 +55,21 @@ class SamplerStub:
                 request_serializer=samplerd_dot_v1_dot_sampler__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=samplerd_dot_v1_dot_sampler__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.RegisterSharedMemory = channel.unary_unary(
+                '/samplerd.v1.Sampler/RegisterSharedMemory',
+                request_serializer=samplerd_dot_v1_dot_sampler__pb2.RegisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=samplerd_dot_v1_dot_sampler__pb2.RegisterSharedMemoryResponse.FromString,
+                _registered_method=True)
+        self.UnregisterSharedMemory = channel.unary_unary(
+                '/samplerd.v1.Sampler/UnregisterSharedMemory',
+                request_serializer=samplerd_dot_v1_dot_sampler__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=samplerd_dot_v1_dot_sampler__pb2.UnregisterSharedMemoryResponse.FromString,
+                _registered_method=True)
+        self.SharedMemoryStatus = channel.unary_unary(
+                '/samplerd.v1.Sampler/SharedMemoryStatus',
+                request_serializer=samplerd_dot_v1_dot_sampler__pb2.SharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=samplerd_dot_v1_dot_sampler__pb2.SharedMemoryStatusResponse.FromString,
+                _registered_method=True)
 
 
 class SamplerServicer:
@@ -121,6 +136,39 @@ class SamplerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSharedMemory(self, request, context):
+        """Register a region of a POSIX shared-memory object (shm_open) that this client wrote or
+        will write logits into, so that Tensor.shared_memory can reference it instead of
+        carrying the bytes (for large steps on the same machine or pod; see the README section
+        "Large steps: shared memory"). The server re-checks the object at every use and never
+        keeps it mapped. With bearer-token auth on, a region belongs to the token that
+        registered it: other tokens neither see nor use it.
+
+        Errors: INVALID_ARGUMENT (bad name, key, offset or byte_size; the object does not exist,
+        is not a regular file, or is smaller than offset + byte_size), ALREADY_EXISTS (the name
+        is registered), RESOURCE_EXHAUSTED (over --max-shm-regions regions or
+        --max-shm-bytes registered bytes for this token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterSharedMemory(self, request, context):
+        """Unregister one region, or every region of the caller (empty name). Unknown names are not
+        an error. Requests already reading the region finish normally; later ones that name it
+        get INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SharedMemoryStatus(self, request, context):
+        """The caller's registered regions (or one, by name; NOT_FOUND when it is not registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SamplerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +191,21 @@ def add_SamplerServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=samplerd_dot_v1_dot_sampler__pb2.GenerateRequest.FromString,
                     response_serializer=samplerd_dot_v1_dot_sampler__pb2.GenerateResponse.SerializeToString,
+            ),
+            'RegisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSharedMemory,
+                    request_deserializer=samplerd_dot_v1_dot_sampler__pb2.RegisterSharedMemoryRequest.FromString,
+                    response_serializer=samplerd_dot_v1_dot_sampler__pb2.RegisterSharedMemoryResponse.SerializeToString,
+            ),
+            'UnregisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterSharedMemory,
+                    request_deserializer=samplerd_dot_v1_dot_sampler__pb2.UnregisterSharedMemoryRequest.FromString,
+                    response_serializer=samplerd_dot_v1_dot_sampler__pb2.UnregisterSharedMemoryResponse.SerializeToString,
+            ),
+            'SharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharedMemoryStatus,
+                    request_deserializer=samplerd_dot_v1_dot_sampler__pb2.SharedMemoryStatusRequest.FromString,
+                    response_serializer=samplerd_dot_v1_dot_sampler__pb2.SharedMemoryStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -254,6 +317,87 @@ class Sampler:
             '/samplerd.v1.Sampler/Generate',
             samplerd_dot_v1_dot_sampler__pb2.GenerateRequest.SerializeToString,
             samplerd_dot_v1_dot_sampler__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samplerd.v1.Sampler/RegisterSharedMemory',
+            samplerd_dot_v1_dot_sampler__pb2.RegisterSharedMemoryRequest.SerializeToString,
+            samplerd_dot_v1_dot_sampler__pb2.RegisterSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samplerd.v1.Sampler/UnregisterSharedMemory',
+            samplerd_dot_v1_dot_sampler__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+            samplerd_dot_v1_dot_sampler__pb2.UnregisterSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samplerd.v1.Sampler/SharedMemoryStatus',
+            samplerd_dot_v1_dot_sampler__pb2.SharedMemoryStatusRequest.SerializeToString,
+            samplerd_dot_v1_dot_sampler__pb2.SharedMemoryStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

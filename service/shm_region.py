@@ -1,0 +1,141 @@
+"""Client side of samplerd's shared memory: a region this process owns, registered with a server.
+
+>>> from service.client import SamplerClient
+>>> from service.shm_region import SharedMemoryRegion
+>>> with SamplerClient("localhost:50051") as client, SharedMemoryRegion(client, 64 * 128256 * 2) as region:
+...     result = client.sample(None, logits=region.put(logits_fp16), top_p=0.9, seed=7)
+
+``put`` copies the logits into the region and returns the ``Tensor`` that references them;
+the server reads them from there (one copy) instead of receiving them in the message. Only
+for a server on the same machine, or in the same Kubernetes pod with ``/dev/shm`` shared.
+Or simply ``SamplerClient(target, shared_memory=True)``, which keeps one such region.
+
+Linux only (POSIX shared memory as files in ``/dev/shm``). Imports neither torch nor ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service.generated.samplerd.v1 import sampler_pb2 as pb
+
+SHM_DIR = Path("/dev/shm")
+
+
+class SharedMemoryRegion:
+    """A POSIX shared-memory object of ``byte_size`` bytes, created here and registered with the
+    server under ``name``; ``close()`` (or leaving the ``with`` block) unregisters and removes it.
+
+    ``client``: a ``SamplerClient`` (or a ``Sampler`` stub). ``mode``: the object's file mode;
+    the server process must be able to read it (0o600: the same user, as in a sidecar)."""
+
+    def __init__(self, client: Any, byte_size: int, *, name: str | None = None, mode: int = 0o600,
+                 timeout: float | None = None) -> None:
+        if byte_size < 1:
+            raise ValueError(f"byte_size must be >= 1, got {byte_size}")
+        self._stub = getattr(client, "stub", client)
+        self._timeout = timeout
+        self.byte_size = byte_size
+        self.key = f"samplerd-{os.getpid()}-{secrets.token_hex(8)}"
+        self.name = name or self.key
+        self._map: mmap.mmap | None = None
+        self._registered = False
+        path = SHM_DIR / self.key
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            os.ftruncate(fd, byte_size)
+            self._map = mmap.mmap(fd, byte_size)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        try:
+            self._stub.RegisterSharedMemory(
+                pb.RegisterSharedMemoryRequest(name=self.name, key=self.key, byte_size=byte_size), timeout=timeout)
+        except BaseException:
+            self._release()
+            raise
+        self._registered = True
+
+    def put(self, array: Any, offset: int = 0) -> pb.Tensor:
+        """Copy logits (numpy or torch, ``[B, V]`` or ``[V]``) into the region at ``offset`` and
+        return the ``Tensor`` referencing them. Do not ``put`` over them before the answer came."""
+        from service.client import wire_array
+
+        if self._map is None:
+            raise ValueError("the region is closed")
+        dtype, values = wire_array(array)
+        if offset < 0 or offset + values.nbytes > self.byte_size:
+            raise ValueError(f"{values.nbytes} bytes at offset {offset} do not fit the region ({self.byte_size} bytes)")
+        target = np.ndarray(values.shape, values.dtype, buffer=self._map, offset=offset)
+        np.copyto(target, values)
+        del target  # the mmap cannot close while a view of it exists
+        return pb.Tensor(dtype=dtype, shape=list(values.shape), shared_memory=pb.SharedMemoryReference(
+            region=self.name, offset=offset, byte_size=values.nbytes))
+
+    def view(self) -> memoryview:
+        """The region's bytes (writable), e.g. for an engine that writes logits in place."""
+        if self._map is None:
+            raise ValueError("the region is closed")
+        return memoryview(self._map)
+
+    def close(self) -> None:
+        """Unregister (if the server is still reachable) and remove the object; idempotent."""
+        if self._registered:
+            self._registered = False
+            with contextlib.suppress(grpc.RpcError, ValueError):  # a closed channel raises ValueError
+                self._stub.UnregisterSharedMemory(pb.UnregisterSharedMemoryRequest(name=self.name),
+                                                  timeout=self._timeout)
+        self._release()
+
+    def _release(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        (SHM_DIR / self.key).unlink(missing_ok=True)
+
+    def __enter__(self) -> SharedMemoryRegion:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._release()
+
+
+class GrowingRegion:
+    """The one region of a ``SamplerClient(shared_memory=True)``: replaced by a larger one (at
+    least twice the size) when a step does not fit."""
+
+    def __init__(self, stub: Any, timeout: float | None) -> None:
+        self._stub = stub
+        self._timeout = timeout
+        self._region: SharedMemoryRegion | None = None
+
+    def encode(self, array: Any) -> pb.Tensor:
+        """``array`` copied into the region; the ``Tensor`` that references it."""
+        from service.client import wire_array
+
+        _, values = wire_array(array)
+        if self._region is None or self._region.byte_size < values.nbytes:
+            size = max(values.nbytes, 2 * self._region.byte_size if self._region is not None else 0)
+            self.close()
+            self._region = SharedMemoryRegion(self._stub, size, timeout=self._timeout)
+        return self._region.put(values if not type(array).__module__.startswith("torch") else array)
+
+    def close(self) -> None:
+        """Unregister and remove the region, if any."""
+        if self._region is not None:
+            self._region.close()
+            self._region = None

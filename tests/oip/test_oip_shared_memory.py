@@ -1,0 +1,132 @@
+"""Triton's system shared-memory extension on the OIP endpoint, driven by the real tritonclient.
+
+tritonclient runs in its own process and virtual environment (see
+``test_open_inference_protocol.py``); ``tritonclient_shm_check.py`` is what it runs. The
+server and the client share this machine's /dev/shm.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from test_open_inference_protocol import PARAMS, triton_python
+
+from sampling import SamplingParams, sample
+from service.generated.inference import grpc_service_pb2 as oip
+from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
+from service.process import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+CHECK_SCRIPT = Path(__file__).with_name("tritonclient_shm_check.py")
+
+
+@pytest.fixture(scope="module")
+def logits() -> np.ndarray:
+    return (np.random.default_rng(5).standard_normal((6, 3000)) * 3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def report(server: ServerProcess, logits: np.ndarray, tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("oip-shm") / "logits.npy"
+    np.save(path, logits)
+    run = subprocess.run([str(triton_python()), str(CHECK_SCRIPT), server.target, str(path), json.dumps(PARAMS)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def expected(logits: np.ndarray) -> list[list[int]]:
+    return sample(torch.from_numpy(logits), SamplingParams(**PARAMS)).token_ids.tolist()
+
+
+def test_the_server_announces_the_extension(report: dict) -> None:
+    assert "system_shared_memory" in report["extensions"]
+
+
+def test_registered_regions_are_listed(report: dict, logits: np.ndarray) -> None:
+    regions = report["status"]["regions"]
+    assert sorted(regions) == ["logits_in", "tokens_out"]
+    assert int(regions["logits_in"]["byte_size"]) == logits.nbytes
+    assert regions["logits_in"]["key"].startswith("/samplerd_tc_in_")
+
+
+def test_infer_reads_logits_from_and_writes_tokens_to_shared_memory(report: dict, logits: np.ndarray) -> None:
+    fp32 = report["fp32"]
+    assert fp32["token_ids"] == expected(logits)
+    assert fp32["shape"] == [len(logits), 1]
+    assert fp32["output_region"] == "tokens_out"
+    assert len(fp32["entropy"]) == len(logits)  # an output not in shared memory comes back inline
+    assert report["fp16"]["token_ids"] == sample(torch.from_numpy(logits.astype(np.float16)),
+                                                 SamplingParams(**PARAMS)).token_ids.tolist()
+
+
+def test_errors_carry_the_right_status(report: dict) -> None:
+    errors = report["errors"]
+    assert errors["unknown_region"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "logits.shared_memory.region" in errors["unknown_region"]["message"]
+    assert errors["output_too_small"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "outputs[0]" in errors["output_too_small"]["message"]
+    assert errors["register_path"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert errors["register_twice"]["status"] == "StatusCode.ALREADY_EXISTS"
+    assert errors["too_large"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert errors["cuda"]["status"] in ("StatusCode.FAILED_PRECONDITION", "StatusCode.UNIMPLEMENTED")
+    assert "system shared memory" in errors["cuda"]["message"]
+
+
+def test_unregister_one_then_all(report: dict) -> None:
+    assert report["after_unregister_one"] == ["tokens_out"]
+    assert report["unregistered_region"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert report["after_unregister_all"] == {}
+
+
+def shm_request(**input_parameters) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name="samplerd")
+    tensor = request.inputs.add(name="logits", datatype="FP32", shape=[2, 10])
+    for name, value in input_parameters.items():
+        if isinstance(value, str):
+            tensor.parameters[name].string_param = value
+        elif isinstance(value, float):
+            tensor.parameters[name].double_param = value
+        else:
+            tensor.parameters[name].int64_param = value
+    return request
+
+
+@pytest.mark.parametrize(("parameters", "field"), [
+    ({"shared_memory_region": "r"}, "logits.parameters.shared_memory_byte_size"),
+    ({"shared_memory_region": "r", "shared_memory_byte_size": -8}, "logits.parameters.shared_memory_byte_size"),
+    ({"shared_memory_region": "r", "shared_memory_byte_size": 80, "shared_memory_offset": 1.5},
+     "logits.parameters.shared_memory_offset"),
+    ({"shared_memory_byte_size": 80}, "logits.parameters.shared_memory_byte_size"),
+    ({"shared_memory_region": 3, "shared_memory_byte_size": 80}, "logits.parameters.shared_memory_region"),
+    ({"shared_memory_region": "unregistered", "shared_memory_byte_size": 80}, "logits.shared_memory.region"),
+    ({"shared_memory_region": "unregistered", "shared_memory_byte_size": 40}, "logits.shared_memory.byte_size"),
+])
+def test_malformed_input_references_are_invalid_argument_naming_the_parameter(
+        server: ServerProcess, parameters: dict, field: str) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(shm_request(**parameters), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field), caught.value.details()
+
+
+def test_cuda_register_answers_a_clear_error_without_cuda(server: ServerProcess) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-CUDA answer is not what it gives")
+    with grpc.insecure_channel(server.target) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CudaSharedMemoryRegister(oip.CudaSharedMemoryRegisterRequest(name="g", raw_handle=b"\0" * 64,
+                                                                              byte_size=64))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "needs a CUDA device" in caught.value.details()
+        assert not stub.CudaSharedMemoryStatus(oip.CudaSharedMemoryStatusRequest()).regions
