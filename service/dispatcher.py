@@ -265,7 +265,8 @@ class Dispatcher:
                 f"queue full: {self._queued_rows} rows waiting, {rows} more would exceed "
                 f"max_queue_rows={self._config.max_queue_rows}"
             )
-        nbytes = logits.numel() * logits.element_size()
+        # A region's bytes count too: the actor reads them into its batch.
+        nbytes = logits.nbytes if isinstance(logits, RegionSlice) else logits.numel() * logits.element_size()
         if self._held_bytes + nbytes > self._config.max_queue_bytes:
             raise QueueFullError(
                 f"queue full: {self._held_bytes} bytes of logits are queued or being sampled, {nbytes} more would "
