@@ -17,7 +17,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,7 +321,7 @@ class SamplerPool:
             return False
         worker.device = device
         if self._config.batch_transport == "socket":
-            worker.link = await _open_link(worker.actor)
+            worker.link = await open_link(worker.actor)
             worker.linkable = worker.link is not None
         worker.state = WorkerState.ALIVE
         self._on_change()
@@ -380,7 +380,7 @@ class SamplerPool:
                 if isinstance(result, ACTOR_LOST):
                     self._lose(worker, result)
                 elif worker.linkable and worker.link is None and worker.state is WorkerState.ALIVE:
-                    link = await _open_link(worker.actor)
+                    link = await open_link(worker.actor)
                     if worker.state is WorkerState.ALIVE and worker.link is None:
                         worker.link = link
                     elif link is not None:
@@ -404,8 +404,10 @@ class SamplerPool:
             ray.kill(worker.actor, no_restart=True)
 
 
-async def _open_link(actor: Any) -> SocketLink | None:
-    """A link to ``actor``, or None (its batches go by Ray).
+async def open_link(actor: Any, types: Iterable[type] = WIRE_TYPES) -> SocketLink | None:
+    """A link to ``actor`` (an actor with an ``open_link(tcp)`` method answering with a
+    :class:`~workers.socket_link.LinkAddress`), whose answers may hold ``types``; or None
+    (its calls go by Ray).
 
     On this process's node the link is a Unix socket with an arena (:meth:`SocketLink.open`);
     to an actor on another node, or from a front end connected through the Ray client
@@ -419,13 +421,13 @@ async def _open_link(actor: Any) -> SocketLink | None:
         if not ray.util.client.ray.is_connected():
             address = await resolve(actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
             if address.node_id == ray.get_runtime_context().get_node_id():
-                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES)
+                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, types)
         if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
             return None
         address = await resolve(actor.open_link.remote(tcp=True), LINK_OPEN_TIMEOUT_S)
-        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, WIRE_TYPES)
+        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, types)
     except Exception as error:  # a speed-up only: without it batches go by Ray
-        _log.warning("no batch link to the sampler actor (%s); its batches go by Ray", error)
+        _log.warning("no link to the actor (%s); its calls go by Ray", error)
         return None
 
 
