@@ -44,15 +44,16 @@ How the gRPC ``Generate`` handler uses it (everything it needs is in this module
   ``on_lost`` (given to :meth:`LanguageModelClient.start`) is called once.
 
 Underneath, the actor (:class:`LanguageModelActor`, a threaded Ray actor) runs the engine's
-decode loop in a background thread, so every request in flight is batched together. Requests
-go in by actor calls (``submit(request)``, ``cancel(request_id)``); their events come back on
-one channel per actor: the client's reader task asks for ``events(timeout_s)``, the events of
-every live request produced since the last ask (waiting up to the timeout for one), and hands
-each request's events to its stream. So one round trip per decode step serves all streams
-(not one per stream), and no actor thread is held per stream. The ask goes over a link
-(:mod:`workers.socket_link`, as the sampler actors' batches do: ~0.25 ms of the front end's CPU
-against ~1.6 ms for a Ray call), or by Ray where no link opens. The events travel as plain
-tuples (:mod:`workers.generation.wire`).
+decode loop in a background thread, so every request in flight is batched together. Its
+events come back on one channel per actor: the client's reader task asks for
+``events(timeout_s)``, the events of every live request produced since the last ask (waiting
+up to the timeout for one), and hands each request's events to its stream. So one round trip
+per decode step serves all streams (not one per stream), and no actor thread is held per
+stream. The asks go over a link (:mod:`workers.socket_link`, as the sampler actors' batches
+do: ~0.25 ms of the front end's CPU against ~1.6 ms for a Ray call), and requests over a
+second one (by Ray where no link opens); cancellations are actor calls
+(``cancel(request_id)``). Requests and events travel as plain values
+(:mod:`workers.generation.wire`).
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
+from sampling import SamplingError
 from workers.generation.engine import GenerationEngine
 from workers.generation.loader import DEVICES, ModelInfo
 from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest, InvalidGenerationRequest
-from workers.generation.wire import decode_events, encode_events
+from workers.generation.wire import decode_events, decode_request, encode_events, encode_request
 from workers.pool import open_link
 from workers.socket_link import LinkServer
 
@@ -174,13 +176,28 @@ class LanguageModelWorker:
         return encode_events(self._live().poll_feed(timeout_s))
 
     def open_link(self, tcp: bool = False) -> Any:
-        """Listen for the front end's event channel (a link whose calls are :meth:`events`
-        timeouts; with ``tcp`` also on this node's address); where to connect."""
+        """Listen for the front end's links (with ``tcp`` also on this node's address); where to
+        connect. The front end opens two: the event channel, whose calls are :meth:`events`
+        timeouts, and one for submits (see :meth:`link_call`)."""
         if self._link is None:
-            self._link = LinkServer(lambda timeout_s: self.events(float(timeout_s)))
+            self._link = LinkServer(self.link_call)
         if tcp:
             self._link.listen_tcp(ray.util.get_node_ip_address())
         return self._link.address(ray.get_runtime_context().get_node_id())
+
+    def link_call(self, call: Any) -> Any:
+        """One call over a link: a number is an :meth:`events` timeout; ``("submit", request)``
+        (a :func:`~workers.generation.wire.encode_request` tuple) answers ``("ok", request_id)``
+        or ``("invalid", field, reason)`` (the field must survive the trip: INVALID_ARGUMENT names it)."""
+        if isinstance(call, (int, float)):
+            return self.events(float(call))
+        kind, payload = call
+        if kind != "submit":
+            raise ValueError(f"unknown link call {kind!r}")
+        try:
+            return ("ok", self.submit(decode_request(payload)))
+        except SamplingError as error:  # InvalidGenerationRequest too
+            return ("invalid", error.field, error.reason)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a request (False when unknown or already finished)."""
@@ -229,7 +246,8 @@ class LanguageModelClient:
         self._ids = itertools.count()
         self._prefix = f"lm-{os.getpid()}-{id(self):x}-"
         self._lost: ModelReplicaLost | None = None
-        self._link: Any = None
+        self._link: Any = None  # the event channel's link (None: by Ray)
+        self._submits: Any = None  # the link that submits go over (None: by Ray)
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -247,6 +265,8 @@ class LanguageModelClient:
             info = await asyncio.wait_for(_call(actor.ready.remote()), config.startup_timeout_s)
             client = cls(actor, info, config, on_lost)
             client._link = await open_link(actor, ())
+            if client._link is not None:
+                client._submits = await open_link(actor, ())
         except BaseException as error:
             ray.kill(actor)
             if isinstance(error, asyncio.TimeoutError):
@@ -282,10 +302,7 @@ class LanguageModelClient:
         self._streams[request_id] = stream
         submitted = finished = False
         try:
-            try:
-                await _call(self._actor.submit.remote(dataclasses.replace(request, request_id=request_id)))
-            except RayError as error:  # the actor is gone (or going): nothing was started
-                raise self.mark_lost(error) from None
+            await self._submit(dataclasses.replace(request, request_id=request_id))
             submitted = True
             while not finished:
                 events = await stream.get()
@@ -320,10 +337,29 @@ class LanguageModelClient:
 
     def kill(self) -> None:
         """Kill the actor at once (its streams end through the channel's loss)."""
-        if self._link is not None:
-            self._link.close()
+        for link in (self._link, self._submits):
+            if link is not None:
+                link.close()
         with contextlib.suppress(Exception):
             ray.kill(self._actor, no_restart=True)
+
+    async def _submit(self, request: GenerationRequest) -> None:
+        """Start ``request`` on the actor: over the submit link (a fraction of a Ray call's cost
+        and latency, which matters when many prompts arrive at once: the engine batches what has
+        arrived by its next step), else by Ray. Raises InvalidGenerationRequest, or
+        ModelReplicaLost when the actor is gone."""
+        if self._submits is None:
+            try:
+                await _call(self._actor.submit.remote(request))
+            except RayError as error:  # the actor is gone (or going): nothing was started
+                raise self.mark_lost(error) from None
+            return
+        try:
+            answer = await self._submits.call(("submit", encode_request(request)))
+        except Exception as error:  # the link broke: the actor died, or cannot be trusted
+            raise self.mark_lost(error) from None
+        if answer[0] == "invalid":
+            raise InvalidGenerationRequest(answer[1], answer[2])
 
     async def _ask(self) -> list[tuple[Any, ...]]:
         if self._link is not None:

@@ -7,7 +7,7 @@ import pickle
 
 from sampling import SamplingParams
 from workers.generation import FinishEvent, GenerationRequest, TokenEvent
-from workers.generation.wire import decode_events, encode_events
+from workers.generation.wire import decode_events, decode_request, encode_events, encode_request
 
 
 def test_events_round_trip_as_plain_values(engine):
@@ -22,3 +22,15 @@ def test_events_round_trip_as_plain_values(engine):
     decoded = decode_events(rows)
     assert isinstance(decoded[0], TokenEvent) and isinstance(decoded[-1], FinishEvent)
     assert decoded[-1].stats == result.finish.stats
+
+
+def test_requests_round_trip_as_plain_values():
+    request = GenerationRequest(prompt_token_ids=(5, 6), params=SamplingParams(top_p=0.8, seed=4, logit_bias={7: 1.5},
+                                                                               temperature=0.7),
+                                max_tokens=9, stop=("\n",), stop_token_ids=(3,), ignore_eos=True, request_id="r1")
+    values = encode_request(request)
+    assert decode_request(pickle.loads(pickle.dumps(values))) == request
+    assert decode_request(json.loads(json.dumps(values))) == request
+    assert values[2] == {"top_p": 0.8, "seed": 4, "logit_bias": ((7, 1.5),), "temperature": 0.7}
+    text = GenerationRequest(prompt="Hi")
+    assert decode_request(encode_request(text)) == text
