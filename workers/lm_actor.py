@@ -101,7 +101,8 @@ class LMActorConfig:
     ``max_concurrency`` is the actor's threads for calls (submit, cancel, load, and the event
     channel when it goes by Ray); streams hold none. ``poll_timeout_s`` is how long one ask of
     the event channel waits for an event. ``torch_threads`` sets the actor's intra-op threads
-    on CPU (None: Ray's default, one per reserved CPU).
+    on CPU (None: Ray's default, one per reserved CPU). ``links`` False sends everything by Ray
+    calls (as where no link can open).
     """
 
     model_dir: str
@@ -115,6 +116,7 @@ class LMActorConfig:
     poll_timeout_s: float = 0.5
     startup_timeout_s: float = 600.0
     torch_threads: int | None = None
+    links: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -264,7 +266,7 @@ class LanguageModelClient:
         try:
             info = await asyncio.wait_for(_call(actor.ready.remote()), config.startup_timeout_s)
             client = cls(actor, info, config, on_lost)
-            client._link = await open_link(actor, ())
+            client._link = await open_link(actor, ()) if config.links else None
             if client._link is not None:
                 client._submits = await open_link(actor, ())
         except BaseException as error:

@@ -91,6 +91,34 @@ async def test_actor_streams_batches_and_cancels(ray_for_module, tiny_model_dir:
         await lm.close()
 
 
+async def test_without_links_everything_goes_by_ray(ray_for_module, tiny_model_dir: Path, engine):
+    lm = await LanguageModelClient.start(LMActorConfig(model_dir=str(tiny_model_dir), device="cpu", torch_threads=1,
+                                                       poll_timeout_s=0.2, links=False))
+    try:
+        assert not lm.linked
+        requests = [GenerationRequest(prompt=p, params=SamplingParams(seed=i), max_tokens=12, ignore_eos=True)
+                    for i, p in enumerate(["The", "A model", "Entropy"])]
+
+        async def collect(request):
+            return [event async for event in lm.generate(request)]
+
+        streams = await asyncio.gather(*(collect(r) for r in requests))
+        for request, events in zip(requests, streams, strict=True):
+            assert events[-1].token_ids == engine.generate(request).finish.token_ids
+            assert [e.index for e in events[:-1]] == list(range(12))
+        with pytest.raises(InvalidGenerationRequest) as caught:
+            async for _ in lm.generate(GenerationRequest(prompt_token_ids=(10_000,))):
+                pass
+        assert caught.value.field == "prompt_token_ids"
+        async with contextlib.aclosing(lm.generate(GenerationRequest(prompt="The", max_tokens=200,
+                                                                     ignore_eos=True))) as events:
+            async for _ in events:
+                break
+        await assert_idle_soon(lm)
+    finally:
+        await lm.close()
+
+
 async def test_actor_reports_a_bad_model_directory(ray_for_module, tmp_path: Path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         await LanguageModelClient.start(LMActorConfig(model_dir=str(tmp_path), device="cpu"))
