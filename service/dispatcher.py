@@ -503,7 +503,7 @@ class Dispatcher:
                     if isinstance(choice, RowError):
                         pending.answer(choice.to_exception())
                     else:
-                        step = PathStep(*(torch.from_numpy(a) for a in (
+                        step = PathStep(*(torch.from_numpy(a if a.flags.writeable else a.copy()) for a in (
                             choice.parent, choice.token, choice.path_logprob, choice.token_logprob)))
                         pending.answer(PathStepResult(step, pending.queue_wait_s))
                 continue
