@@ -304,8 +304,14 @@ class LanguageModelClient:
         self._streams[request_id] = stream
         submitted = finished = False
         try:
-            await self._submit(dataclasses.replace(request, request_id=request_id))
+            # Set before the await: a caller cancelled while the submit is on its way must still
+            # cancel what the actor may have started.
             submitted = True
+            try:
+                await self._submit(dataclasses.replace(request, request_id=request_id))
+            except InvalidGenerationRequest:
+                submitted = False
+                raise
             while not finished:
                 events = await stream.get()
                 if isinstance(events, BaseException):
