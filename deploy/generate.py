@@ -242,7 +242,7 @@ PANELS: list[tuple[str, list[tuple[str, str, str, str, list[dict]]]]] = [
         ],
     ),
     (
-        "Sessions and generation",
+        "Sessions",
         [
             (
                 "Open SampleStream sessions",
@@ -251,6 +251,11 @@ PANELS: list[tuple[str, list[tuple[str, str, str, str, list[dict]]]]] = [
                 "Decoding sessions open now, per front end (each holds its sequences' state).",
                 [{"expr": "sum by (instance) (samplerd_sessions_active)", "legendFormat": "{{instance}}"}],
             ),
+        ],
+    ),
+    (
+        "Generate",
+        [
             (
                 "Generated tokens/s",
                 "timeseries",
@@ -270,6 +275,22 @@ PANELS: list[tuple[str, list[tuple[str, str, str, str, list[dict]]]]] = [
                 "Generate sequences on the language model: running in the decode batch, or waiting "
                 "for a batch slot.",
                 [{"expr": "sum by (state) (samplerd_generate_sequences)", "legendFormat": "{{state}}"}],
+            ),
+            (
+                "Time to first token",
+                "timeseries",
+                "s",
+                "From receiving a Generate call to sending its first token (waiting for a batch slot, "
+                "the prefill, the first step): p50 / p99 by strategy.",
+                _quantiles("samplerd_time_to_first_token_seconds", "strategy", (0.5, 0.99), STRATEGY),
+            ),
+            (
+                "Inter-token latency",
+                "timeseries",
+                "s",
+                "Time between consecutive tokens of one Generate stream (a decode step of the whole "
+                "batch, and the stream's share of the front end): p50 / p99 by strategy.",
+                _quantiles("samplerd_inter_token_latency_seconds", "strategy", (0.5, 0.99), STRATEGY),
             ),
         ],
     ),

@@ -74,6 +74,13 @@ def _model_dir(text: str) -> str | None:
     return os.path.abspath(text)
 
 
+def _optional_gpus(text: str) -> float | None:
+    """GPUs per language-model replica ('' or 'auto': 1 on a GPU device, else 0)."""
+    if text.lower() in ("", "auto"):
+        return None
+    return _non_negative_float(text)
+
+
 def _model_dtype(text: str) -> str:
     if text not in MODEL_DTYPES:
         raise ValueError(text)
@@ -98,6 +105,7 @@ _device.__name__ = "device (auto, cpu or cuda)"
 _model_dir.__name__ = "model directory (an existing directory, 'demo' or 'none')"
 _batch_transport.__name__ = f"batch transport ({' or '.join(BATCH_TRANSPORTS)})"
 _model_dtype.__name__ = f"dtype ({', '.join(MODEL_DTYPES)})"
+_optional_gpus.__name__ = "number of GPUs (or 'auto')"
 
 # (flag, type, default, help). The environment variable is derived from the flag.
 SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
@@ -161,6 +169,11 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "weights dtype of the language model: auto (float32 on cpu, bfloat16 on cuda), float32, float16, bfloat16"),
     ("--model-max-tokens", _positive_int, _DEFAULTS.model_max_tokens,
      "largest max_tokens a Generate request may ask for; larger gets RESOURCE_EXHAUSTED"),
+    ("--model-replicas", _positive_int, _DEFAULTS.model_replicas,
+     "language-model actors of --model; each Generate call goes to the least-loaded, a dead one is replaced"),
+    ("--model-gpus-per-replica", _optional_gpus, _DEFAULTS.model_gpus_per_replica,
+     "GPUs each language-model actor reserves (fractions share a GPU); auto: 1 when --model-device is cuda, "
+     "or auto and the cluster has a GPU, else 0"),
     ("--ray-address", _optional_address, _DEFAULTS.ray_address,
      "Ray cluster to join; 'none' starts a local Ray instance (dashboard off)"),
     ("--grace-seconds", _non_negative_float, _DEFAULTS.grace_seconds,

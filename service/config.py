@@ -68,6 +68,8 @@ class ServerConfig:
     model_device: str = "auto"
     model_dtype: str = "auto"
     model_max_tokens: int = 4096
+    model_replicas: int = 1
+    model_gpus_per_replica: float | None = None  # None: 1 on cuda, auto: 1 when the cluster has a GPU
     ray_address: str | None = PoolConfig.ray_address
     grace_seconds: float = 10.0
     # Security (service.security): TLS / mutual TLS, bearer tokens, the metrics interface.

@@ -16,6 +16,10 @@ turns the queue into batches:
    ONE call samples the whole batch (the actor stacks each group's rows), and each job's rows
    are cut back out of its group's result.
 
+A :class:`PathStepJob` (one path-aware sequence's step of a ``SampleStream`` session) is
+queued and batched the same way: its live paths are its rows, and they travel in the same
+actor call as the other jobs, as a group of their own (``workers.batch.PathGroup``).
+
 Every accepted job gets exactly one answer: its result, :class:`DeadlineExceededError` (its
 deadline passed while it waited), :class:`WorkersUnavailableError` (no live actor, or its
 actor died and the one retry on another actor failed too), ``sampling.SamplingError`` (its
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sampling import SampleOutput, SampleStats, SamplingParams, SequenceState
+from sampling.strategies.path_top_p import PathStep
 from service.config import DispatcherConfig
 from service.errors import (
     DeadlineExceededError,
@@ -51,6 +56,9 @@ from service.errors import (
 from workers import (
     BatchOutput,
     NoLiveWorkerError,
+    PathGroup,
+    PathGroupResult,
+    PathJob,
     RegionSlice,
     RowError,
     RowGroup,
@@ -58,7 +66,7 @@ from workers import (
     stack_group,
     take_job,
 )
-from workers.batch import DTYPE_NAMES
+from workers.batch import DTYPE_NAMES, pack_logits
 
 _TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
@@ -82,6 +90,31 @@ class SampleJob:
     steps: Sequence[int] | int = 0
     deadline: float | None = None
     states: Sequence[SequenceState | None] | None = None
+
+
+@dataclass
+class PathStepJob:
+    """One path-aware sequence's step (``params.path_beams > 1``): logits ``[paths, V]`` (CPU),
+    one row per live path, with each path's accumulated log-probability and
+    ``sampling.SequenceState``, the sequence's parameters, step and seed, and an optional
+    ``time.monotonic()`` deadline. Answered with a :class:`PathStepResult`."""
+
+    logits: torch.Tensor
+    params: SamplingParams
+    step: int
+    seed: int
+    path_logprobs: Sequence[float]
+    states: Sequence[SequenceState | None]
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class PathStepResult:
+    """A path step's answer: the paths kept (``sampling.strategies.path_top_p.PathStep``, CPU
+    tensors) and how long the job waited in the queue."""
+
+    step: PathStep
+    queue_wait_s: float
 
 
 @dataclass(frozen=True)
@@ -138,10 +171,11 @@ class _Pending:
     steps: list[int]
     states: list[SequenceState | None] | None
     deadline: float | None
-    future: asyncio.Future[SampleResult]
+    future: asyncio.Future[SampleResult | PathStepResult]
     enqueued_at: float
     draws: int
     top_logprobs: int
+    path: PathJob | None = None  # set for a PathStepJob
     state: _State = _State.QUEUED
     timer: asyncio.TimerHandle | None = None
     queue_wait_s: float = 0.0
@@ -150,12 +184,13 @@ class _Pending:
     def __post_init__(self) -> None:
         self.rows = int(self.logits.shape[0])
 
-    def key(self) -> tuple[int, torch.dtype]:
-        """Jobs with the same key are stacked into one row group."""
-        dtype = self.logits.dtype
-        return int(self.logits.shape[1]), _TORCH_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    def key(self) -> tuple[int, torch.dtype, bool]:
+        """Jobs with the same key are stacked into one group (path steps in groups of their own)."""
+        dtype = self.logits.dtype  # a region's logits name their dtype
+        torch_dtype = _TORCH_DTYPES[dtype] if isinstance(dtype, str) else dtype
+        return int(self.logits.shape[1]), torch_dtype, self.path is not None
 
-    def answer(self, result: SampleResult | BaseException) -> None:
+    def answer(self, result: SampleResult | PathStepResult | BaseException) -> None:
         """Resolve the future unless the caller already gave up on it."""
         self.state = _State.DONE
         if self.timer is not None:
@@ -234,8 +269,9 @@ class Dispatcher:
         """
         self._observer = fn
 
-    async def submit(self, job: SampleJob) -> SampleResult:
-        """Queue a job and await its answer (see the module docstring for the errors).
+    async def submit(self, job: SampleJob | PathStepJob) -> SampleResult | PathStepResult:
+        """Queue a job and await its answer: a :class:`SampleResult`, or for a
+        :class:`PathStepJob` a :class:`PathStepResult` (see the module docstring for the errors).
 
         Raises QueueFullError / WorkersUnavailableError / DeadlineExceededError at once when
         the job is not accepted, and ValueError for a malformed job.
@@ -249,13 +285,18 @@ class Dispatcher:
 
     # -- admission -------------------------------------------------------------------------
 
-    def _admit(self, job: SampleJob) -> _Pending:
+    def _admit(self, job: SampleJob | PathStepJob) -> _Pending:
         if not self._accepting:
             raise WorkersUnavailableError("the dispatcher is not running")
         if not self._pool.ready():
             raise WorkersUnavailableError("no live sampler actor")
-        logits, params, steps, states = _normalise(job)
-        draws, top_logprobs = _widths(job.params, params)
+        path = None
+        if isinstance(job, PathStepJob):
+            logits, params, steps, states, path = _normalise_path(job)
+            draws, top_logprobs = 1, 0
+        else:
+            logits, params, steps, states = _normalise(job)
+            draws, top_logprobs = _widths(job.params, params)
         rows = int(logits.shape[0])
         now = time.monotonic()
         if job.deadline is not None and job.deadline <= now:
@@ -274,7 +315,7 @@ class Dispatcher:
             )
         loop = asyncio.get_running_loop()
         pending = _Pending(
-            logits, params, steps, states, job.deadline, loop.create_future(), now, draws, top_logprobs
+            logits, params, steps, states, job.deadline, loop.create_future(), now, draws, top_logprobs, path
         )
         self._held_bytes += nbytes
         pending.future.add_done_callback(lambda _future: self._release_bytes(nbytes))
@@ -399,7 +440,7 @@ class Dispatcher:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         """Stack, send, and answer one batch; every job in it gets exactly one answer."""
-        plan: dict[tuple[int, torch.dtype], list[_Pending]] = {}
+        plan: dict[tuple[int, torch.dtype, bool], list[_Pending]] = {}
         for pending in batch:
             if not pending.future.done():  # cancelled while it waited for the batch to leave
                 plan.setdefault(pending.key(), []).append(pending)
@@ -418,8 +459,17 @@ class Dispatcher:
         finally:
             _answer_all(batch, RuntimeError("the batch ended without an answer for this job"))
 
-    def _deliver(self, plan: dict[tuple[int, torch.dtype], list[_Pending]], output: BatchOutput) -> None:
+    def _deliver(self, plan: dict[tuple[int, torch.dtype, bool], list[_Pending]], output: BatchOutput) -> None:
         for pendings, group in zip(plan.values(), output.groups, strict=True):
+            if isinstance(group, PathGroupResult):
+                for pending, choice in zip(pendings, group.choices, strict=True):
+                    if isinstance(choice, RowError):
+                        pending.answer(choice.to_exception())
+                    else:
+                        step = PathStep(*(torch.from_numpy(a if a.flags.writeable else a.copy()) for a in (
+                            choice.parent, choice.token, choice.path_logprob, choice.token_logprob)))
+                        pending.answer(PathStepResult(step, pending.queue_wait_s))
+                continue
             if group.output is None:
                 for pending, job_output in zip(pendings, group.job_outputs or [], strict=True):
                     if isinstance(job_output, RowError):
@@ -470,6 +520,20 @@ def _normalise(
     return logits, params, steps, states
 
 
+def _normalise_path(
+    job: PathStepJob,
+) -> tuple[torch.Tensor, list[SamplingParams], list[int], list[SequenceState | None], PathJob]:
+    """A path step's logits, per-row params, steps and states, and its :class:`PathJob`;
+    ValueError when malformed."""
+    logits, params, steps, states = _normalise(SampleJob(job.logits, job.params, job.step, states=job.states))
+    if job.params.path_beams < 2:
+        raise ValueError("a path step needs params.path_beams > 1")
+    if len(job.path_logprobs) != len(params):
+        raise ValueError(f"need one path log-probability per row: {len(params)} rows, {len(job.path_logprobs)}")
+    path = PathJob(job.params, job.step, job.seed, [float(lp) for lp in job.path_logprobs], list(job.states))
+    return logits, params, steps, states or [None] * len(params), path
+
+
 def _widths(given: Sequence[SamplingParams] | SamplingParams, params: list[SamplingParams]) -> tuple[int, int]:
     """The job's largest ``n`` and ``top_logprobs``: the widths of its own output."""
     if isinstance(given, SamplingParams):
@@ -477,10 +541,15 @@ def _widths(given: Sequence[SamplingParams] | SamplingParams, params: list[Sampl
     return max(p.n for p in params), max(p.top_logprobs for p in params)
 
 
-def _stack(plan: dict[tuple[int, torch.dtype], list[_Pending]]) -> list[RowGroup]:
-    """One row group per (V, dtype): the jobs' logits in order, per-row lists joined."""
-    groups = []
-    for pendings in plan.values():
+def _stack(plan: dict[tuple[int, torch.dtype, bool], list[_Pending]]) -> list[RowGroup | PathGroup]:
+    """One row group per (V, dtype): the jobs' logits in order, per-row lists joined; path
+    steps in a path group per (V, dtype)."""
+    groups: list[RowGroup | PathGroup] = []
+    for (_, dtype, paths), pendings in plan.items():
+        if paths:
+            groups.append(PathGroup([pack_logits(p.logits) for p in pendings], DTYPE_NAMES[dtype],
+                                    [p.path for p in pendings if p.path is not None]))
+            continue
         params: list[SamplingParams] = []
         steps: list[int] = []
         for pending in pendings:

@@ -1,8 +1,9 @@
 """``Generate``: prompt in, tokens out, with the server's own language model.
 
-:class:`Generation` owns the language-model actor of ``samplerd serve --model DIR`` (or knows
-there is none) and answers ``Sampler/Generate``; the servicer's ``Generate`` only delegates
-to :meth:`Generation.serve`. The proto contract is ``GenerateRequest`` / ``GenerateResponse``
+:class:`Generation` owns the language-model actors of ``samplerd serve --model DIR``
+(``--model-replicas`` of them, :mod:`workers.lm_replicas`; or knows there is none) and
+answers ``Sampler/Generate``; the servicer's ``Generate`` only delegates to
+:meth:`Generation.serve`. The proto contract is ``GenerateRequest`` / ``GenerateResponse``
 in ``proto/samplerd/v1/sampler.proto``.
 
 One call is one prompt. Concurrent calls are batched by the engine (continuous batching in
@@ -18,14 +19,15 @@ Request handling:
    (``prompt_token_ids``, ``stop[2]``, ``params.top_p``, ...), except ``max_tokens`` over the
    server's limit, which is RESOURCE_EXHAUSTED like every other configured size limit;
 3. each :class:`~workers.generation.TokenEvent` becomes one ``GenerateResponse.token``
-   message (and feeds the per-strategy metrics and ``samplerd_generated_tokens_total``), the
+   message (and feeds the per-strategy metrics, ``samplerd_generated_tokens_total`` and the
+   time-to-first-token / inter-token latency histograms), the
    :class:`~workers.generation.FinishEvent` the final ``GenerateResponse.finish``;
 4. a client that cancels, disconnects or passes its deadline cancels the handler's task; the
    events generator is closed (``aclosing``), which cancels the request on the actor and
    frees its batch slot at the next decode step. The deadline is also enforced here (not
    only by gRPC), so a generation never outlives it;
 5. an engine failure mid-generation (finish reason ``error``) ends the stream with INTERNAL,
-   a lost actor with UNAVAILABLE; tokens already sent stand.
+   a lost actor with UNAVAILABLE (at once: its replica is replaced); tokens already sent stand.
 
 Every accepted call gets exactly one status; the metrics count each under ``Generate``.
 """
@@ -46,7 +48,8 @@ from service.errors import RequestError, classify, from_sampling_error, invalid_
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.params import from_proto
 from workers.generation import FinishEvent, GenerationRequest, InvalidGenerationRequest, TokenEvent
-from workers.lm_actor import LanguageModelClient, LMActorConfig
+from workers.lm_actor import LMActorConfig, ModelReplicaLost
+from workers.lm_replicas import LanguageModelReplicas
 from workers.pool import ACTOR_LOST
 
 if TYPE_CHECKING:
@@ -95,22 +98,24 @@ class Generation:
     """
 
     def __init__(self, metrics: Metrics, model: LMActorConfig | None = None,
-                 max_tokens_limit: int = 4096) -> None:
+                 max_tokens_limit: int = 4096, replicas: int = 1) -> None:
         self._metrics = metrics
         self._model = model
         self._max_tokens_limit = max_tokens_limit
-        self._lm: LanguageModelClient | None = None
+        self._replicas = replicas
+        self._lm: LanguageModelReplicas | None = None
         self._alive = False
         self._monitor: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, metrics: Metrics) -> Generation:
         """The generation side of ``samplerd serve``: ``--model``, ``--model-device``,
-        ``--model-dtype``, ``--model-max-tokens``."""
+        ``--model-dtype``, ``--model-max-tokens``, ``--model-replicas``, ``--model-gpus-per-replica``."""
         model = None
         if config.model is not None:
-            model = LMActorConfig(model_dir=config.model, device=config.model_device, dtype=config.model_dtype)
-        return cls(metrics, model, config.model_max_tokens)
+            model = LMActorConfig(model_dir=config.model, device=config.model_device, dtype=config.model_dtype,
+                                  num_gpus=config.model_gpus_per_replica)
+        return cls(metrics, model, config.model_max_tokens, config.model_replicas)
 
     @property
     def has_model(self) -> bool:
@@ -118,30 +123,33 @@ class Generation:
         return self._model is not None
 
     @property
-    def client(self) -> LanguageModelClient | None:
-        """The language-model client once the model is loaded (None without a model)."""
+    def client(self) -> LanguageModelReplicas | None:
+        """The language-model replicas once the model is loaded (None without a model)."""
         return self._lm
 
     def ready(self) -> bool:
-        """True when Generate can run: no model configured, or the model loaded and its actor alive."""
-        return self._model is None or (self._lm is not None and self._alive)
+        """True when Generate can run: no model configured, or the model loaded and a replica alive."""
+        return self._model is None or (self._lm is not None and self._alive and self._lm.ready())
 
     async def start(self) -> None:
-        """Create the language-model actor and wait until the model is loaded (no-op without a
+        """Create the language-model actors and wait until the model is loaded (no-op without a
         model). Raises ``ModelLoadError`` (the directory holds no loadable model) or ``TimeoutError``."""
         if self._model is None:
             return
         started = time.perf_counter()
-        self._lm = await LanguageModelClient.start(self._model)
+        lm = LanguageModelReplicas(self._model, self._replicas)
+        await lm.start()
+        self._lm = lm
         self._alive = True
-        info = self._lm.info
-        log.info("language model %s loaded in %.1fs: %s on %s (%s), V=%d, context %s, batching %s",
-                 info.model_dir, time.perf_counter() - started, info.architecture, info.device, info.dtype,
-                 info.vocab_size, info.max_positions, info.batching)
+        info = lm.info
+        assert info is not None
+        log.info("language model %s loaded in %.1fs (%d replica(s)): %s on %s (%s), V=%d, context %s, batching %s",
+                 info.model_dir, time.perf_counter() - started, self._replicas, info.architecture, info.device,
+                 info.dtype, info.vocab_size, info.max_positions, info.batching)
         self._monitor = asyncio.create_task(self._watch(), name="generation-monitor")
 
     async def stop(self) -> None:
-        """Stop the actor (live generations end as cancelled)."""
+        """Stop the actors (live generations end with UNAVAILABLE)."""
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,7 +160,7 @@ class Generation:
             await lm.close()
 
     async def _watch(self) -> None:
-        """Keep ``samplerd_generate_sequences`` and the actor's liveness up to date."""
+        """Keep ``samplerd_generate_sequences`` and the actors' liveness up to date."""
         assert self._lm is not None
         while True:
             try:
@@ -161,7 +169,7 @@ class Generation:
                 raise
             except Exception as error:  # a dead or hung actor: health turns NOT_SERVING
                 if self._alive:
-                    log.error("language-model actor not answering: %s", error)
+                    log.error("no language-model actor answering: %s", error)
                 self._alive = False
             else:
                 self._alive = True
@@ -189,10 +197,11 @@ class Generation:
                 if self._model is None:
                     raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, NO_MODEL_MESSAGE)
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "the language model is not loaded (yet); retry")
+            assert lm.info is not None
             generation = self.decode(request, lm.info.vocab_size)
             scope = _timeout(remaining) if _timeout is not None and remaining is not None else contextlib.nullcontext()
             async with scope:
-                await self._stream(lm, generation, request, context)
+                await self._stream(lm, generation, request, context, started)
         except asyncio.CancelledError:
             # gRPC cancels the handler when the client's deadline passes, which it measures on
             # its own clock: a cancellation within a moment of our deadline is that deadline.
@@ -207,15 +216,21 @@ class Generation:
             self._metrics.inflight.dec()
             self._metrics.observe_request("Generate", code.name, time.perf_counter() - started)
 
-    async def _stream(self, lm: LanguageModelClient, generation: GenerationRequest, request: pb.GenerateRequest,
-                      context: grpc.aio.ServicerContext) -> None:
-        """Write a message per token event, then the finish message."""
+    async def _stream(self, lm: LanguageModelReplicas, generation: GenerationRequest, request: pb.GenerateRequest,
+                      context: grpc.aio.ServicerContext, started: float) -> None:
+        """Write a message per token event, then the finish message. ``started``: when the call
+        arrived (``time.perf_counter``), for the time to first token."""
         finish: FinishEvent | None = None
+        last = None  # when the previous token was sent
         async with contextlib.aclosing(lm.generate(generation)) as events:
             async for event in events:
                 if isinstance(event, TokenEvent):
                     self._metrics.observe_generated_token(event)
-                    await context.write(pb.GenerateResponse(request_id=request.request_id, token=token_message(event)))
+                    await context.write(token_response(request.request_id, event))
+                    now = time.perf_counter()
+                    self._metrics.observe_token_latency(event.strategy, now - (started if last is None else last),
+                                                        first=last is None)
+                    last = now
                 else:
                     finish = event
         if finish is None:  # the engine always ends a stream with a FinishEvent
@@ -290,25 +305,41 @@ def _refusal(error: BaseException, request: pb.GenerateRequest) -> RequestError:
         return invalid_argument(field, error.reason)
     if isinstance(error, TimeoutError):  # our own deadline scope fired
         return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed during generation")
+    if isinstance(error, ModelReplicaLost):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, ACTOR_LOST):
         return RequestError(grpc.StatusCode.UNAVAILABLE, f"the language-model worker is gone: {error}")
     return classify(error)
 
 
-def token_message(event: TokenEvent) -> pb.GeneratedToken:
-    """The ``GeneratedToken`` of a token event."""
-    message = pb.GeneratedToken(
-        index=event.index, token_id=event.token_id, text=event.text, logprob=event.logprob,
-        stats=pb.RowStatistics(
-            entropy=event.entropy, varentropy=event.varentropy, truncated_entropy=event.truncated_entropy,
-            kept_tokens=event.kept_tokens, kept_mass=event.kept_mass, top_k_entropy=event.top_k_entropy,
-            top_k_mass=event.top_k_mass, surprise=[event.surprise]),
-        strategy=event.strategy,
-        top_logprobs=[pb.TokenLogprob(token_id=t, logprob=lp) for t, lp in event.top_logprobs],
-    )
+def token_response(request_id: str, event: TokenEvent) -> pb.GenerateResponse:
+    """The ``GenerateResponse`` carrying a token event."""
+    response = pb.GenerateResponse(request_id=request_id)
+    fill_token(response.token, event)
+    return response
+
+
+def fill_token(message: pb.GeneratedToken, event: TokenEvent) -> None:
+    """Set ``message`` from a token event. Field by field: this runs for every generated token,
+    and it costs a seventh of building the messages from keyword arguments."""
+    message.index = event.index
+    message.token_id = event.token_id
+    message.text = event.text
+    message.logprob = event.logprob
+    stats = message.stats
+    stats.entropy = event.entropy
+    stats.varentropy = event.varentropy
+    stats.truncated_entropy = event.truncated_entropy
+    stats.kept_tokens = event.kept_tokens
+    stats.kept_mass = event.kept_mass
+    stats.top_k_entropy = event.top_k_entropy
+    stats.top_k_mass = event.top_k_mass
+    stats.surprise.append(event.surprise)
+    message.strategy = event.strategy
+    for token_id, logprob in event.top_logprobs:
+        message.top_logprobs.add(token_id=token_id, logprob=logprob)
     if event.mirostat_mu is not None:
         message.mirostat_mu = event.mirostat_mu
-    return message
 
 
 def finish_message(event: FinishEvent) -> pb.GenerateFinish:

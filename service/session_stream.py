@@ -12,12 +12,12 @@ Where the work runs:
   with each sequence's :class:`sampling.SequenceState` (history, mirostat mu) and step
   counter, so any sampler actor can serve any step and the dispatcher's retry after an
   actor died gives the same seeded tokens;
-- path-aware sequences (``path_beams > 1``): the dispatcher's jobs run ``sampling.sample``,
-  which has no path-aware stage, so this first version runs the per-step work
-  (``sampling.filter_logits`` per path, then ``path_aware_step``) in a worker thread of the
-  front end (``asyncio.to_thread``), never on the event loop. It needs no actor state either,
-  so it is unaffected by actor deaths. Moving it onto the sampler actors needs a path-step
-  job type in the dispatcher.
+- path-aware sequences (``path_beams > 1``): one :class:`PathStepJob` per sequence and step,
+  its live paths as rows, with each path's state and accumulated log-probability; the
+  dispatcher batches them with the other jobs of the moment and the sampler actor runs
+  ``sampling.filter_logits`` over the paths and ``path_aware_step`` (``workers.path_steps``),
+  so the front end does no sampling work of its own. The job carries all the state the step
+  needs, so an actor's death costs a retry, never the session's paths.
 
 Messages are read by a pump task into a queue of two, so the idle timeout is a plain
 ``asyncio.wait_for`` on the queue (a gRPC read is never cancelled half-way) and a client
@@ -36,11 +36,9 @@ from collections.abc import AsyncIterator
 import grpc
 import torch
 
-from sampling import filter_logits
 from sampling.state import advance
-from sampling.strategies.path_top_p import PathStep, path_aware_step
 from service.codec import Limits, check_logits_values, decode_tensor, encode_response, tensor_data_field
-from service.dispatcher import Dispatcher, SampleJob
+from service.dispatcher import Dispatcher, PathStepJob, SampleJob
 from service.errors import RequestError, classify, invalid_argument, over_limit, to_status
 from service.generated.samplerd.v1 import sampler_pb2 as pb
 from service.metrics import Metrics
@@ -182,7 +180,7 @@ class SessionStreams:
                 row += sequence.rows()
             await asyncio.gather(
                 self._sample_ordinary(session, ordinary, plan.logits, deadline, answers),
-                self._sample_paths(path_aware, plan.logits, answers),
+                self._sample_paths(path_aware, plan.logits, deadline, answers),
             )
         result = pb.SessionStepResult(step=session.steps, statistics=session.statistics.to_proto())
         result.sequences.extend(answers[s.sequence_id] for s in plan.listed)
@@ -217,15 +215,18 @@ class SessionStreams:
         self._metrics.queue_wait.observe(result.queue_wait_s)
         self._metrics.observe_rows(result, (p.n for p in params))
 
-    async def _sample_paths(self, work: list[tuple[Sequence, int]], logits: torch.Tensor,
+    async def _sample_paths(self, work: list[tuple[Sequence, int]], logits: torch.Tensor, deadline: float | None,
                             answers: dict[str, pb.SequenceResult]) -> None:
-        """The path-aware sequences of the step, in a worker thread (see the module docstring)."""
+        """The path-aware sequences of the step, one dispatcher job each (see the module docstring)."""
         if not work:
             return
-        inputs = [(s, logits[row:row + s.rows()], [p.state for p in s.paths], [p.logprob for p in s.paths])
-                  for s, row in work]
-        steps = await asyncio.to_thread(_path_steps, inputs)
-        for (sequence, _, _, _), chosen in zip(inputs, steps, strict=True):
+        jobs = [PathStepJob(logits=logits[row:row + s.rows()], params=s.params, step=s.step, seed=s.seed,
+                            path_logprobs=[p.logprob for p in s.paths], states=[p.state for p in s.paths],
+                            deadline=deadline)
+                for s, row in work]
+        results = await asyncio.gather(*(self._dispatcher.submit(job) for job in jobs))
+        for (sequence, _), result in zip(work, results, strict=True):
+            chosen = result.step
             parents = chosen.parent.tolist()
             tokens = chosen.token.tolist()
             token_logprobs = chosen.token_logprob.tolist()
@@ -243,20 +244,6 @@ class SessionStreams:
             answer.statistics.CopyFrom(sequence.statistics.to_proto())
             answers[sequence.sequence_id] = answer
             self._metrics.rows.labels(PATH_STRATEGY).inc(len(parents))
-
-
-def _path_steps(inputs: list[tuple[Sequence, torch.Tensor, list, list[float]]]) -> list[PathStep]:
-    """Per path-aware sequence: ``filter_logits`` over its live paths, then ``path_aware_step``.
-
-    Runs in a worker thread; reads only immutable values (parameters, states, the step)."""
-    out = []
-    for sequence, rows, states, logprobs in inputs:
-        params = sequence.params
-        per_path = dataclasses.replace(params, path_beams=1, path_top_p=1.0)
-        filtered = filter_logits(rows, per_path, sequence.step, states)
-        out.append(path_aware_step(filtered, torch.tensor(logprobs, dtype=torch.float64), params.path_beams,
-                                   params.path_top_p, sequence.seed, sequence.step))
-    return out
 
 
 def _plan_and_force(session: Session, step: pb.SessionStep, limits: Limits, session_limits: SessionLimits,

@@ -2,6 +2,8 @@
 
 - :mod:`workers.batch`: what a batch and its answer look like on the wire;
 - :mod:`workers.sampler_actor`: the sampler actor, batched sampling on one device;
+- :mod:`workers.path_steps`: path-aware top-p steps (``SampleStream``) on the sampler actor;
+- :mod:`workers.lm_actor`, :mod:`workers.lm_replicas`: the language-model actors of ``Generate``;
 - :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
 - :mod:`workers.socket_link`: batches over a link to each actor (Unix socket and shared-memory
   arena on the front end's node, TCP to other nodes), beside Ray;
@@ -17,6 +19,10 @@ from typing import Any
 _EXPORTS = {
     "BatchOutput": "workers.batch",
     "GroupResult": "workers.batch",
+    "PathChoice": "workers.batch",
+    "PathGroup": "workers.batch",
+    "PathGroupResult": "workers.batch",
+    "PathJob": "workers.batch",
     "RowError": "workers.batch",
     "RowGroup": "workers.batch",
     "stack_group": "workers.batch",

@@ -1,6 +1,7 @@
 """What travels between the dispatcher and a sampler actor: one batch of row groups, and its answer.
 
-A batch is a list of :class:`RowGroup` values. A group holds the rows of one vocabulary size
+A batch is a list of :class:`RowGroup` values (and :class:`PathGroup` values: path-aware
+steps, riding in the same call). A group holds the rows of one vocabulary size
 and dtype, as the requests' own numpy arrays in order: their bytes travel once, out of band,
 over a batch link or into Ray's object store (a torch tensor would be pickled in band), and the actor
 concatenates them (its one copy, which also makes them writable). numpy has no bfloat16, so
@@ -95,6 +96,61 @@ class RowError:
 
 
 @dataclass(frozen=True)
+class PathJob:
+    """One path-aware sequence's step (``params.path_beams > 1``, a ``SampleStream`` feature),
+    without its logits: the sequence's parameters, step and seed (the key of its random
+    stream), and per live path its accumulated log-probability and ``SequenceState``."""
+
+    params: SamplingParams
+    step: int
+    seed: int
+    path_logprobs: list[float]
+    states: list[SequenceState | None]
+
+
+@dataclass(frozen=True)
+class PathGroup:
+    """Path-aware steps of one vocabulary size and dtype, batched with the row groups of the
+    same call: each job's ``[paths, V]`` logits (as :func:`pack_logits` makes them) and its
+    :class:`PathJob`, in order. The actor runs one ``filter_logits`` over all their rows, then
+    each sequence's ``path_aware_step`` (:mod:`workers.path_steps`)."""
+
+    logits: list[np.ndarray]
+    dtype: str
+    jobs: list[PathJob]
+
+    @property
+    def rows(self) -> int:
+        """Number of rows (live paths) in the group."""
+        return sum(int(part.shape[0]) for part in self.logits)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of logits in the group."""
+        return sum(part.nbytes for part in self.logits)
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """The paths one path-aware step kept (``sampling.strategies.path_top_p.PathStep`` as numpy
+    arrays): which previous path each extends, its token, the path's new log-probability and
+    the token's log-probability on its path."""
+
+    parent: np.ndarray
+    token: np.ndarray
+    path_logprob: np.ndarray
+    token_logprob: np.ndarray
+
+
+@dataclass(frozen=True)
+class PathGroupResult:
+    """The answer for one :class:`PathGroup`: per job its :class:`PathChoice` or :class:`RowError`."""
+
+    choices: list[PathChoice | RowError]
+    kernel_seconds: float
+
+
+@dataclass(frozen=True)
 class GroupResult:
     """The answer for one group.
 
@@ -110,14 +166,15 @@ class GroupResult:
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """The answer for one batch: per group results, the device, and the kernel time by strategy.
+    """The answer for one batch: per group results (a :class:`PathGroupResult` for a
+    :class:`PathGroup`), the device, and the kernel time by strategy.
 
     ``kernel_seconds_by_strategy`` splits each group's kernel time over its rows' strategy
     labels in proportion to their row counts (a row's share of a group's time is
     ``kernel_seconds / rows``), summed over groups.
     """
 
-    groups: list[GroupResult]
+    groups: list[GroupResult | PathGroupResult]
     device: str
     kernel_seconds_by_strategy: dict[str, float]
 
@@ -127,6 +184,7 @@ class BatchOutput:
 WIRE_TYPES: tuple[type, ...] = (
     RowGroup, BatchOutput, GroupResult, RowError, SampleOutput, SampleStats, SamplingParams, SequenceState,
     RegionSlice,
+    PathGroup, PathJob, PathChoice, PathGroupResult,
 )
 
 

@@ -38,32 +38,59 @@ How the gRPC ``Generate`` handler uses it (everything it needs is in this module
 * ``LanguageModelClient.cancel(request_id) -> bool`` cancels by id (the id is
   ``request.request_id`` when given, else the ``request_id`` of the events).
 * ``LanguageModelClient.load() -> dict``: ``running`` / ``waiting`` / ``submitted`` counts.
+* ``LanguageModelClient.live`` is the number of its requests in flight (what a router balances).
+  When the actor dies or its event channel breaks, every stream in flight raises
+  :class:`ModelReplicaLost` (UNAVAILABLE; a front end never waits on a dead actor) and
+  ``on_lost`` (given to :meth:`LanguageModelClient.start`) is called once.
 
 Underneath, the actor (:class:`LanguageModelActor`, a threaded Ray actor) runs the engine's
-decode loop in a background thread, so every request in flight is batched together, and
-answers ``start(request) -> request_id``, ``poll(request_id, timeout_s) -> list[event]``
-(blocks until at least one event or the timeout) and ``cancel(request_id) -> bool`` on its
-other threads (``max_concurrency`` of them: one per concurrently polled stream). Polling
-returns every event produced since the last poll, so a fast decode loop costs one round trip
-per batch of events, not per token. Polling rather than Ray's streaming generators keeps
-cancellation explicit and independent of how Ray cancels running actor tasks.
+decode loop in a background thread, so every request in flight is batched together. Its
+events come back on one channel per actor: the client's reader task asks for
+``events(timeout_s)``, the events of every live request produced since the last ask (waiting
+up to the timeout for one), and hands each request's events to its stream. So one round trip
+per decode step serves all streams (not one per stream), and no actor thread is held per
+stream. The asks go over a link (:mod:`workers.socket_link`, as the sampler actors' batches
+do: ~0.25 ms of the front end's CPU against ~1.6 ms for a Ray call), and requests over a
+second one (by Ray where no link opens); cancellations are actor calls
+(``cancel(request_id)``). Requests and events travel as plain values
+(:mod:`workers.generation.wire`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
-from workers.config import DEVICES
+from sampling import SamplingError
+from workers.config import DEVICES, LinkLimits
 from workers.generation.engine import GenerationEngine
 from workers.generation.loader import ModelInfo
-from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest
+from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest, InvalidGenerationRequest
+from workers.generation.wire import decode_events, decode_request, encode_events, encode_request
+from workers.pool import open_link
+from workers.socket_link import LinkServer
+
+_log = logging.getLogger(__name__)
+
+#: Language-model actors are named ``samplerd-lm-<front-end pid>-<n>`` (found by operators and
+#: fault-injection tests with ``ray.util.list_named_actors(all_namespaces=True)``).
+ACTOR_NAME_PREFIX = "samplerd-lm-"
+_SPAWNED = itertools.count()
+
+
+class ModelReplicaLost(ConnectionError):
+    """The language-model actor died, or its event channel broke, while a request was in
+    flight (or before it was sent): nothing more will come for it; retryable elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +99,11 @@ class LMActorConfig:
 
     ``num_gpus`` None means 1 for ``device="cuda"``, and for ``device="auto"`` 1 when the
     cluster has GPUs, else 0 (Ray hides GPUs from actors that reserve none).
-    ``max_concurrency`` bounds the streams polled at once (each holds an actor thread while
-    it waits); ``torch_threads`` sets the actor's intra-op threads on CPU (None: Ray's default,
-    one per reserved CPU).
+    ``max_concurrency`` is the actor's threads for calls (submit, cancel, load, and the event
+    channel when it goes by Ray); streams hold none. ``poll_timeout_s`` is how long one ask of
+    the event channel waits for an event. ``torch_threads`` sets the actor's intra-op threads
+    on CPU (None: Ray's default, one per reserved CPU). ``links`` False sends everything by Ray
+    calls (as where no link can open).
     """
 
     model_dir: str
@@ -84,10 +113,11 @@ class LMActorConfig:
     num_cpus: float = 1.0
     max_batch_size: int = 32
     batching: str = "auto"
-    max_concurrency: int = 256
+    max_concurrency: int = 8
     poll_timeout_s: float = 0.5
     startup_timeout_s: float = 600.0
     torch_threads: int | None = None
+    links: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -127,6 +157,7 @@ class LanguageModelWorker:
             torch.set_num_threads(torch_threads)
         self._engine: GenerationEngine | None = None
         self._error: BaseException | None = None
+        self._link: LinkServer | None = None
         try:
             self._engine = GenerationEngine(model_dir, device, dtype, max_batch_size=max_batch_size,
                                             batching=batching)
@@ -138,13 +169,38 @@ class LanguageModelWorker:
         """The loaded model's description; raises the load error when loading failed."""
         return self._live().info
 
-    def start(self, request: GenerationRequest) -> str:
-        """Queue a request; return its id (raises InvalidGenerationRequest)."""
-        return self._live().submit(request)
+    def submit(self, request: GenerationRequest) -> str:
+        """Queue a request, its events for the channel; return its id (raises InvalidGenerationRequest)."""
+        return self._live().submit(request, feed=True)
 
-    def poll(self, request_id: str, timeout_s: float = 0.5) -> list[GenerationEvent]:
-        """Events not read yet, waiting up to ``timeout_s`` for at least one."""
-        return self._live().poll(request_id, timeout_s)
+    def events(self, timeout_s: float = 0.5) -> list[tuple[Any, ...]]:
+        """The events of every live request not read yet (:mod:`workers.generation.wire`
+        tuples), waiting up to ``timeout_s`` for at least one."""
+        return encode_events(self._live().poll_feed(timeout_s))
+
+    def open_link(self, tcp: bool = False) -> Any:
+        """Listen for the front end's links (with ``tcp`` also on this node's address); where to
+        connect. The front end opens two: the event channel, whose calls are :meth:`events`
+        timeouts, and one for submits (see :meth:`link_call`)."""
+        if self._link is None:
+            self._link = LinkServer(self.link_call)
+        if tcp:
+            self._link.listen_tcp(ray.util.get_node_ip_address())
+        return self._link.address(ray.get_runtime_context().get_node_id())
+
+    def link_call(self, call: Any) -> Any:
+        """One call over a link: a number is an :meth:`events` timeout; ``("submit", request)``
+        (a :func:`~workers.generation.wire.encode_request` tuple) answers ``("ok", request_id)``
+        or ``("invalid", field, reason)`` (the field must survive the trip: INVALID_ARGUMENT names it)."""
+        if isinstance(call, (int, float)):
+            return self.events(float(call))
+        kind, payload = call
+        if kind != "submit":
+            raise ValueError(f"unknown link call {kind!r}")
+        try:
+            return ("ok", self.submit(decode_request(payload)))
+        except SamplingError as error:  # InvalidGenerationRequest too
+            return ("invalid", error.field, error.reason)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a request (False when unknown or already finished)."""
@@ -153,6 +209,10 @@ class LanguageModelWorker:
     def load(self) -> dict[str, int]:
         """Running / waiting / submitted request counts."""
         return self._live().load()
+
+    def pid(self) -> int:
+        """The actor's process id (for fault-injection tests)."""
+        return os.getpid()
 
     def shutdown(self) -> None:
         """Stop the decode loop; live requests end as ``cancelled``."""
@@ -179,39 +239,90 @@ def _unwrapped(error: BaseException) -> BaseException:
 class LanguageModelClient:
     """The front end's handle on one language-model actor (asyncio; see the module docstring)."""
 
-    def __init__(self, actor: Any, info: ModelInfo, config: LMActorConfig) -> None:
+    def __init__(self, actor: Any, info: ModelInfo, config: LMActorConfig,
+                 on_lost: Callable[[LanguageModelClient], None] | None = None) -> None:
         self._actor = actor
         self.info = info
         self.config = config
+        self._on_lost = on_lost
+        self._streams: dict[str, asyncio.Queue[list[GenerationEvent] | BaseException]] = {}
+        self._ids = itertools.count()
+        self._prefix = f"lm-{os.getpid()}-{id(self):x}-"
+        self._lost: ModelReplicaLost | None = None
+        self._link: Any = None  # the event channel's link (None: by Ray)
+        self._submits: Any = None  # the link that submits go over (None: by Ray)
+        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, config: LMActorConfig) -> LanguageModelClient:
-        """Create the actor and wait until its model is loaded (Ray must be connected)."""
+    async def start(cls, config: LMActorConfig,
+                    on_lost: Callable[[LanguageModelClient], None] | None = None) -> LanguageModelClient:
+        """Create the actor, wait until its model is loaded (Ray must be connected) and open its
+        event channel."""
+        name = f"{ACTOR_NAME_PREFIX}{os.getpid()}-{next(_SPAWNED)}"
         actor = LanguageModelActor.options(
             num_cpus=config.num_cpus, num_gpus=config.gpus(), max_concurrency=config.max_concurrency,
+            max_restarts=0, name=name,
         ).remote(config.model_dir, config.device, config.dtype, config.max_batch_size, config.batching,
                  config.torch_threads)
         try:
             info = await asyncio.wait_for(_call(actor.ready.remote()), config.startup_timeout_s)
+            client = cls(actor, info, config, on_lost)
+            client._link = await open_link(actor, LinkLimits(), ()) if config.links else None
+            if client._link is not None:
+                client._submits = await open_link(actor, LinkLimits(), ())
         except BaseException as error:
             ray.kill(actor)
             if isinstance(error, asyncio.TimeoutError):
                 raise TimeoutError(f"the language model did not load within {config.startup_timeout_s} s") from None
             raise
-        return cls(actor, info, config)
+        client._reader = asyncio.create_task(client._read(), name=f"lm-events-{name}")
+        return client
+
+    @property
+    def live(self) -> int:
+        """Requests in flight on this actor (submitted, not yet finished or left)."""
+        return len(self._streams)
+
+    @property
+    def lost(self) -> bool:
+        """True once the actor died or its channel broke (see :class:`ModelReplicaLost`)."""
+        return self._lost is not None
+
+    @property
+    def linked(self) -> bool:
+        """True when the event channel is a link, False when it goes by Ray."""
+        return self._link is not None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Run ``request``; yield its events in order, ending with the FinishEvent."""
-        request_id = await _call(self._actor.start.remote(request))
-        finished = False
+        if self._lost is not None:
+            raise self._lost
+        request_id = request.request_id or f"{self._prefix}{next(self._ids)}"
+        if request_id in self._streams:
+            raise InvalidGenerationRequest("request_id", f"request_id {request_id!r} is already in use")
+        # Registered before the submit: its first events may come before the submit's answer.
+        stream: asyncio.Queue[list[GenerationEvent] | BaseException] = asyncio.Queue()
+        self._streams[request_id] = stream
+        submitted = finished = False
         try:
+            # Set before the await: a caller cancelled while the submit is on its way must still
+            # cancel what the actor may have started.
+            submitted = True
+            try:
+                await self._submit(dataclasses.replace(request, request_id=request_id))
+            except InvalidGenerationRequest:
+                submitted = False
+                raise
             while not finished:
-                events = await _call(self._actor.poll.remote(request_id, self.config.poll_timeout_s))
+                events = await stream.get()
+                if isinstance(events, BaseException):
+                    raise events
                 for event in events:
                     finished = isinstance(event, FinishEvent)
                     yield event
         finally:
-            if not finished:  # the caller left early or was cancelled: stop the generation
+            self._streams.pop(request_id, None)
+            if submitted and not finished and self._lost is None:  # the caller left: stop the generation
                 self._actor.cancel.remote(request_id)
 
     async def cancel(self, request_id: str) -> bool:
@@ -223,10 +334,82 @@ class LanguageModelClient:
         return await _call(self._actor.load.remote())
 
     async def close(self) -> None:
-        """Stop the decode loop and the actor."""
+        """Stop the decode loop and the actor; streams still open raise :class:`ModelReplicaLost`."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._fail_streams(ModelReplicaLost("the language model was stopped"))
         with contextlib.suppress(Exception):
-            await _call(self._actor.shutdown.remote())
-        ray.kill(self._actor)
+            await asyncio.wait_for(_call(self._actor.shutdown.remote()), 30.0)
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the actor at once (its streams end through the channel's loss)."""
+        for link in (self._link, self._submits):
+            if link is not None:
+                link.close()
+        with contextlib.suppress(Exception):
+            ray.kill(self._actor, no_restart=True)
+
+    async def _submit(self, request: GenerationRequest) -> None:
+        """Start ``request`` on the actor: over the submit link (a fraction of a Ray call's cost
+        and latency, which matters when many prompts arrive at once: the engine batches what has
+        arrived by its next step), else by Ray. Raises InvalidGenerationRequest, or
+        ModelReplicaLost when the actor is gone."""
+        if self._submits is None:
+            try:
+                await _call(self._actor.submit.remote(request))
+            except RayError as error:  # the actor is gone (or going): nothing was started
+                raise self.mark_lost(error) from None
+            return
+        try:
+            answer = await self._submits.call(("submit", encode_request(request)))
+        except Exception as error:  # the link broke: the actor died, or cannot be trusted
+            raise self.mark_lost(error) from None
+        if answer[0] == "invalid":
+            raise InvalidGenerationRequest(answer[1], answer[2])
+
+    async def _ask(self) -> list[tuple[Any, ...]]:
+        if self._link is not None:
+            return await self._link.call(self.config.poll_timeout_s)
+        return await _call(self._actor.events.remote(self.config.poll_timeout_s))
+
+    async def _read(self) -> None:
+        """The event channel: ask for every live request's events, hand each stream its own."""
+        try:
+            while True:
+                rows = await self._ask()
+                by_request: dict[str, list[GenerationEvent]] = {}
+                for event in decode_events(rows):
+                    by_request.setdefault(event.request_id, []).append(event)
+                for request_id, events in by_request.items():
+                    stream = self._streams.get(request_id)
+                    if stream is not None:  # else its caller left; the actor was told to cancel it
+                        stream.put_nowait(events)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the actor died, or the channel broke: no stream will hear more
+            self.mark_lost(error)
+
+    def mark_lost(self, error: BaseException) -> ModelReplicaLost:
+        """Mark the actor lost (once): fail every open stream, kill it, tell ``on_lost``."""
+        if self._lost is None:
+            _log.error("language-model actor lost: %s", error)
+            self._lost = ModelReplicaLost(f"the language-model worker is gone: {_describe(error)}")
+            self._fail_streams(self._lost)
+            self.kill()
+            if self._on_lost is not None:
+                self._on_lost(self)
+        return self._lost
+
+    def _fail_streams(self, error: ModelReplicaLost) -> None:
+        for stream in self._streams.values():
+            stream.put_nowait(error)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 async def _call(ref: Any) -> Any:

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,7 +282,7 @@ class SamplerPool:
             return False
         worker.device = device
         if self._config.batch_transport == "socket":
-            worker.link = await _open_link(worker.actor, self._config.link_limits)
+            worker.link = await open_link(worker.actor, self._config.link_limits)
             # A link refused now (the actor busy with peers, say) is tried again by the monitor.
             worker.linkable = LINKS_SUPPORTED and not _ray_tls()
         worker.state = WorkerState.ALIVE
@@ -343,7 +343,7 @@ class SamplerPool:
                     self._lose(worker, result)
                 elif (worker.linkable and worker.link is None and worker.state is WorkerState.ALIVE
                       and time.monotonic() >= worker.link_retry_at):
-                    link = await _open_link(worker.actor, self._config.link_limits)
+                    link = await open_link(worker.actor, self._config.link_limits)
                     if link is None:  # tried again later, less often each time it fails
                         worker.link_backoff_s = min(2 * worker.link_backoff_s or self._config.health_interval_s,
                                                     _LINK_RETRY_MAX_S)
@@ -378,8 +378,10 @@ def _ray_tls() -> bool:
     return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
-async def _open_link(actor: Any, limits: LinkLimits) -> SocketLink | None:
-    """A link to ``actor``, or None (its batches go by Ray).
+async def open_link(actor: Any, limits: LinkLimits, types: Iterable[type] = WIRE_TYPES) -> SocketLink | None:
+    """A link to ``actor`` (an actor with an ``open_link(tcp)`` method answering with a
+    :class:`~workers.socket_link.LinkAddress`), whose frames may hold ``types``; or None
+    (its calls go by Ray).
 
     On this process's node the link is a Unix socket with an arena (:meth:`SocketLink.open`);
     to an actor on another node, or from a front end connected through the Ray client
@@ -393,15 +395,15 @@ async def _open_link(actor: Any, limits: LinkLimits) -> SocketLink | None:
         if not ray.util.client.ray.is_connected():
             address = await resolve(actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
             if address.node_id == ray.get_runtime_context().get_node_id():
-                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, WIRE_TYPES,
+                return await SocketLink.open(address, LINK_OPEN_TIMEOUT_S, types,
                                              max_frame_bytes=limits.max_frame_bytes)
         if _ray_tls():
             return None
         address = await resolve(actor.open_link.remote(tcp=True), LINK_OPEN_TIMEOUT_S)
-        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, WIRE_TYPES,
+        return await SocketLink.open_remote(address, REMOTE_LINK_CONNECT_TIMEOUT_S, types,
                                             max_frame_bytes=limits.max_frame_bytes)
     except Exception as error:  # a speed-up only: without it batches go by Ray
-        _log.warning("no batch link to the sampler actor (%s); its batches go by Ray", error)
+        _log.warning("no link to the actor (%s); its calls go by Ray", error)
         return None
 
 

@@ -22,8 +22,20 @@ import torch
 
 from sampling import SampleOutput, SamplingParams, sample
 from sampling.allocator import keep_freed_memory
-from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, RowError, RowGroup, to_numpy, unpack_group
+from workers.batch import (
+    WIRE_TYPES,
+    BatchOutput,
+    GroupResult,
+    PathGroup,
+    PathGroupResult,
+    RowError,
+    RowGroup,
+    to_numpy,
+    unpack_group,
+    unpack_logits,
+)
 from workers.config import DEVICES, LinkLimits
+from workers.path_steps import PATH_STRATEGY, run_path_group
 from workers.socket_link import LinkAddress, LinkServer
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
@@ -76,12 +88,17 @@ class SamplerActor:
             self._link.listen_tcp(ray.util.get_node_ip_address())
         return self._link.address(ray.get_runtime_context().get_node_id())
 
-    def sample_batch(self, groups: list[RowGroup]) -> BatchOutput:
-        """Sample every group of one batch; never raises for bad rows (see :class:`GroupResult`)."""
+    def sample_batch(self, groups: list[RowGroup | PathGroup]) -> BatchOutput:
+        """Sample every group of one batch (a :class:`PathGroup` holds path-aware steps); never
+        raises for bad rows (see :class:`GroupResult`, :class:`PathGroupResult`)."""
         with self._sampling:
-            results = [self._sample_group(group) for group in groups]
+            results = [self._path_group(group) if isinstance(group, PathGroup) else self._sample_group(group)
+                       for group in groups]
         seconds_by_strategy: dict[str, float] = {}
         for result in results:
+            if isinstance(result, PathGroupResult):
+                seconds_by_strategy[PATH_STRATEGY] = seconds_by_strategy.get(PATH_STRATEGY, 0.0) + result.kernel_seconds
+                continue
             outputs = [result.output] if result.output is not None else result.job_outputs or []
             labels = Counter(label for out in outputs if isinstance(out, SampleOutput) for label in out.strategies)
             rows = sum(labels.values())
@@ -90,6 +107,11 @@ class SamplerActor:
                     result.kernel_seconds * count / rows
                 )
         return BatchOutput(results, self.device_name(), seconds_by_strategy)
+
+    def _path_group(self, group: PathGroup) -> PathGroupResult:
+        result = run_path_group(unpack_logits(group.logits, group.dtype, self._device), group)
+        self._synchronize()
+        return result
 
     def _sample_group(self, group: RowGroup) -> GroupResult:
         started = time.perf_counter()

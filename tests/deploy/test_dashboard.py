@@ -107,3 +107,21 @@ def test_panel_ids_and_target_ref_ids_are_unique():
     for panel in _panels():
         refs = [target["refId"] for target in panel["targets"]]
         assert len(refs) == len(set(refs)), panel["title"]
+
+
+def test_the_generate_row_shows_throughput_time_to_first_token_and_inter_token_latency():
+    panels = _dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Generate")
+    row = []
+    for panel in panels[start + 1:]:
+        if panel["type"] == "row":
+            break
+        row.append(panel)
+    expressions = {panel["title"]: " ".join(t["expr"] for t in panel["targets"]) for panel in row}
+    assert "samplerd_generated_tokens_total" in expressions["Generated tokens/s"]
+    assert "samplerd_generate_sequences" in expressions["Generate sequences"]
+    for title, metric in (("Time to first token", "samplerd_time_to_first_token_seconds_bucket"),
+                          ("Inter-token latency", "samplerd_inter_token_latency_seconds_bucket")):
+        assert metric in expressions[title] and "sum by (strategy, le)" in expressions[title]
+        assert {"0.5", "0.99"} <= {expr.split("(")[1].split(",")[0] for expr in expressions[title].split(
+            "histogram_quantile")[1:]}

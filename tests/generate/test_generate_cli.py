@@ -23,8 +23,20 @@ def test_model_options_have_flags_environment_variables_and_defaults(tmp_path: P
     assert {"model", "model_device", "model_dtype", "model_max_tokens"} <= set(ServerConfig.__dataclass_fields__)
 
 
+def test_replica_options_have_flags_environment_variables_and_defaults() -> None:
+    args = build_parser({}).parse_args(["serve"])
+    assert (args.model_replicas, args.model_gpus_per_replica) == (1, None)
+    environ = {"SAMPLERD_MODEL_REPLICAS": "3", "SAMPLERD_MODEL_GPUS_PER_REPLICA": "0.5"}
+    args = build_parser(environ).parse_args(["serve"])
+    assert (args.model_replicas, args.model_gpus_per_replica) == (3, 0.5)
+    args = build_parser(environ).parse_args(["serve", "--model-replicas", "2", "--model-gpus-per-replica", "auto"])
+    assert (args.model_replicas, args.model_gpus_per_replica) == (2, None)
+    assert {"model_replicas", "model_gpus_per_replica"} <= set(ServerConfig.__dataclass_fields__)
+
+
 @pytest.mark.parametrize("argv", [["serve", "--model", "/no/such/dir"], ["serve", "--model-dtype", "int8"],
-                                  ["serve", "--model-device", "tpu"], ["serve", "--model-max-tokens", "0"]])
+                                  ["serve", "--model-device", "tpu"], ["serve", "--model-max-tokens", "0"],
+                                  ["serve", "--model-replicas", "0"], ["serve", "--model-gpus-per-replica", "-1"]])
 def test_bad_model_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as leaving:
         main(argv)

@@ -289,6 +289,32 @@ def test_cancel_while_waiting_and_closing_a_stream(engine):
     assert engine.load()["running"] == 0
 
 
+def test_the_feed_carries_every_request_and_a_cancel_frees_the_slot_at_the_next_step(tiny_model_dir, engine):
+    feed_engine = GenerationEngine(tiny_model_dir, device="cpu", max_batch_size=1)
+    feed_engine.submit(GenerationRequest(prompt="The", params=GREEDY, max_tokens=200, ignore_eos=True,
+                                         request_id="long"), feed=True)
+    queued = GenerationRequest(prompt="A", params=GREEDY, max_tokens=3, ignore_eos=True, request_id="queued")
+    feed_engine.submit(queued, feed=True)
+    with pytest.raises(InvalidGenerationRequest):  # ids are unique across the feed's live requests
+        feed_engine.submit(queued, feed=True)
+    feed_engine.step()
+    assert [(e.request_id, e.index) for e in feed_engine.poll_feed()] == [("long", 0)]
+    assert feed_engine.load() == {"running": 1, "waiting": 1, "submitted": 0}
+    assert feed_engine.cancel("long")
+    feed_engine.step()  # the very next step ends "long" and gives its slot to "queued"
+    events = feed_engine.poll_feed()
+    assert isinstance(events[0], FinishEvent) and events[0].request_id == "long"
+    assert events[0].finish_reason == "cancelled"
+    assert [(e.request_id, e.index) for e in events[1:]] == [("queued", 0)]
+    assert feed_engine.load() == {"running": 1, "waiting": 0, "submitted": 0}
+    feed_engine.run_until_idle()
+    rest = feed_engine.poll_feed()
+    assert [e.request_id for e in rest] == ["queued"] * 3 and rest[-1].finish_reason == "length"
+    assert rest[-1].token_ids == engine.generate(queued).finish.token_ids
+    assert not feed_engine.cancel("queued") and not feed_engine.cancel("long")
+    assert feed_engine.poll_feed(timeout_s=0.01) == []
+
+
 def test_stop_cancels_live_requests(tiny_model_dir):
     engine = GenerationEngine(tiny_model_dir, device="cpu")
     engine.start()

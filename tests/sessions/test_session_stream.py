@@ -17,6 +17,7 @@ from session_helpers import (
     SessionClient,
     ZipfModel,
     field_of,
+    metric_value,
     start_session_server,
     wait_for_metric,
 )
@@ -197,9 +198,13 @@ def run_path_session(channel: grpc.Channel, params: dict, steps: int) -> list[pb
     return answers
 
 
-def test_path_aware_session_returns_parents_and_reproducible_paths(channel):
+def test_path_aware_session_returns_parents_and_reproducible_paths(server, channel):
     params = {"path_beams": 3, "top_p": 0.9, "path_top_p": 0.95, "seed": 13}
+    kernel = ("samplerd_sample_duration_seconds_count", {"strategy": "path_top_p", "device": "cpu"})
+    before = metric_value(server, kernel[0], **kernel[1])
     answers = run_path_session(channel, params, 8)
+    # The steps ran on the sampler actor (its batches report their kernel time by strategy).
+    assert metric_value(server, kernel[0], **kernel[1]) == before + 8
     # offline: filter_logits per path, then path_aware_step, with the same (seed, step)
     per_path = SamplingParams(top_p=0.9)
     histories: list[list[int]] = [[]]

@@ -10,6 +10,14 @@ Pure Python and PyTorch, usable without Ray::
     rid = engine.submit(GenerationRequest(prompt="Hi", max_tokens=32))
     events = engine.poll(rid, timeout_s=0.5)               # TokenEvents, then one FinishEvent
 
+    engine.submit(GenerationRequest(prompt="Hi", request_id="a"), feed=True)
+    engine.submit(GenerationRequest(prompt="Ho", request_id="b"), feed=True)
+    events = engine.poll_feed(timeout_s=0.5)               # the events of "a" and "b", in order
+
+A request submitted with ``feed=True`` has no outbox of its own: its events go to the engine's
+one feed, which :meth:`GenerationEngine.poll_feed` drains for every such request at once. That
+is how the language-model actor serves all its streams with one poll (see :mod:`workers.lm_actor`).
+
 The loop (:meth:`GenerationEngine.step`, run by :meth:`start`'s thread or by the caller):
 
 1. take new requests and cancellations (a cancelled request ends here, with ``cancelled``);
@@ -155,6 +163,11 @@ class GenerationEngine:
         self._inbox: deque[Sequence] = deque()
         self._cancels: set[str] = set()
         self._outboxes: dict[str, _Outbox] = {}
+        # The feed: events of the requests submitted with feed=True (their ids in _feed_live).
+        self._feed: deque[GenerationEvent] = deque()
+        self._feed_ready = threading.Condition(self._lock)
+        self._feed_live: set[str] = set()
+        self._feed_read_at = time.monotonic()
         self._step_lock = threading.Lock()
         self._waiting: deque[Sequence] = deque()
         self._batches: list[_RunningBatch] = []
@@ -169,18 +182,22 @@ class GenerationEngine:
         """The model's tokenizer (a transformers tokenizer)."""
         return self._tokenizer
 
-    def submit(self, request: GenerationRequest) -> str:
+    def submit(self, request: GenerationRequest, *, feed: bool = False) -> str:
         """Queue a request; return its id. Raises InvalidGenerationRequest (a SamplingError)
-        when it cannot run on this model."""
+        when it cannot run on this model. With ``feed`` its events go to the feed
+        (:meth:`poll_feed`) instead of an outbox of its own (:meth:`poll`)."""
         prompt_ids = self._prompt_ids(request)
         self._check(request, prompt_ids)
         with self._lock:
             request_id = request.request_id or f"gen-{uuid.uuid4().hex[:12]}-{next(self._ids)}"
-            if request_id in self._outboxes:
+            if request_id in self._outboxes or request_id in self._feed_live:
                 raise InvalidGenerationRequest("request_id", f"request_id {request_id!r} is already in use")
             sequence = Sequence(request_id, request, prompt_ids, self._decode, self._loaded.eos_token_ids,
                                 self._loaded.max_positions)
-            self._outboxes[request_id] = _Outbox(self._lock)
+            if feed:
+                self._feed_live.add(request_id)
+            else:
+                self._outboxes[request_id] = _Outbox(self._lock)
             self._inbox.append(sequence)
             self._wakeup.notify_all()
         return request_id
@@ -192,7 +209,8 @@ class GenerationEngine:
         """
         with self._lock:
             outbox = self._outboxes.get(request_id)
-            if outbox is None or outbox.finished_at is not None:
+            live = request_id in self._feed_live or (outbox is not None and outbox.finished_at is None)
+            if not live:
                 return False
             self._cancels.add(request_id)
             self._wakeup.notify_all()
@@ -218,6 +236,23 @@ class GenerationEngine:
             outbox.events.clear()
             if isinstance(events[-1], FinishEvent):
                 del self._outboxes[request_id]
+            return events
+
+    def poll_feed(self, timeout_s: float = 0.0) -> list[GenerationEvent]:
+        """The events of every request submitted with ``feed=True`` not read yet, in the order
+        they were produced, waiting up to ``timeout_s`` for at least one. A request's
+        :class:`FinishEvent` is its last; after it the request is forgotten."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._feed_read_at = time.monotonic()
+            while not self._feed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._feed_ready.wait(left)
+            events = list(self._feed)
+            self._feed.clear()
+            self._feed_read_at = time.monotonic()
             return events
 
     def stream(self, request: GenerationRequest, poll_timeout_s: float = 1.0) -> Iterator[GenerationEvent]:
@@ -281,6 +316,7 @@ class GenerationEngine:
         if cancel:
             with self._lock:
                 self._cancels.update(rid for rid, box in self._outboxes.items() if box.finished_at is None)
+                self._cancels.update(self._feed_live)
             self.step()
 
     def has_work(self) -> bool:
@@ -454,6 +490,12 @@ class GenerationEngine:
         now = time.monotonic()
         with self._lock:
             for sequence, produced in events:
+                if sequence.request_id in self._feed_live:
+                    self._feed.extend(produced)
+                    if sequence.finished is not None:
+                        self._feed_live.discard(sequence.request_id)
+                    self._feed_ready.notify_all()
+                    continue
                 outbox = self._outboxes.get(sequence.request_id)
                 if outbox is None:
                     continue
@@ -463,8 +505,15 @@ class GenerationEngine:
                 outbox.ready.notify_all()
 
     def _drop_stale_outboxes(self) -> None:
-        """Forget finished requests nobody read within ``finished_ttl_s`` (caller holds the lock)."""
+        """Forget finished requests nobody read within ``finished_ttl_s``, and when nobody read
+        the feed for as long, its events, cancelling its live requests (caller holds the lock)."""
         limit = time.monotonic() - self._finished_ttl_s
+        if self._feed and self._feed_read_at < limit:
+            _log.warning("nobody read the feed for %.0f s: its %d requests are cancelled",
+                         self._finished_ttl_s, len(self._feed_live))
+            self._feed.clear()
+            self._cancels.update(self._feed_live)
+            self._feed_read_at = time.monotonic()
         for request_id in [r for r, box in self._outboxes.items()
                            if box.finished_at is not None and box.finished_at < limit]:
             del self._outboxes[request_id]
