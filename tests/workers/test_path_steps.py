@@ -15,7 +15,9 @@ from batch_log import BatchLog
 
 from sampling import SamplingError, SamplingParams, SequenceState, filter_logits
 from sampling.strategies.path_top_p import path_aware_step
-from service.dispatcher import Dispatcher, DispatcherConfig, PathStepJob, PathStepResult, SampleJob, SampleResult
+from service.config import DispatcherConfig
+from service.dispatcher import Dispatcher, PathStepJob, PathStepResult, SampleJob, SampleResult
+from workers.config import PoolConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -26,8 +28,8 @@ V = 500
 async def one_actor(request: pytest.FixtureRequest, ray_instance: None) -> AsyncIterator[Dispatcher]:
     """One CPU sampler actor, batches over its link or by Ray, and a batch window long enough for
     jobs submitted together to share a call."""
-    d = Dispatcher(DispatcherConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, batch_window_s=0.05,
-                                    batch_transport=request.param))
+    pool = PoolConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0, batch_transport=request.param)
+    d = Dispatcher(DispatcherConfig(pool=pool, batch_window_s=0.05))
     await d.start()
     yield d
     await d.stop()
