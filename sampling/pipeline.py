@@ -77,7 +77,7 @@ def filter_logits(logits: torch.Tensor, params, steps=0, states=None) -> torch.T
 def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
     """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`.
 
-    Rows that only use temperature, top-k, top-p and min-p take the fused CPU fast path
+    On a CPU, rows without penalties, DRY or logit bias take the fused path
     (:mod:`sampling.fused`, same decisions); the others the stages below. Each row's result
     depends on its own parameters alone, whichever path it takes.
     """
@@ -89,14 +89,15 @@ def sample(logits: torch.Tensor, params, steps=0, states=None) -> SampleOutput:
         raise
     fast = fused.eligible_rows(logits, params)
     if len(fast) == len(params):
-        return fused.sample(logits, params, steps)  # checks the logits' values in its first pass
+        return fused.sample(logits, params, steps, states)  # checks the logits' values in its first pass
     all_finite = check_logits(logits)
     if not fast:
         return _sample(logits, params, steps, states, all_finite)
     fast_set = set(fast)
     general = [i for i in range(len(params)) if i not in fast_set]
     parts = [
-        (fast, fused.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast])),
+        (fast, fused.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast],
+                            None if states is None else [states[i] for i in fast])),
         (general, _sample(logits[general], [params[i] for i in general], [steps[i] for i in general],
                           None if states is None else [states[i] for i in general], all_finite)),
     ]
