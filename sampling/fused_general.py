@@ -73,6 +73,26 @@ def _rows(params: Sequence, steps: Sequence[int], states, vocab: int) -> np.ndar
     return out
 
 
+def _dynamic_divisors(x: np.ndarray, row: np.ndarray, lanes: int) -> np.ndarray:
+    """The dynamic temperatures of rows ``x`` (untempered; bad rows are left to the caller's check)."""
+    rows, vocab = x.shape
+    weights = np.empty_like(x)
+    maxima = np.empty(rows, dtype=np.float32)
+    status = np.empty(rows, dtype=np.int64)
+    _prepare(x, np.ones(rows, dtype=np.float32), x, maxima, np.empty((rows, -(-vocab // 128)), dtype=np.float32),
+             weights, False, status)
+    torch.from_numpy(weights).exp_()
+    _zero_masked_rows(x, weights, status, np.empty(rows, dtype=np.int64))
+    divisors = np.ones(rows, dtype=np.float32)
+    good = status >= 0
+    if good.any():
+        out = np.empty(int(good.sum()), dtype=np.float32)
+        dynamic_divisors(x[good], weights[good], maxima[good], row[good], lanes,
+                         np.empty((vocab // 512 + 2, 64), dtype=np.float32), np.empty(vocab, dtype=np.float32), out)
+        divisors[good] = out
+    return divisors
+
+
 def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=None) -> SampleOutput:
     """:func:`sampling.sample` for a CPU batch whose rows are all eligible (:func:`is_eligible`),
     checked but for the logits' values, which this checks as :func:`sampling.pipeline.check_logits`
@@ -83,9 +103,10 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     row = _rows(params, steps, states, vocab)
     x = logits.detach().float().contiguous().numpy()
     divisors = np.where(row["flags"] & records.GREEDY, np.float32(1.0), row["temperature"]).astype(np.float32)
-    if (row["flags"] & records.DYNATEMP).any():
-        dynamic_divisors(x, row, divisors)
-        newly_greedy = (row["flags"] & records.DYNATEMP).astype(bool) & (divisors < temperature.GREEDY_BELOW)
+    dynamic = (row["flags"] & records.DYNATEMP).astype(bool)
+    if dynamic.any():
+        divisors[dynamic] = _dynamic_divisors(x[dynamic], row[dynamic], sum_lanes())
+        newly_greedy = dynamic & (divisors < temperature.GREEDY_BELOW)
         row["flags"][newly_greedy] |= records.GREEDY
         divisors[newly_greedy] = 1.0
     row["divisor"] = divisors

@@ -18,7 +18,7 @@ import numpy as np
 from sampling.kernels import records as f
 from sampling.kernels import truncations as t
 from sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _jit, _jit_parallel
-from sampling.kernels.current import log32, materialise, moments
+from sampling.kernels.current import entropy32, log32, materialise, moments, total32
 from sampling.kernels.draw import _draw, _uniforms
 from sampling.kernels.ranking import top_in_band
 from sampling.kernels.torch_sums import _block_totals
@@ -174,26 +174,20 @@ def sample_rows(z, w, m, params, lanes, block, scratch, out):
 
 
 @_jit
-def dynamic_divisors(x, params, divisors):
+def dynamic_divisors(x, w, m, params, lanes, groups, aux, divisors):
     """Dynamic temperature (llama.cpp's temp-ext): ``T = T_min + (T_max - T_min) * (H / ln V) **
-    exponent`` from each dynatemp row's entropy, into ``divisors`` (other rows untouched)."""
+    exponent``, H the float32 entropy of each row's untempered logits ``x`` (``w`` their weights,
+    torch's exp; ``m`` their maxima) as :func:`sampling.strategies.temperature.dynamic_temperature`
+    computes it, into ``divisors``."""
     vocab = x.shape[1]
     for r in range(x.shape[0]):
         p = params[r]
-        if not p.flags & f.DYNATEMP or vocab <= 1:
+        if vocab <= 1:
+            divisors[r] = p.temperature
             continue
-        best = -np.inf
-        for i in range(vocab):
-            best = max(best, np.float64(x[r, i]))
-        total = 0.0
-        first = 0.0
-        for i in range(vocab):
-            s = max(np.float64(x[r, i]) - best, -87.0)
-            weight = math.exp(s) if x[r, i] > -np.inf else 0.0
-            total += weight
-            first += weight * s
-        entropy = max(math.log(total) - first / total, 0.0)
-        normalised = _F32(min(max(entropy / math.log(vocab), 0.0), 1.0))
+        total = total32(w[r], lanes, groups)
+        entropy = entropy32(x[r], w[r], m[r], total, lanes, groups, aux)
+        normalised = min(max(entropy / _F32(math.log(vocab)), _F32(0.0)), _F32(1.0))
         low = max(p.temperature - p.dynatemp_range, _F32(0.0))
         high = p.temperature + p.dynatemp_range
         divisors[r] = low + (high - low) * _F32(np.float64(normalised) ** np.float64(p.dynatemp_exponent))
