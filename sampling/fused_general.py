@@ -136,7 +136,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         ranked_logprobs=np.empty((rows, ranked), dtype=np.float32),
         mu=np.empty(rows, dtype=np.float64),
     )
-    sample_rows(z, w, m, row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
+    sample_rows(z, w, m, space.chunk_max, space.counts[0], row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
     entropy, varentropy, truncated_entropy, kept_mass, top_k_entropy, top_k_mass = (
         torch.from_numpy(np.ascontiguousarray(out.measures.T, dtype=np.float32)))
     return SampleOutput(

@@ -17,8 +17,9 @@ import numpy as np
 
 from sampling.kernels import records as f
 from sampling.kernels import truncations as t
+from sampling.kernels.chain import _WIDTH, _final_pass, _full_pass
 from sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _jit, _jit_parallel
-from sampling.kernels.current import entropy32, log32, materialise, moments, total32
+from sampling.kernels.current import entropy32, log32, materialise, total32
 from sampling.kernels.draw import _draw, _uniforms
 from sampling.kernels.ranking import top_in_band
 from sampling.kernels.torch_sums import _block_totals
@@ -27,72 +28,81 @@ _LN2 = math.log(2.0)
 
 
 @_jit
-def _truncate(z, w, m, p, lanes, s):
-    """The band ``(lo, hi)`` every switched-on truncation of the row keeps, in pipeline order."""
+def _truncate(z, w, m, finite, p, lanes, s):
+    """The band ``(lo, hi)`` every switched-on truncation of the row keeps, in pipeline order,
+    and the band's largest logit."""
     values = s[4]
+    maxima = s[10]
     flags = p.flags
     keep = p.min_keep
     lo = _NEG_INF
     hi = _POS_INF
     top = m
     if flags & f.TOP_N_SIGMA:
-        lo = t.protect(z, t.top_n_sigma(z, lo, hi, top, p.top_n_sigma), lo, hi, top, keep, True, values)
+        cut = t.top_n_sigma(z, lo, hi, top, p.top_n_sigma)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.TOP_K:
-        lo = t.protect(z, t.top_k(z, lo, hi, p.top_k, values), lo, hi, top, keep, True, values)
+        cut = t.top_k(z, lo, hi, p.top_k, values, maxima)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.OPTIMAL_K:
-        lo = t.protect(z, t.optimal_k(z, w, m, lo, hi, top, p.optimal_k, lanes, s), lo, hi, top, keep, True, values)
+        cut = t.optimal_k(z, w, m, lo, hi, top, finite, p.optimal_k, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.ENTROPY_TOP_K:
-        cut = t.entropy_top_k(z, w, m, lo, hi, top, p.entropy_top_k_min, p.entropy_top_k, lanes, s)
-        lo = t.protect(z, cut, lo, hi, top, keep, True, values)
+        cut = t.entropy_top_k(z, w, m, lo, hi, top, finite, p.entropy_top_k_min, p.entropy_top_k, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.STATISTICAL_TOP_K:
-        lo = t.protect(z, t.statistical_top_k(z, lo, hi, p.statistical_top_k), lo, hi, top, keep, False, values)
+        cut = t.statistical_top_k(z, lo, hi, p.statistical_top_k)
+        lo = t.protect(z, cut, lo, hi, top, keep, False, values, maxima)
     if flags & f.TOP_H:
-        lo = t.protect(z, t.top_h(z, w, m, lo, hi, top, p.top_h, lanes, s), lo, hi, top, keep, True, values)
+        cut = t.top_h(z, w, m, lo, hi, top, finite, p.top_h, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.TOP_P:
-        lo = t.protect(z, t.top_p(z, w, m, lo, hi, top, p.top_p, lanes, s), lo, hi, top, keep, True, values)
+        cut = t.top_p(z, w, m, lo, hi, top, finite, p.top_p, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.MIN_P:
-        lo = t.protect(z, t.min_p(lo, top, log32(p.min_p)), lo, hi, top, keep, True, values)
+        lo = t.protect(z, t.min_p(lo, top, log32(p.min_p)), lo, hi, top, keep, True, values, maxima)
     if flags & f.TYPICAL:
-        lo, hi = t.typical(z, w, m, lo, hi, top, p.typical_p, keep, lanes, s)
+        lo, hi = t.typical(z, w, m, lo, hi, top, finite, p.typical_p, keep, lanes, s)
         top = min(top, hi)
     if flags & f.EPSILON:
-        lo = t.protect(z, t.epsilon(z, w, m, lo, hi, top, p.epsilon, lanes, s), lo, hi, top, keep, False, values)
+        cut = t.epsilon(z, w, m, lo, hi, top, finite, p.epsilon, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, False, values, maxima)
     if flags & f.ETA:
-        lo = t.protect(z, t.eta(z, w, m, lo, hi, top, p.eta, lanes, s), lo, hi, top, keep, True, values)
+        cut = t.eta(z, w, m, lo, hi, top, finite, p.eta, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.XTC:
-        hi = t.xtc(z, w, m, lo, hi, top, p, lanes, s)
+        hi = t.xtc(z, w, m, lo, hi, top, finite, p, lanes, s)
         top = min(top, hi)
     if flags & f.MIROSTAT_V1:
-        cut = t.mirostat_v1(z, w, m, lo, hi, top, p.mirostat_mu, lanes, s)
-        lo = t.protect(z, cut, lo, hi, top, keep, True, values)
+        cut = t.mirostat_v1(z, w, m, lo, hi, top, finite, p.mirostat_mu, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, True, values, maxima)
     if flags & f.MIROSTAT_V2:
-        cut = t.mirostat_v2(z, w, m, lo, hi, top, p.mirostat_mu, lanes, s)
-        lo = t.protect(z, cut, lo, hi, top, keep, False, values)
+        cut = t.mirostat_v2(z, w, m, lo, hi, top, finite, p.mirostat_mu, lanes, s)
+        lo = t.protect(z, cut, lo, hi, top, keep, False, values, maxima)
     return lo, hi, top
 
 
 @_jit
-def _first_max(z):
-    best = 0
-    for i in range(1, z.shape[0]):
-        if z[i] > z[best]:
-            best = i
-    return best
+def _first_max(z, m):
+    for i in range(z.shape[0]):
+        if z[i] == m:
+            return i
+    return 0
 
 
 @_jit
-def _row(r, z, w, m, p, lanes, block, s, out):
+def _row(r, z, w, m, maxima, finite, p, lanes, block, scratch, out):
     """Everything for row ``r``: its truncations, draws and outputs."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
+    s = scratch + (maxima,)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
     full = np.empty(3)
-    materialise(z, w, m, _NEG_INF, _POS_INF, m, current)
-    moments(z, current, m, full)
+    _full_pass(z, w, m, False, bins, groups, full)
     log_total = math.log(full[0])
     mean = full[1] / full[0]
     out.measures[r, 0] = max(log_total - mean, 0.0)
     out.measures[r, 1] = max(full[2] / full[0] - mean * mean, 0.0)
     # The full distribution's top-k statistics.
-    found = top_in_band(z, _NEG_INF, _POS_INF, p.stats_k, index, values)
+    found = top_in_band(z, _NEG_INF, _POS_INF, p.stats_k, index, values, maxima)
     mass = 0.0
     for j in range(found):
         mass += math.exp(np.float64(values[j]) - m - log_total)
@@ -105,7 +115,7 @@ def _row(r, z, w, m, p, lanes, block, s, out):
     out.measures[r, 5] = min(mass, 1.0)
     draws = p.n
     if p.flags & f.GREEDY:
-        token = _first_max(z)
+        token = _first_max(z, m)
         lo = hi = top = z[token]
         kept = 1
         final_log_total = 0.0
@@ -114,20 +124,29 @@ def _row(r, z, w, m, p, lanes, block, s, out):
         for j in range(draws):
             out.tokens[r, j] = token
     else:
-        lo, hi, top = _truncate(z, w, m, p, lanes, s)
-        kept = materialise(z, w, m, lo, hi, top, current)
+        lo, hi, top = _truncate(z, w, m, finite, p, lanes, s)
         final = np.empty(3)
-        moments(z, current, top, final)
+        totals = np.empty(-(-z.shape[0] // block))
+        if hi == _POS_INF and top == m:  # a lower threshold on the row's own weights, as the chain's
+            whole = _final_pass(z, w, m, lo, groups, final)
+            kept = np.int64(final[2])
+            gate, weights, gate_lo = z, w, lo
+        else:
+            kept = materialise(z, w, m, lo, hi, top, current)
+            whole = _full_pass(z, current, top, False, bins, groups, final)
+            gate, weights, gate_lo = current, current, _F32(0.0)  # where(current >= 0, current, 0) = current
         final_log_total = math.log(final[0])
         out.measures[r, 2] = max(final_log_total - final[1] / final[0], 0.0)
         out.measures[r, 3] = min(final[0] * math.exp(np.float64(top) - m) / full[0], 1.0)
-        totals = np.empty(-(-z.shape[0] // block))
         if lanes:
-            _block_totals(current, current, _F32(0.0), block, lanes, groups, 0, totals)
+            _block_totals(gate, weights, gate_lo, block, lanes, groups, whole if lanes * 4 == _WIDTH else 0, totals)
         else:
             for b in range(totals.shape[0]):
-                totals[b] = np.float64(np.sum(current[b * block:(b + 1) * block]))
-        _draw(current, current, _F32(0.0), totals, block, _uniforms(p.seed, p.step, draws), draws, out.tokens[r])
+                chunk = 0.0
+                for i in range(b * block, min((b + 1) * block, z.shape[0])):
+                    chunk += weights[i] if gate[i] >= gate_lo else 0.0
+                totals[b] = chunk
+        _draw(gate, weights, gate_lo, totals, block, _uniforms(p.seed, p.step, draws), draws, out.tokens[r])
     out.kept[r] = kept
     for j in range(out.tokens.shape[1]):
         if j < draws:
@@ -144,7 +163,7 @@ def _row(r, z, w, m, p, lanes, block, s, out):
         out.ranked_ids[r, 0:found] = out.tokens[r, 0]
         score[0] = top
     else:
-        found = top_in_band(z, lo, hi, wanted, out.ranked_ids[r], score) if wanted else 0
+        found = top_in_band(z, lo, hi, wanted, out.ranked_ids[r], score, maxima) if wanted else 0
     for j in range(out.ranked_ids.shape[1]):
         if j < found:
             out.ranked_logprobs[r, j] = (np.float64(score[j]) - top) - final_log_total
@@ -158,11 +177,12 @@ def _row(r, z, w, m, p, lanes, block, s, out):
 
 
 @_jit_parallel
-def sample_rows(z, w, m, params, lanes, block, scratch, out):
-    """Sample every row of ``z`` (tempered float32 logits; ``w`` their weights, torch's exp,
-    0 where masked; ``m`` the row maxima; ``params`` one :data:`~sampling.kernels.records.ROW`
-    each) into ``out`` (:class:`~sampling.kernels.records.Outputs`). Rows are spread over the
-    threads that ``scratch`` has room for; each row's result depends on that row alone."""
+def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
+    """Sample every row of ``z`` (tempered float32 logits; ``w`` their weights, torch's exp, 0
+    where masked; ``m`` the row maxima; ``maxima`` their chunk maxima; ``finite`` their numbers
+    of finite logits; ``params`` one :data:`~sampling.kernels.records.ROW` each) into ``out``
+    (:class:`~sampling.kernels.records.Outputs`). Rows are spread over the threads that
+    ``scratch`` has room for; each row's result depends on that row alone."""
     rows = z.shape[0]
     threads = min(scratch.current.shape[0], rows)
     for thread in numba.prange(threads):
@@ -170,7 +190,7 @@ def sample_rows(z, w, m, params, lanes, block, scratch, out):
              scratch.values[thread], scratch.index[thread], scratch.bins[thread], scratch.sums32[thread],
              scratch.sums64[thread], scratch.groups[thread])
         for r in range(thread, rows, threads):
-            _row(r, z[r], w[r], m[r], params[r], lanes, block, s, out)
+            _row(r, z[r], w[r], m[r], maxima[r], finite[r], params[r], lanes, block, s, out)
 
 
 @_jit

@@ -8,58 +8,86 @@ import math
 
 import numpy as np
 
-from sampling.kernels.common import _LAST_BIN, _NEG_INF, _NUM_BINS, _SCALE, _jit
+from sampling.kernels.common import _CHUNK, _LAST_BIN, _NEG_INF, _NUM_BINS, _SCALE, _jit
 
 
 @_jit
 def in_band(value, lo, hi):
-    """Whether a logit is kept by the band (``-inf`` never is)."""
-    return value >= lo and value <= hi and value > _NEG_INF
+    """Whether a logit is kept by the band (``-inf`` never is); branch-free, so loops vectorise."""
+    return (value >= lo) & (value <= hi) & (value > _NEG_INF)
 
 
 @_jit
-def kth_in_band(z, lo, hi, k, values):
+def top_in_band(z, lo, hi, count, ids, values, maxima):
+    """The ``count`` largest logits in the band, descending, ties in index order, into
+    ``ids`` / ``values``; returns how many there are (fewer when the band is smaller).
+    ``maxima``: the row's chunk maxima (:data:`_CHUNK` tokens each), or empty; chunks whose
+    maximum cannot enter are skipped."""
+    vocab = z.shape[0]
+    found = 0
+    for c in range(-(-vocab // _CHUNK)):
+        if found == count and maxima.shape[0] and maxima[c] <= values[count - 1]:
+            continue
+        for i in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, vocab)):
+            v = z[i]
+            if not in_band(v, lo, hi) or (found == count and v <= values[count - 1]):
+                continue
+            j = found if found < count else count - 1
+            if found < count:
+                found += 1
+            while j > 0 and values[j - 1] < v:
+                values[j] = values[j - 1]
+                ids[j] = ids[j - 1]
+                j -= 1
+            values[j] = v
+            ids[j] = i
+    return found
+
+
+@_jit
+def kth_in_band(z, lo, hi, k, values, maxima):
     """The k-th largest logit in the band, ``-inf`` when it holds fewer than ``k`` (as
-    :func:`sampling.selection.kth_largest`); ``values``: scratch."""
+    :func:`sampling.selection.kth_largest`); ``values``: scratch; ``maxima`` as :func:`top_in_band`."""
+    if k < 1:
+        return _NEG_INF
+    if k <= 64:
+        index = np.empty(k, dtype=np.int64)
+        top = np.empty(k, dtype=np.float32)
+        return top[k - 1] if top_in_band(z, lo, hi, k, index, top, maxima) == k else _NEG_INF
+    vocab = z.shape[0]
+    chunks = -(-vocab // _CHUNK)
+    bound = _NEG_INF
+    if k <= chunks:
+        # k chunks each hold a token >= their band maximum: the k-th largest chunk maximum
+        # bounds the k-th largest token from below, and few tokens reach it.
+        band_maxima = np.full(chunks, _NEG_INF, dtype=np.float32)
+        for c in range(chunks):
+            if maxima.shape[0] and hi == np.inf:
+                band_maxima[c] = maxima[c] if maxima[c] >= lo else _NEG_INF
+                continue
+            top_value = _NEG_INF
+            for i in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, vocab)):
+                top_value = max(top_value, z[i] if in_band(z[i], lo, hi) else _NEG_INF)
+            band_maxima[c] = top_value
+        bound = np.partition(band_maxima, chunks - k)[chunks - k]
     n = 0
-    for i in range(z.shape[0]):
-        if in_band(z[i], lo, hi):
+    for i in range(vocab):
+        if in_band(z[i], lo, hi) and z[i] >= bound:
             values[n] = z[i]
             n += 1
-    if k < 1 or n < k:
+    if n < k:
         return _NEG_INF
     return np.partition(values[:n], n - k)[n - k]
 
 
 @_jit
-def top_in_band(z, lo, hi, count, ids, values):
-    """The ``count`` largest logits in the band, descending, ties in index order, into
-    ``ids`` / ``values``; returns how many there are (fewer when the band is smaller)."""
-    found = 0
-    for i in range(z.shape[0]):
-        v = z[i]
-        if not in_band(v, lo, hi) or (found == count and v <= values[count - 1]):
-            continue
-        j = found if found < count else count - 1
-        if found < count:
-            found += 1
-        while j > 0 and values[j - 1] < v:
-            values[j] = values[j - 1]
-            ids[j] = ids[j - 1]
-            j -= 1
-        values[j] = v
-        ids[j] = i
-    return found
-
-
-@_jit
-def sorted_top(z, lo, hi, count, values, index, out):
+def sorted_top(z, lo, hi, count, values, index, out, maxima):
     """The ``count`` largest logits in the band, descending, into ``out`` (``-inf`` padded);
     ``values`` / ``index``: scratch. Small counts by insertion, large ones by selection."""
     if count <= 64:
-        found = top_in_band(z, lo, hi, count, index, out)
+        found = top_in_band(z, lo, hi, count, index, out, maxima)
     else:
-        low = kth_in_band(z, lo, hi, count, values)
+        low = kth_in_band(z, lo, hi, count, values, maxima)
         found = 0
         for i in range(z.shape[0]):
             if in_band(z[i], max(lo, low), hi):

@@ -18,9 +18,9 @@ from sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _ZERO, _jit
 from sampling.kernels.current import (
     entropy32,
     lowest_at_least,
-    materialise,
     mean_std,
     total32,
+    weights_of,
 )
 from sampling.kernels.draw import _mix
 from sampling.kernels.ranking import in_band, kth_in_band, ndtri, prefix_boundary, sorted_top
@@ -30,12 +30,12 @@ _LN2 = _F32(math.log(2.0))
 
 
 @_jit
-def protect(z, stage_lo, lo, hi, top, min_keep, keeps_argmax, values):
+def protect(z, stage_lo, lo, hi, top, min_keep, keeps_argmax, values, maxima):
     """``min_tokens_to_keep`` as :func:`sampling.pipeline._protect_top_tokens`: the stage's lower
     threshold lowered to the m-th largest logit of the band (all of it when smaller), else to
     the band's maximum for strategies that may remove it."""
     if min_keep > 1:
-        return min(stage_lo, max(kth_in_band(z, lo, hi, min_keep, values), lo))
+        return min(stage_lo, max(kth_in_band(z, lo, hi, min_keep, values, maxima), lo))
     if not keeps_argmax:
         return min(stage_lo, top)
     return stage_lo
@@ -50,25 +50,25 @@ def top_n_sigma(z, lo, hi, top, n):
 
 
 @_jit
-def top_k(z, lo, hi, k, values):
+def top_k(z, lo, hi, k, values, maxima):
     """Top-k (Fan et al., "Hierarchical Neural Story Generation", ACL 2018): keep ``z >=`` the
     k-th largest logit of the band (all of it when smaller)."""
-    return max(lo, kth_in_band(z, lo, hi, k, values))
+    return max(lo, kth_in_band(z, lo, hi, k, values, maxima))
 
 
 @_jit
-def optimal_k(z, w, m, lo, hi, top, weight, lanes, s):
+def optimal_k(z, w, m, lo, hi, top, finite, weight, lanes, s):
     """Optimal-k / Bregman decoding (Noarov et al., "Foundations of Top-k Decoding for Language
     Models", arXiv 2505.19371): ``k* = min{k : p_(k+1) <= (e^lambda - 1) P_k}``, then top-k."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
     vocab = z.shape[0]
-    materialise(z, w, m, lo, hi, top, current)
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
     ratio = _F32(math.expm1(np.float64(weight)))
     width = min(64, vocab)
     while True:
         count = min(width + 1, vocab)
-        sorted_top(z, lo, hi, count, values, index, score)
+        sorted_top(z, lo, hi, count, values, index, score, maxima)
         mass = 0.0
         for j in range(count):
             if j + 1 < count:
@@ -84,18 +84,18 @@ def optimal_k(z, w, m, lo, hi, top, weight, lanes, s):
 
 
 @_jit
-def entropy_top_k(z, w, m, lo, hi, top, k_min, k_max, lanes, s):
+def entropy_top_k(z, w, m, lo, hi, top, finite, k_min, k_max, lanes, s):
     """Entropy-adaptive top-k (PURE, "Perceive, Understand and Restore"): ``k = round(k_min +
     (k_max - k_min) * sigmoid(clip(H, 0, 10) - 5))``, then top-k."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     total = total32(current, lanes, groups)
     entropy = entropy32(z, current, top, total, lanes, groups, aux)
     level = _F32(1.0 / (1.0 + math.exp(-np.float64(min(max(entropy, _ZERO), _F32(10.0)) - _F32(5.0)))))
     low = _F32(k_min)
     k = np.rint(low + (_F32(k_max) - low) * level)
     k = np.int64(min(max(k, low), _F32(k_max)))
-    return max(lo, kth_in_band(z, lo, hi, k, values))
+    return max(lo, kth_in_band(z, lo, hi, k, values, maxima))
 
 
 @_jit
@@ -113,12 +113,12 @@ def statistical_top_k(z, lo, hi, k):
 
 
 @_jit
-def top_h(z, w, m, lo, hi, top, alpha, lanes, s):
+def top_h(z, w, m, lo, hi, top, finite, alpha, lanes, s):
     """Top-H (Baghaei Potraghloo et al., "Top-H Decoding", arXiv 2509.02510), as the authors'
     code: rank 1 always; rank j kept while the partial sum of ``-p ln p`` stays within
     ``alpha * H`` (float64 terms from the float32 log-probabilities)."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
     entropy = 0.0
     for i in range(z.shape[0]):
@@ -149,11 +149,11 @@ def top_h(z, w, m, lo, hi, top, alpha, lanes, s):
 
 
 @_jit
-def top_p(z, w, m, lo, hi, top, mass, lanes, s):
+def top_p(z, w, m, lo, hi, top, finite, mass, lanes, s):
     """Top-p / nucleus (Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR
     2020): keep the most probable prefix of mass ``>= top_p`` with its boundary tie group."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     target = mass * total32(current, lanes, groups)
     for i in range(z.shape[0]):
         score[i] = z[i] if in_band(z[i], lo, hi) else _NEG_INF
@@ -167,12 +167,12 @@ def min_p(lo, top, log_min_p):
 
 
 @_jit
-def typical(z, w, m, lo, hi, top, mass, min_keep, lanes, s):
+def typical(z, w, m, lo, hi, top, finite, mass, min_keep, lanes, s):
     """Locally typical sampling (Meister et al., "Locally Typical Sampling", TACL 2023): rank by
     ``-|z - (max + ln Z - H)|``, keep the prefix of mass ``>= typical_p`` (and the
     ``min_keep`` most typical); returns the kept band ``(lo, hi)``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     total = total32(current, lanes, groups)
     entropy = entropy32(z, current, top, total, lanes, groups, aux)
     centre = (top + _F32(math.log(np.float64(total)))) - entropy
@@ -182,7 +182,7 @@ def typical(z, w, m, lo, hi, top, mass, min_keep, lanes, s):
         best = max(best, score[i])
     threshold = prefix_boundary(score, current, mass * total, best, bins, sums32, index, values)
     if min_keep > 1:
-        threshold = min(threshold, kth_in_band(score, _NEG_INF, _POS_INF, min_keep, values))
+        threshold = min(threshold, kth_in_band(score, _NEG_INF, _POS_INF, min_keep, values, maxima[:0]))
     new_lo = np.float32(np.inf)
     new_hi = _NEG_INF
     for i in range(z.shape[0]):
@@ -193,19 +193,19 @@ def typical(z, w, m, lo, hi, top, mass, min_keep, lanes, s):
 
 
 @_jit
-def epsilon(z, w, m, lo, hi, top, floor, lanes, s):
+def epsilon(z, w, m, lo, hi, top, finite, floor, lanes, s):
     """Epsilon sampling (Hewitt et al., "Truncation Sampling as Language Model Desmoothing",
     EMNLP Findings 2022): keep ``p >= epsilon``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     return max(lo, lowest_at_least(z, lo, hi, current, floor * total32(current, lanes, groups)))
 
 
 @_jit
-def eta(z, w, m, lo, hi, top, value, lanes, s):
+def eta(z, w, m, lo, hi, top, finite, value, lanes, s):
     """Eta sampling (Hewitt et al., as epsilon): keep ``p >= min(eta, sqrt(eta) * exp(-H))``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     total = total32(current, lanes, groups)
     entropy = entropy32(z, current, top, total, lanes, groups, aux)
     floor = min(value, np.sqrt(value) * _F32(math.exp(-np.float64(entropy))))
@@ -227,14 +227,14 @@ def xtc_coin(seed, step):
 
 
 @_jit
-def xtc(z, w, m, lo, hi, top, p, lanes, s):
+def xtc(z, w, m, lo, hi, top, finite, p, lanes, s):
     """XTC (p-e-w, text-generation-webui PR #6335; llama.cpp's xtc): on a seeded coin, remove
     every token with ``p >= threshold`` but the least probable (its tie group), when at least two
     reach it and ``min_keep`` remain; returns the kept band's new ``hi``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
     if not xtc_coin(p.seed, p.step) < p.xtc_probability:
         return hi
-    count = materialise(z, w, m, lo, hi, top, current)
+    current, count = weights_of(z, w, m, lo, hi, top, finite, current)
     threshold = p.xtc_threshold * total32(current, lanes, groups)
     least = np.float32(np.inf)
     chosen = 0
@@ -251,15 +251,15 @@ def xtc(z, w, m, lo, hi, top, p, lanes, s):
 
 
 @_jit
-def mirostat_v1(z, w, m, lo, hi, top, mu, lanes, s):
+def mirostat_v1(z, w, m, lo, hi, top, finite, mu, lanes, s):
     """Mirostat v1 (Basu et al., "Mirostat", ICLR 2021, Algorithm 1): a Zipf exponent from the
     top 100 probabilities, ``k = (eps * 2^mu / (1 - N^-eps))^(1/s)``, ``round(k) + 1``; top-k."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
     vocab = z.shape[0]
-    finite = materialise(z, w, m, lo, hi, top, current)
+    current, finite = weights_of(z, w, m, lo, hi, top, finite, current)
     log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
     count = min(100, vocab)
-    sorted_top(z, lo, hi, count, values, index, score)
+    sorted_top(z, lo, hi, count, values, index, score, maxima)
     tb = 0.0
     tt = 0.0
     for r in range(1, count):
@@ -281,14 +281,14 @@ def mirostat_v1(z, w, m, lo, hi, top, mu, lanes, s):
     else:
         chosen = np.float64(finite)
     chosen = np.int64(min(max(chosen, 1.0), np.float64(finite)))
-    return max(lo, kth_in_band(z, lo, hi, chosen, values))
+    return max(lo, kth_in_band(z, lo, hi, chosen, values, maxima))
 
 
 @_jit
-def mirostat_v2(z, w, m, lo, hi, top, mu, lanes, s):
+def mirostat_v2(z, w, m, lo, hi, top, finite, mu, lanes, s):
     """Mirostat v2 (Basu et al.; llama.cpp's Mirostat 2.0): keep ``log2 p >= -mu``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups = s
-    materialise(z, w, m, lo, hi, top, current)
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
     log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
     bound = -_F32(mu)
     low = np.float32(np.inf)
