@@ -73,23 +73,18 @@ def _rows(params: Sequence, steps: Sequence[int], states, vocab: int) -> np.ndar
     return out
 
 
-def _dynamic_divisors(x: np.ndarray, row: np.ndarray, lanes: int) -> np.ndarray:
-    """The dynamic temperatures of rows ``x`` (untempered; bad rows are left to the caller's check)."""
+def _dynamic_divisors(x: np.ndarray, row: np.ndarray, lanes: int, space) -> np.ndarray:
+    """Each row's dynamic temperature (1 on other rows) from its untempered logits ``x``, the
+    chain's workspace ``space`` lending its scratch (bad rows are left to the caller's check)."""
     rows, vocab = x.shape
-    weights = np.empty_like(x)
-    maxima = np.empty(rows, dtype=np.float32)
     status = np.empty(rows, dtype=np.int64)
-    _prepare(x, np.ones(rows, dtype=np.float32), x, maxima, np.empty((rows, -(-vocab // 128)), dtype=np.float32),
-             weights, False, status)
-    torch.from_numpy(weights).exp_()
-    _zero_masked_rows(x, weights, status, np.empty(rows, dtype=np.int64))
+    maxima = space.small[0]
+    _prepare(x, np.ones(rows, dtype=np.float32), x, maxima, space.chunk_max, space.w, False, status)
+    torch.from_numpy(space.w).exp_()
+    _zero_masked_rows(x, space.w, status, space.counts[0])
     divisors = np.ones(rows, dtype=np.float32)
-    good = status >= 0
-    if good.any():
-        out = np.empty(int(good.sum()), dtype=np.float32)
-        dynamic_divisors(x[good], weights[good], maxima[good], row[good], lanes,
-                         np.empty((vocab // 512 + 2, 64), dtype=np.float32), np.empty(vocab, dtype=np.float32), out)
-        divisors[good] = out
+    dynamic_divisors(x, space.w, maxima, row, status, lanes, np.empty((vocab // 512 + 2, 64), dtype=np.float32),
+                     space.scratch, divisors)
     return divisors
 
 
@@ -103,14 +98,14 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     row = _rows(params, steps, states, vocab)
     x = logits.detach().float().contiguous().numpy()
     divisors = np.where(row["flags"] & records.GREEDY, np.float32(1.0), row["temperature"]).astype(np.float32)
+    space = _workspace(rows, vocab)
     dynamic = (row["flags"] & records.DYNATEMP).astype(bool)
     if dynamic.any():
-        divisors[dynamic] = _dynamic_divisors(x[dynamic], row[dynamic], sum_lanes())
+        divisors[dynamic] = _dynamic_divisors(x, row, sum_lanes(), space)[dynamic]
         newly_greedy = dynamic & (divisors < temperature.GREEDY_BELOW)
         row["flags"][newly_greedy] |= records.GREEDY
         divisors[newly_greedy] = 1.0
     row["divisor"] = divisors
-    space = _workspace(rows, vocab)
     dividing = bool((divisors != 1).any())
     z = space.z if dividing else x
     w = space.w

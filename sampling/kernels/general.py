@@ -194,14 +194,16 @@ def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
 
 
 @_jit
-def dynamic_divisors(x, w, m, params, lanes, groups, aux, divisors):
+def dynamic_divisors(x, w, m, params, status, lanes, groups, aux, divisors):
     """Dynamic temperature (llama.cpp's temp-ext): ``T = T_min + (T_max - T_min) * (H / ln V) **
     exponent``, H the float32 entropy of each row's untempered logits ``x`` (``w`` their weights,
     torch's exp; ``m`` their maxima) as :func:`sampling.strategies.temperature.dynamic_temperature`
-    computes it, into ``divisors``."""
+    computes it, into ``divisors`` on the dynamic rows whose ``status`` is good."""
     vocab = x.shape[1]
     for r in range(x.shape[0]):
         p = params[r]
+        if not p.flags & f.DYNATEMP or status[r] < 0:
+            continue
         if vocab <= 1:
             divisors[r] = p.temperature
             continue
