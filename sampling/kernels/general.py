@@ -22,7 +22,7 @@ from sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _jit, _jit_paralle
 from sampling.kernels.current import entropy32, log32, materialise, total32
 from sampling.kernels.draw import _draw, _uniforms
 from sampling.kernels.ranking import top_in_band
-from sampling.kernels.torch_sums import _block_totals
+from sampling.kernels.torch_sums import _block_totals, _sum_from_groups
 
 _LN2 = math.log(2.0)
 
@@ -93,10 +93,16 @@ def _first_max(z, m):
 @_jit
 def _row(r, z, w, m, maxima, finite, p, lanes, block, scratch, out):
     """Everything for row ``r``: its truncations, draws and outputs."""
-    s = scratch + (maxima,)
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups = scratch
     full = np.empty(3)
-    _full_pass(z, w, m, False, bins, groups, full)
+    whole = _full_pass(z, w, m, False, bins, groups, full)
+    known = np.empty(1, dtype=np.float32)  # torch's float32 total of the row's weights
+    vocab = z.shape[0]
+    if lanes * 4 == _WIDTH and lanes <= vocab and vocab // _WIDTH <= 2**19:  # the pass's groups are torch's
+        known[0] = _sum_from_groups(z, w, _NEG_INF, lanes, groups, whole)
+    else:
+        known[0] = total32(w, lanes, groups)
+    s = scratch + (maxima, known)
     log_total = math.log(full[0])
     mean = full[1] / full[0]
     out.measures[r, 0] = max(log_total - mean, 0.0)

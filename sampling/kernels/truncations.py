@@ -30,6 +30,15 @@ _LN2 = _F32(math.log(2.0))
 
 
 @_jit
+def _total(current, lo, hi, top, m, known, lanes, groups):
+    """Torch's float32 total of the band's weights; ``known[0]``, the whole row's, computed in
+    the statistics pass, when the band is the whole row."""
+    if lo == -np.inf and hi == np.inf and top == m:
+        return known[0]
+    return total32(current, lanes, groups)
+
+
+@_jit
 def protect(z, stage_lo, lo, hi, top, min_keep, keeps_argmax, values, maxima):
     """``min_tokens_to_keep`` as :func:`sampling.pipeline._protect_top_tokens`: the stage's lower
     threshold lowered to the m-th largest logit of the band (all of it when smaller), else to
@@ -60,10 +69,10 @@ def top_k(z, lo, hi, k, values, maxima):
 def optimal_k(z, w, m, lo, hi, top, finite, weight, lanes, s):
     """Optimal-k / Bregman decoding (Noarov et al., "Foundations of Top-k Decoding for Language
     Models", arXiv 2505.19371): ``k* = min{k : p_(k+1) <= (e^lambda - 1) P_k}``, then top-k."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     vocab = z.shape[0]
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
+    log_total = _F32(math.log(np.float64(_total(current, lo, hi, top, m, known, lanes, groups))))
     ratio = _F32(math.expm1(np.float64(weight)))
     width = min(64, vocab)
     while True:
@@ -87,9 +96,9 @@ def optimal_k(z, w, m, lo, hi, top, finite, weight, lanes, s):
 def entropy_top_k(z, w, m, lo, hi, top, finite, k_min, k_max, lanes, s):
     """Entropy-adaptive top-k (PURE, "Perceive, Understand and Restore"): ``k = round(k_min +
     (k_max - k_min) * sigmoid(clip(H, 0, 10) - 5))``, then top-k."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    total = total32(current, lanes, groups)
+    total = _total(current, lo, hi, top, m, known, lanes, groups)
     entropy = entropy32(z, current, top, total, lanes, groups, aux)
     level = _F32(1.0 / (1.0 + math.exp(-np.float64(min(max(entropy, _ZERO), _F32(10.0)) - _F32(5.0)))))
     low = _F32(k_min)
@@ -117,9 +126,9 @@ def top_h(z, w, m, lo, hi, top, finite, alpha, lanes, s):
     """Top-H (Baghaei Potraghloo et al., "Top-H Decoding", arXiv 2509.02510), as the authors'
     code: rank 1 always; rank j kept while the partial sum of ``-p ln p`` stays within
     ``alpha * H`` (float64 terms from the float32 log-probabilities)."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
+    log_total = _F32(math.log(np.float64(_total(current, lo, hi, top, m, known, lanes, groups))))
     entropy = 0.0
     for i in range(z.shape[0]):
         if in_band(z[i], lo, hi):
@@ -152,9 +161,9 @@ def top_h(z, w, m, lo, hi, top, finite, alpha, lanes, s):
 def top_p(z, w, m, lo, hi, top, finite, mass, lanes, s):
     """Top-p / nucleus (Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR
     2020): keep the most probable prefix of mass ``>= top_p`` with its boundary tie group."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    target = mass * total32(current, lanes, groups)
+    target = mass * _total(current, lo, hi, top, m, known, lanes, groups)
     for i in range(z.shape[0]):
         score[i] = z[i] if in_band(z[i], lo, hi) else _NEG_INF
     return max(lo, prefix_boundary(score, current, target, top, bins, sums32, index, values))
@@ -171,9 +180,9 @@ def typical(z, w, m, lo, hi, top, finite, mass, min_keep, lanes, s):
     """Locally typical sampling (Meister et al., "Locally Typical Sampling", TACL 2023): rank by
     ``-|z - (max + ln Z - H)|``, keep the prefix of mass ``>= typical_p`` (and the
     ``min_keep`` most typical); returns the kept band ``(lo, hi)``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    total = total32(current, lanes, groups)
+    total = _total(current, lo, hi, top, m, known, lanes, groups)
     entropy = entropy32(z, current, top, total, lanes, groups, aux)
     centre = (top + _F32(math.log(np.float64(total)))) - entropy
     best = _NEG_INF
@@ -196,17 +205,17 @@ def typical(z, w, m, lo, hi, top, finite, mass, min_keep, lanes, s):
 def epsilon(z, w, m, lo, hi, top, finite, floor, lanes, s):
     """Epsilon sampling (Hewitt et al., "Truncation Sampling as Language Model Desmoothing",
     EMNLP Findings 2022): keep ``p >= epsilon``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    return max(lo, lowest_at_least(z, lo, hi, current, floor * total32(current, lanes, groups)))
+    return max(lo, lowest_at_least(z, lo, hi, current, floor * _total(current, lo, hi, top, m, known, lanes, groups)))
 
 
 @_jit
 def eta(z, w, m, lo, hi, top, finite, value, lanes, s):
     """Eta sampling (Hewitt et al., as epsilon): keep ``p >= min(eta, sqrt(eta) * exp(-H))``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    total = total32(current, lanes, groups)
+    total = _total(current, lo, hi, top, m, known, lanes, groups)
     entropy = entropy32(z, current, top, total, lanes, groups, aux)
     floor = min(value, np.sqrt(value) * _F32(math.exp(-np.float64(entropy))))
     return max(lo, lowest_at_least(z, lo, hi, current, floor * total))
@@ -231,11 +240,11 @@ def xtc(z, w, m, lo, hi, top, finite, p, lanes, s):
     """XTC (p-e-w, text-generation-webui PR #6335; llama.cpp's xtc): on a seeded coin, remove
     every token with ``p >= threshold`` but the least probable (its tie group), when at least two
     reach it and ``min_keep`` remain; returns the kept band's new ``hi``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     if not xtc_coin(p.seed, p.step) < p.xtc_probability:
         return hi
     current, count = weights_of(z, w, m, lo, hi, top, finite, current)
-    threshold = p.xtc_threshold * total32(current, lanes, groups)
+    threshold = p.xtc_threshold * _total(current, lo, hi, top, m, known, lanes, groups)
     least = np.float32(np.inf)
     chosen = 0
     for i in range(z.shape[0]):
@@ -254,10 +263,10 @@ def xtc(z, w, m, lo, hi, top, finite, p, lanes, s):
 def mirostat_v1(z, w, m, lo, hi, top, finite, mu, lanes, s):
     """Mirostat v1 (Basu et al., "Mirostat", ICLR 2021, Algorithm 1): a Zipf exponent from the
     top 100 probabilities, ``k = (eps * 2^mu / (1 - N^-eps))^(1/s)``, ``round(k) + 1``; top-k."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     vocab = z.shape[0]
     current, finite = weights_of(z, w, m, lo, hi, top, finite, current)
-    log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
+    log_total = _F32(math.log(np.float64(_total(current, lo, hi, top, m, known, lanes, groups))))
     count = min(100, vocab)
     sorted_top(z, lo, hi, count, values, index, score, maxima)
     tb = 0.0
@@ -287,9 +296,9 @@ def mirostat_v1(z, w, m, lo, hi, top, finite, mu, lanes, s):
 @_jit
 def mirostat_v2(z, w, m, lo, hi, top, finite, mu, lanes, s):
     """Mirostat v2 (Basu et al.; llama.cpp's Mirostat 2.0): keep ``log2 p >= -mu``."""
-    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima = s
+    current, score, aux, partial, values, index, bins, sums32, sums64, groups, maxima, known = s
     current, _ = weights_of(z, w, m, lo, hi, top, finite, current)
-    log_total = _F32(math.log(np.float64(total32(current, lanes, groups))))
+    log_total = _F32(math.log(np.float64(_total(current, lo, hi, top, m, known, lanes, groups))))
     bound = -_F32(mu)
     low = np.float32(np.inf)
     for i in range(z.shape[0]):
