@@ -57,8 +57,9 @@ class SamplerActor:
         return self._device.type
 
     def warmup(self) -> str:
-        """Run one tiny sample so imports and kernels are loaded; return :meth:`device_name`."""
-        sample(torch.zeros(2, 16, device=self._device), SamplingParams(), 0)
+        """Run one tiny sample so imports and kernels are loaded; return :meth:`device_name`.
+        Its two rows take both fused CPU paths (the chain's kernels and the general kernel)."""
+        sample(torch.zeros(2, 16, device=self._device), [SamplingParams(), SamplingParams(typical_p=0.9)], 0)
         self._synchronize()
         return self.device_name()
 

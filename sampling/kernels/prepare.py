@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from sampling.kernels.common import (
@@ -14,6 +15,7 @@ from sampling.kernels.common import (
     _SIGN,
     _ZERO,
     _jit,
+    _jit_parallel,
 )
 
 
@@ -68,13 +70,6 @@ def _maxima(x, divisor, chunk_max):
 
 
 @_jit
-def _divide(x, divisor, z):
-    """``z = x / divisor``, float32 as torch divides."""
-    for i in range(x.shape[0]):
-        z[i] = x[i] / divisor
-
-
-@_jit
 def _copy(x, z):
     for i in range(x.shape[0]):
         z[i] = x[i]
@@ -87,20 +82,32 @@ def _shift(z, best, out):
         out[i] = max(z[i] - best, _FLOOR)
 
 
-@_jit
+@_jit_parallel
 def _prepare(x, divisors, z, m, chunk_max, shifted, copy, status):
     """Per row: what the logits hold (``status``, see :func:`_maxima`; rows with an error are
     left there), ``z = x / divisor`` (rows with divisor 1 are copied when ``copy``, else ``z``
     is ``x``), chunk and row maxima, and the shifted logits that torch exponentiates."""
-    for r in range(x.shape[0]):
-        m[r], status[r] = _maxima(x[r], divisors[r], chunk_max[r])
-        if status[r] < 0:
+    for r in numba.prange(x.shape[0]):  # rows are independent: spread over the threads
+        best, state = _maxima(x[r], divisors[r], chunk_max[r])
+        m[r] = best
+        status[r] = state
+        if state < 0:
             continue
         if divisors[r] != 1:
-            _divide(x[r], divisors[r], z[r])
-        elif copy:
+            _divide_shift(x[r], divisors[r], best, z[r], shifted[r])
+            continue
+        if copy:
             _copy(x[r], z[r])
-        _shift(z[r], m[r], shifted[r])
+        _shift(z[r], best, shifted[r])
+
+
+@_jit
+def _divide_shift(x, divisor, best, z, out):
+    """``z = x / divisor`` and ``out = max(z - best, EXP_FLOOR)`` in one pass."""
+    for i in range(x.shape[0]):
+        value = x[i] / divisor
+        z[i] = value
+        out[i] = max(value - best, _FLOOR)
 
 
 @_jit
