@@ -284,8 +284,9 @@ def plot(results: list[Row], path: str) -> None:
                 xs, ms = zip(*points, strict=True)
                 ax.plot(xs, ms, marker=markers[index % len(markers)], color=colours[index % len(colours)],
                         label=strategy, linewidth=1.2)
-        softmax = sorted({(r.rows, r.softmax_ms) for r in results if (r.device, r.case) == (device, case)})
-        by_size = {b: ms for b, ms in softmax}
+        # Each strategy's run timed its own softmax: the target follows their median per size.
+        panel = [r for r in results if (r.device, r.case) == (device, case)]
+        by_size = {b: statistics.median(r.softmax_ms for r in panel if r.rows == b) for b in {r.rows for r in panel}}
         xs = sorted(by_size)
         for factor, style in ((2.0, "--"), (3.0, ":")):
             ax.plot(xs, [factor * by_size[b] for b in xs], style, color="black", linewidth=1.5,
