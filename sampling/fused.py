@@ -5,8 +5,10 @@ Rows whose parameters switch on nothing but temperature (not greedy, not dynamic
 :mod:`sampling.strategies.top_p`) and min-p (Nguyen et al. 2024,
 :mod:`sampling.strategies.min_p`) — with ``n``, ``seed``, ``top_logprobs``,
 ``stats_top_k`` and ``min_tokens_to_keep`` — are sampled here instead of by the general
-pipeline's ~25 batched torch passes (:func:`is_eligible`, decided per row from the
-registry's declarations). Everything else goes through the general path.
+pipeline's ~25 batched torch passes (:func:`is_chain`, decided per row from the
+registry's declarations). Rows with any other strategy but penalties, DRY and logit bias take
+the general kernel (:mod:`sampling.fused_general`); :func:`sample` splits a batch between the
+two. Everything else goes through the general path.
 
 What is fused: the check of the logits, the temperature division, the row maxima, the
 statistics of the full distribution (entropy, varentropy, top-k entropy and mass), the
@@ -44,9 +46,10 @@ reported in index order (the general path: in ``torch.topk``'s order).
 Why numba: the per-row work left after ``exp`` — a histogram of the row, a few running
 sums, a search inside one bin — is sequential and data-dependent; torch needs a dozen
 full-row passes and as many dispatches for it, a compiled loop needs one pass. The kernels
-are compiled once and cached on disk (``cache=True``), run single-threaded on the caller's
-thread (no ``parallel=True``; ``nogil``), and take the same argument types whatever the
-batch, so a warm-up call on a tiny batch compiles (or loads) exactly what serving uses.
+are compiled once and cached on disk (``cache=True``; :mod:`sampling.kernels`), release the
+GIL, spread the first pass's rows over numba's threads and run the rest on the caller's
+thread, and take the same argument types whatever the batch, so a warm-up call on a tiny
+batch compiles (or loads) exactly what serving uses.
 """
 
 from __future__ import annotations
