@@ -6,7 +6,14 @@ system on free, so every temporary pays thousands of page faults — measured he
 more than half the time of a ``sample()`` call on a CPU. :func:`keep_freed_memory` raises
 glibc's thresholds so such blocks come from, and go back to, the heap. It changes process-wide
 malloc behaviour (the resident size stays near its high-water mark), so the library never
-calls it on its own: long-running sampler processes (samplerd's workers) and the benchmark do.
+calls it on its own; long-running sampler processes (samplerd's workers) do.
+
+The fused CPU path (:mod:`sampling.fused`, every strategy but penalties, DRY and logit bias)
+does not need it: its batch-sized arrays are workspaces kept per thread and reused while the
+batch shape stays the same, so ``from sampling import sample`` gets the benchmarked speed in an
+untuned process (``samplerd bench kernels`` measures untuned; ``--tune-malloc`` tunes). Only
+the eager pipeline's temporaries, and float16 / bfloat16 logits' float32 copy, still fault
+their pages in on every call.
 """
 
 from __future__ import annotations

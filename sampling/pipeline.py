@@ -81,7 +81,7 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
            steps: int | Sequence[int] = 0, states: Sequence[SequenceState | None] | None = None) -> SampleOutput:
     """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`.
 
-    Rows that only use temperature, top-k, top-p and min-p take the fused CPU fast path
+    On a CPU, rows without penalties, DRY or logit bias take the fused path
     (:mod:`sampling.fused`, same decisions); the others the stages below. Each row's result
     depends on its own parameters alone, whichever path it takes.
     """
@@ -95,14 +95,15 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
     engine = _fused_engine(logits)
     fast = engine.eligible_rows(logits, params)
     if len(fast) == len(params):
-        return engine.sample(logits, params, steps)  # checks the logits' values in its first pass
+        return engine.sample(logits, params, steps, states=states)  # checks the logits' values in its first pass
     all_finite = check_logits(logits)
     if not fast:
         return _sample(logits, params, steps, states, all_finite)
     fast_set = set(fast)
     general = [i for i in range(len(params)) if i not in fast_set]
     parts = [
-        (fast, engine.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast])),
+        (fast, engine.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast],
+                             states=None if states is None else [states[i] for i in fast])),
         (general, _sample(logits[general], [params[i] for i in general], [steps[i] for i in general],
                           None if states is None else [states[i] for i in general], all_finite)),
     ]

@@ -4,7 +4,7 @@ The host packs every row's parameters into one int64 tensor (one upload), launch
 :func:`sampling.gpu.kernels.fused_chain_kernel` once, and reads back one small tensor, the
 rows' status flags (the one host sync): a row with NaN, +inf or no finite logit raises
 :class:`~sampling.errors.SamplingError` naming the row, as
-:func:`sampling.pipeline.check_logits` does. The outputs stay on the device.
+:func:`sampling.checks.check_logits` does. The outputs stay on the device.
 
 Rows eligible here: greedy rows, and sampled rows (plain temperature) whose other
 strategies are top-k, top-p and min-p (with ``n``, ``seed``, ``top_logprobs``,
@@ -123,9 +123,10 @@ def pack_params(params: Sequence, steps: Sequence[int], rows: Sequence[int], voc
 
 
 def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], rows: Sequence[int] | None = None,
-           ) -> SampleOutput:
+           states: Sequence | None = None) -> SampleOutput:
     """:func:`sampling.sample` for the eligible rows ``rows`` of ``logits`` (all rows when
-    None; ``params`` and ``steps`` one per logits row), read in place. The outputs are on
+    None; ``params`` and ``steps`` one per logits row), read in place. ``states`` is accepted
+    as the CPU path takes it, and unused: the chain's strategies keep no state. The outputs are on
     the logits' device, one row per entry of ``rows``."""
     from sampling.gpu import kernels
 

@@ -4,7 +4,7 @@ What one program does for its row (the passes all read the row's logits, which o
 stay in L2 between passes for moderate batches):
 
 A. Validity (NaN, +inf, no finite logit) on the raw logits, as
-   :func:`sampling.pipeline.check_logits` decides it; the row maximum ``m`` of
+   :func:`sampling.checks.check_logits` decides it; the row maximum ``m`` of
    ``z = x / T`` and the first index of the untempered maximum (greedy); then the sums of
    the full distribution with ``s = max(z - m, EXP_FLOOR)`` and ``w = exp(s)`` (0 for
    ``-inf``): ``sum w``, ``sum w s``, ``sum w s^2`` (entropy, varentropy).

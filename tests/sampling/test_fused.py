@@ -17,6 +17,7 @@ import torch
 
 from sampling import SamplingError, SamplingParams, SequenceState, fused, sample
 from sampling.draw import block_size, block_sums
+from sampling.kernels import chain, torch_sums
 from sampling.rng import STREAM_DRAW, uniforms
 
 
@@ -222,21 +223,21 @@ def test_replayed_sums_equal_torchs(vocab):
         masked = torch.from_numpy(np.where(logits >= threshold, weights, 0).astype(np.float32))
         totals, blocks = masked.sum(dim=-1).numpy(), block_sums(masked, block).numpy()
         for r in range(3):
-            assert fused._torch_sum(logits[r], weights[r], threshold, lanes, groups) == totals[r]
+            assert torch_sums._torch_sum(logits[r], weights[r], threshold, lanes, groups) == totals[r]
             replayed = np.empty(blocks.shape[1])
-            fused._block_totals(logits[r], weights[r], threshold, block, lanes, groups, 0, replayed)
+            torch_sums._block_totals(logits[r], weights[r], threshold, block, lanes, groups, 0, replayed)
             assert np.array_equal(replayed, blocks[r])
-            if lanes * 4 != fused._WIDTH:
+            if lanes * 4 != chain._WIDTH:
                 continue
             # The same sums from the group sums of the kernel's own passes over the row.
             best = np.float32(logits[r].max())
             stats = np.empty(3)
-            whole = fused._final_pass(logits[r], weights[r], best, threshold, groups, stats)
-            fused._block_totals(logits[r], weights[r], threshold, block, lanes, groups, whole, replayed)
+            whole = chain._final_pass(logits[r], weights[r], best, threshold, groups, stats)
+            torch_sums._block_totals(logits[r], weights[r], threshold, block, lanes, groups, whole, replayed)
             assert np.array_equal(replayed, blocks[r])
-            if threshold == -np.inf and vocab >= lanes:  # as fused._scan uses it
-                whole = fused._full_pass(logits[r], weights[r], best, False, np.empty(0, np.uint16), groups, stats)
-                assert fused._sum_from_groups(logits[r], weights[r], threshold, lanes, groups, whole) == totals[r]
+            if threshold == -np.inf and vocab >= lanes:  # as chain._scan uses it
+                whole = chain._full_pass(logits[r], weights[r], best, False, np.empty(0, np.uint16), groups, stats)
+                assert torch_sums._sum_from_groups(logits[r], weights[r], threshold, lanes, groups, whole) == totals[r]
 
 
 # --------------------------------------------------------------------- mixed batches
@@ -316,18 +317,25 @@ def test_a_mixed_batch_with_fast_path_off_is_the_general_path():
 
 
 @pytest.mark.parametrize("params", ELIGIBLE + [SamplingParams(temperature=1e-5), SamplingParams(top_k=10**9)])
-def test_eligible_rows(params):
-    assert fused.is_eligible(params)
+def test_chain_rows(params):
+    assert fused.is_chain(params) and fused.is_eligible(params)
     assert fused.eligible_rows(torch.zeros(2, 8), [params, params]) == [0, 1]
 
 
-@pytest.mark.parametrize("params", INELIGIBLE + [SamplingParams(temperature=9e-6, top_p=0.5),
-                                                 SamplingParams(epsilon=0.01), SamplingParams(eta=0.01),
-                                                 SamplingParams(top_h=0.5), SamplingParams(optimal_k=0.1),
-                                                 SamplingParams(entropy_top_k=10),
-                                                 SamplingParams(statistical_top_k=5),
-                                                 SamplingParams(frequency_penalty=0.5),
-                                                 SamplingParams(presence_penalty=0.5), SamplingParams(mirostat=1)])
+@pytest.mark.parametrize("params", [p for p in INELIGIBLE if p.repetition_penalty == 1.0 and not p.logit_bias
+                                    and not p.dry_multiplier]
+                         + [SamplingParams(temperature=9e-6, top_p=0.5), SamplingParams(epsilon=0.01),
+                            SamplingParams(eta=0.01), SamplingParams(top_h=0.5), SamplingParams(optimal_k=0.1),
+                            SamplingParams(entropy_top_k=10), SamplingParams(statistical_top_k=5),
+                            SamplingParams(mirostat=1)])
+def test_other_strategies_take_the_general_kernel(params):
+    assert fused.is_eligible(params) and not fused.is_chain(params)
+    assert fused.eligible_rows(torch.zeros(2, 8), [params, params]) == [0, 1]
+
+
+@pytest.mark.parametrize("params", [p for p in INELIGIBLE if p.repetition_penalty != 1.0 or p.logit_bias
+                                    or p.dry_multiplier]
+                         + [SamplingParams(frequency_penalty=0.5), SamplingParams(presence_penalty=0.5, mirostat=1)])
 def test_ineligible_rows_take_the_general_path(params, monkeypatch):
     assert not fused.is_eligible(params)
     assert fused.eligible_rows(torch.zeros(3, 8), [SamplingParams(), params, SamplingParams()]) == [0, 2]

@@ -1,0 +1,113 @@
+"""The typed records the general kernel (:mod:`sampling.kernels.general`) takes.
+
+One :data:`ROW` record per row holds every parameter as the reference stages see it
+(float32 where :class:`sampling.rows.RowParams` gives float32 columns), with a bit per
+switched-on strategy in ``flags``; per-thread scratch and the outputs travel as two named
+tuples of arrays instead of dozens of positional arguments.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+# One bit per stage the general kernel implements, in pipeline order.
+GREEDY = 1 << 0
+DYNATEMP = 1 << 1
+TOP_N_SIGMA = 1 << 2
+TOP_K = 1 << 3
+OPTIMAL_K = 1 << 4
+ENTROPY_TOP_K = 1 << 5
+STATISTICAL_TOP_K = 1 << 6
+TOP_H = 1 << 7
+TOP_P = 1 << 8
+MIN_P = 1 << 9
+TYPICAL = 1 << 10
+EPSILON = 1 << 11
+ETA = 1 << 12
+XTC = 1 << 13
+MIROSTAT_V1 = 1 << 14
+MIROSTAT_V2 = 1 << 15
+
+#: Strategy name (registry) -> its bit; temperature is implied by not being greedy.
+FLAGS = {
+    "greedy": GREEDY, "dynatemp": DYNATEMP, "top_n_sigma": TOP_N_SIGMA, "top_k": TOP_K, "optimal_k": OPTIMAL_K,
+    "entropy_top_k": ENTROPY_TOP_K, "statistical_top_k": STATISTICAL_TOP_K, "top_h": TOP_H, "top_p": TOP_P,
+    "min_p": MIN_P, "typical": TYPICAL, "epsilon": EPSILON, "eta": ETA, "xtc": XTC, "mirostat_v1": MIROSTAT_V1,
+    "mirostat_v2": MIROSTAT_V2,
+}
+
+_FLOAT_PARAMETERS = ("temperature", "dynatemp_range", "dynatemp_exponent", "top_n_sigma", "optimal_k", "top_h",
+                     "top_p", "min_p", "typical_p", "epsilon", "eta", "xtc_probability", "xtc_threshold",
+                     "mirostat_tau", "mirostat_eta")
+_INT_PARAMETERS = ("top_k", "entropy_top_k", "entropy_top_k_min", "statistical_top_k")
+
+#: One row's parameters: ``flags``, the float32 and int64 parameters by their names, and
+#: ``min_keep`` (min_tokens_to_keep), ``n``, ``stats_k`` (min(stats_top_k, V)), ``top_logprobs``,
+#: ``divisor`` (the temperature the logits are divided by; 1 on greedy rows), ``mirostat_mu``
+#: (float64), ``seed`` and ``step``.
+ROW = np.dtype(
+    [("flags", np.int64)]
+    + [(name, np.float32) for name in _FLOAT_PARAMETERS]
+    + [(name, np.int64) for name in _INT_PARAMETERS]
+    + [("min_keep", np.int64), ("n", np.int64), ("stats_k", np.int64), ("top_logprobs", np.int64),
+       ("divisor", np.float32), ("mirostat_mu", np.float64), ("seed", np.uint64), ("step", np.uint64)],
+    align=True,
+)
+
+
+def row_record(p, flags: int, vocab: int, mu: float, seed: int, step: int) -> tuple:
+    """The :data:`ROW` values of one row with parameters ``p`` (a SamplingParams)."""
+    return ((flags,) + tuple(getattr(p, name) for name in _FLOAT_PARAMETERS)
+            + tuple(getattr(p, name) for name in _INT_PARAMETERS)
+            + (p.min_tokens_to_keep, p.n, min(p.stats_top_k, vocab), p.top_logprobs, 1.0, mu, seed, step))
+
+
+class Scratch(NamedTuple):
+    """Per-thread scratch, ``[threads, ...]``: ``current`` the weights of the distribution a stage
+    sees, ``score`` a stage's ranking score, ``aux`` products to sum, ``partial`` float64 terms
+    (top-H), ``values`` / ``index`` gathered tokens, ``bins`` histogram bins, ``sums32`` /
+    ``sums64`` histograms, ``groups`` the column sums of the replayed torch sums."""
+
+    current: np.ndarray
+    score: np.ndarray
+    aux: np.ndarray
+    partial: np.ndarray
+    values: np.ndarray
+    index: np.ndarray
+    bins: np.ndarray
+    sums32: np.ndarray
+    sums64: np.ndarray
+    groups: np.ndarray
+
+
+class Outputs(NamedTuple):
+    """What the general kernel writes per row: ``tokens`` / ``logprobs`` / ``surprise`` ``[B, n]``,
+    ``measures`` ``[B, 6]`` (entropy, varentropy, truncated entropy, kept mass, top-k entropy,
+    top-k mass), ``kept`` ``[B]``, ``ranked_ids`` / ``ranked_logprobs`` ``[B, N]`` and ``mu`` ``[B]``."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    surprise: np.ndarray
+    measures: np.ndarray
+    kept: np.ndarray
+    ranked_ids: np.ndarray
+    ranked_logprobs: np.ndarray
+    mu: np.ndarray
+
+
+def scratch(threads: int, vocab: int) -> Scratch:
+    """Fresh scratch for ``threads`` threads and rows of ``vocab`` tokens."""
+    return Scratch(
+        current=np.empty((threads, vocab), dtype=np.float32),
+        score=np.empty((threads, vocab), dtype=np.float32),
+        aux=np.empty((threads, vocab), dtype=np.float32),
+        partial=np.empty((threads, vocab), dtype=np.float64),
+        values=np.empty((threads, vocab + 1), dtype=np.float32),
+        index=np.empty((threads, vocab), dtype=np.int64),
+        bins=np.empty((threads, vocab), dtype=np.uint16),
+        sums32=np.empty((threads, 2048), dtype=np.float32),
+        sums64=np.empty((threads, 2048), dtype=np.float64),
+        groups=np.empty((threads, vocab // 512 + 2, 64), dtype=np.float32),
+    )
