@@ -341,7 +341,7 @@ def test_ineligible_rows_take_the_general_path(params, monkeypatch):
     assert fused.eligible_rows(torch.zeros(3, 8), [SamplingParams(), params, SamplingParams()]) == [0, 2]
     taken = []
     real = fused.sample
-    monkeypatch.setattr(fused, "sample", lambda logits, p, *a: taken.append(len(p)) or real(logits, p, *a))
+    monkeypatch.setattr(fused, "sample", lambda logits, p, *a, **k: taken.append(len(p)) or real(logits, p, *a, **k))
     sample(torch.randn(3, 8), [SamplingParams(seed=1), params, SamplingParams(seed=2)])
     assert taken == [2]
 
