@@ -309,11 +309,14 @@ def plot(results: list[Row], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samplerd bench kernels", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=batch_sizes, default=[32], metavar="B[,B...]",
-                        help="batch size B, or comma-separated sizes for a curve, e.g. 1,8,32 (default 32)")
+    parser.add_argument("--rows", type=batch_sizes, default=None, metavar="B[,B...]",
+                        help="batch size B, or comma-separated sizes for a curve, e.g. 1,8,32 (default 32; "
+                             "with --device cuda 1,64,256)")
     parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size V (default 128256)")
     parser.add_argument("--cases", default="randn,peaked", help="comma-separated logits cases: randn, peaked")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, plus CUDA when present)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, auto (CPU, plus CUDA when present), or cuda: the fused Triton chain against a "
+                             "one-read floor, sort-based top-k/top-p and FlashInfer (sampling.gpu.bench)")
     parser.add_argument("--repeats", type=int, default=7,
                         help="rounds per batch; batches are added until the median is stable (default 7)")
     parser.add_argument("--tune-malloc", action="store_true",
@@ -324,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a row misses its target")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        from sampling.gpu.bench import main as gpu_main
+
+        rows = args.rows or [1, 64, 256]
+        return gpu_main(["--vocab", str(args.vocab), "--batches", *map(str, rows)])
+    args.rows = args.rows or [32]
     tuned = args.tune_malloc and keep_freed_memory()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
     print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"

@@ -25,6 +25,16 @@ def test_the_command_exits_with_the_reason(capsys):
     assert "needs a CUDA device" in capsys.readouterr().err
 
 
+@no_cuda
+def test_bench_kernels_on_cuda_is_this_benchmark(capsys):
+    from sampling.bench import main as kernels_main
+
+    with pytest.raises(SystemExit) as exited:
+        kernels_main(["--device", "cuda", "--rows", "1"])
+    assert exited.value.code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
 def test_the_sort_based_baseline_draws_only_kept_tokens():
     logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(0))
     top = logits.topk(3).indices
