@@ -2,19 +2,19 @@
 
 Pure PyTorch; imports neither grpc nor ray, and is usable as a library on its own::
 
-    from sampling import SamplingParams, filter_logits, sample
+    from samplerd.sampling import SamplingParams, filter_logits, sample
     p = SamplingParams(top_p=0.9, temperature=0.7, seed=7)
     masked = filter_logits(logits, p)  # [B, V], removed tokens -inf
     out = sample(logits, p, steps=0)   # out.token_ids [B, n], out.logprobs, out.stats
 """
 
-from sampling.checks import check_logits, check_token_ids
-from sampling.errors import SamplingError
-from sampling.output import SampleOutput, SampleStats
-from sampling.params import SamplingParams
-from sampling.pipeline import filter_logits, sample
-from sampling.registry import PARAMETERS, STRATEGIES, STRATEGY_LABELS
-from sampling.state import SequenceState, advance
+from samplerd.sampling.checks import check_logits, check_token_ids
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.output import SampleOutput, SampleStats
+from samplerd.sampling.params import SamplingParams
+from samplerd.sampling.pipeline import filter_logits, sample
+from samplerd.sampling.registry import PARAMETERS, STRATEGIES, STRATEGY_LABELS
+from samplerd.sampling.state import SequenceState, advance
 
 __all__ = [
     "PARAMETERS",

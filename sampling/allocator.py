@@ -8,9 +8,9 @@ glibc's thresholds so such blocks come from, and go back to, the heap. It change
 malloc behaviour (the resident size stays near its high-water mark), so the library never
 calls it on its own; long-running sampler processes (samplerd's workers) do.
 
-The fused CPU path (:mod:`sampling.fused`, every strategy but penalties, DRY and logit bias)
+The fused CPU path (:mod:`samplerd.sampling.fused`, every strategy but penalties, DRY and logit bias)
 does not need it: its batch-sized arrays are workspaces kept per thread and reused while the
-batch shape stays the same, so ``from sampling import sample`` gets the benchmarked speed in an
+batch shape stays the same, so ``from samplerd.sampling import sample`` gets the benchmarked speed in an
 untuned process (``samplerd bench kernels`` measures untuned; ``--tune-malloc`` tunes). Only
 the eager pipeline's temporaries, and float16 / bfloat16 logits' float32 copy, still fault
 their pages in on every call.

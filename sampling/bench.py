@@ -1,6 +1,6 @@
 """Kernel benchmark: every strategy's ``sample()`` against one softmax pass and Hugging Face.
 
-Run ``python -m sampling.bench`` (or ``samplerd bench kernels``). For each logits case
+Run ``python -m samplerd.sampling.bench`` (or ``samplerd bench kernels``). For each logits case
 (B=32, V=128256 fp32 by default: ``randn * 3`` and a peaked, Zipf-like case) and each
 device (CPU, and CUDA when present) it prints, per strategy, the median time of one
 ``sample()`` call (statistics included), its ratio to one ``torch.softmax`` pass over the
@@ -15,7 +15,7 @@ and first-touch page faults are out of the figures), then timed in rounds until 
 ratio to softmax moves by less than 3% between batches of rounds; the spread (the
 interquartile range of the per-round ratios, relative to their median) is printed with
 every row, and rows whose spread exceeds 25% are flagged as noisy. The process is not
-tuned (no allocator settings): the figures are what ``from sampling import sample`` gets.
+tuned (no allocator settings): the figures are what ``from samplerd.sampling import sample`` gets.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sampling import SamplingParams, sample
-from sampling.allocator import keep_freed_memory
+from samplerd.sampling import SamplingParams, sample
+from samplerd.sampling.allocator import keep_freed_memory
 
 # Strategy name -> (samplerd parameters, Hugging Face warper factory or None).
 CASES: dict[str, dict] = {
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="randn,peaked", help="comma-separated logits cases: randn, peaked")
     parser.add_argument("--device", default="auto",
                         help="cpu, auto (CPU, plus CUDA when present), or cuda: the fused Triton chain against a "
-                             "one-read floor, sort-based top-k/top-p and FlashInfer (sampling.gpu.bench)")
+                             "one-read floor, sort-based top-k/top-p and FlashInfer (samplerd.sampling.gpu.bench)")
     parser.add_argument("--repeats", type=int, default=7,
                         help="rounds per batch; batches are added until the median is stable (default 7)")
     parser.add_argument("--tune-malloc", action="store_true",
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a row misses its target")
     args = parser.parse_args(argv)
     if args.device == "cuda":
-        from sampling.gpu.bench import main as gpu_main
+        from samplerd.sampling.gpu.bench import main as gpu_main
 
         rows = args.rows or [1, 64, 256]
         return gpu_main(["--vocab", str(args.vocab), "--batches", *map(str, rows)])

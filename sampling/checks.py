@@ -1,5 +1,5 @@
 """Input checks of :func:`sampling.sample` and :func:`sampling.filter_logits`: each raises
-:class:`~sampling.errors.SamplingError` naming the field at fault, before any stage runs."""
+:class:`~samplerd.sampling.errors.SamplingError` naming the field at fault, before any stage runs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sampling.errors import SamplingError
-from sampling.params import SamplingParams
-from sampling.state import SequenceState
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.params import SamplingParams
+from samplerd.sampling.state import SequenceState
 
 _ACCEPTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -61,7 +61,7 @@ def checked_inputs(logits: torch.Tensor, params: SamplingParams | Sequence[Sampl
         check_token_ids(p, vocab, f" (row {i})" if rows > 1 else "")
         if p.path_beams > 1:
             raise SamplingError("path_beams", "path_beams > 1 needs a decoding session "
-                                "(sampling.strategies.path_top_p.path_aware_step)")
+                                "(samplerd.sampling.strategies.path_top_p.path_aware_step)")
     return Inputs(logits, params, steps, states, all_finite)
 
 

@@ -1,7 +1,7 @@
 """The types a strategy is declared with: :class:`Parameter`, :class:`Strategy`, :class:`Stage`.
 
 A strategy is declared once, in its own module, as a :class:`Strategy` value; the registry
-(:mod:`sampling.registry`) collects the declarations, and everything else — parameter
+(:mod:`samplerd.sampling.registry`) collects the declarations, and everything else — parameter
 validation, ``SamplingParams`` fields, the proto mapping, ``ListStrategies``, the README
 table and the metric label values — is derived from them.
 """
@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sampling.errors import SamplingError
+from samplerd.sampling.errors import SamplingError
 
 if TYPE_CHECKING:
     import torch
 
-    from sampling.distribution import Distribution
-    from sampling.rows import RowParams
+    from samplerd.sampling.distribution import Distribution
+    from samplerd.sampling.rows import RowParams
 
     # The kernel of each kind of stage: a pure batched function of the rows that switch the
     # strategy on (``rows``) and of their logits, or of the distribution a truncation sees.

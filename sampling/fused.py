@@ -1,13 +1,13 @@
 """A fused CPU fast path of :func:`sampling.sample` for the most common request shape.
 
 Rows whose parameters switch on nothing but temperature (not greedy, not dynamic), top-k
-(Fan et al. 2018, :mod:`sampling.strategies.top_k`), top-p (Holtzman et al. 2020,
-:mod:`sampling.strategies.top_p`) and min-p (Nguyen et al. 2024,
-:mod:`sampling.strategies.min_p`) — with ``n``, ``seed``, ``top_logprobs``,
+(Fan et al. 2018, :mod:`samplerd.sampling.strategies.top_k`), top-p (Holtzman et al. 2020,
+:mod:`samplerd.sampling.strategies.top_p`) and min-p (Nguyen et al. 2024,
+:mod:`samplerd.sampling.strategies.min_p`) — with ``n``, ``seed``, ``top_logprobs``,
 ``stats_top_k`` and ``min_tokens_to_keep`` — are sampled here instead of by the general
 pipeline's ~25 batched torch passes (:func:`is_chain`, decided per row from the
 registry's declarations). Rows with any other strategy but penalties, DRY and logit bias take
-the general kernel (:mod:`sampling.fused_general`); :func:`sample` splits a batch between the
+the general kernel (:mod:`samplerd.sampling.fused_general`); :func:`sample` splits a batch between the
 two. Everything else goes through the general path.
 
 What is fused: the check of the logits, the temperature division, the row maxima, the
@@ -24,17 +24,17 @@ The decisions are the general path's, not an approximation of them:
 * Every truncation here is a threshold on the tempered logit (ties at a boundary are kept
   with their whole group), so the chain is ``z >= max(t_k, t_p, t_minp)``, each threshold
   lowered to the ``min_tokens_to_keep``-th largest logit as
-  :func:`sampling.pipeline._protect_top_tokens` does.
-* top-k's threshold is the exact k-th largest finite logit (:func:`sampling.selection.kth_largest`).
-* top-p's threshold replays :func:`sampling.selection.prefix_boundary` float for float: the
+  :func:`samplerd.sampling.pipeline._protect_top_tokens` does.
+* top-k's threshold is the exact k-th largest finite logit (:func:`samplerd.sampling.selection.kth_largest`).
+* top-p's threshold replays :func:`samplerd.sampling.selection.prefix_boundary` float for float: the
   same bins, float32 bin sums accumulated in index order (as ``scatter_add_``), running
   sums accumulated in float64 and rounded to float32 (as torch's CPU ``cumsum``), the same
   search inside the boundary bin (rows whose boundary bin holds too few tokens for the
   target are resolved as a single row is there); its target is ``top_p`` times the float32
   total that torch computes of the weights top-p sees.
 * min-p keeps ``z >= max + log(min_p)`` with torch's float32 ``log``.
-* The draw replays :func:`sampling.draw.inverse_cdf` on the float32 block sums that torch
-  computes of the final weights, with the same uniforms (:func:`sampling.rng.uniforms`).
+* The draw replays :func:`samplerd.sampling.draw.inverse_cdf` on the float32 block sums that torch
+  computes of the final weights, with the same uniforms (:func:`samplerd.sampling.rng.uniforms`).
 * Those float32 totals and block sums are replayed in torch's order of addition (see
   :func:`sum_lanes`), checked against torch once per process; where the replay does not
   match, torch computes them.
@@ -46,7 +46,7 @@ reported in index order (the general path: in ``torch.topk``'s order).
 Why numba: the per-row work left after ``exp`` — a histogram of the row, a few running
 sums, a search inside one bin — is sequential and data-dependent; torch needs a dozen
 full-row passes and as many dispatches for it, a compiled loop needs one pass. The kernels
-are compiled once and cached on disk (``cache=True``; :mod:`sampling.kernels`), release the
+are compiled once and cached on disk (``cache=True``; :mod:`samplerd.sampling.kernels`), release the
 GIL, spread the first pass's rows over numba's threads and run the rest on the caller's
 thread, and take the same argument types whatever the batch, so a warm-up call on a tiny
 batch compiles (or loads) exactly what serving uses.
@@ -61,17 +61,17 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sampling import fused_general
-from sampling.draw import block_size, block_sums
-from sampling.errors import SamplingError
-from sampling.kernels.chain import _finish_chained, _outputs, _scan
-from sampling.kernels.common import _CHUNK, _F32, _NEG_INF, _ZERO
-from sampling.kernels.prepare import _prepare, _zero_masked_rows
-from sampling.kernels.torch_sums import _block_totals, _torch_sum
-from sampling.output import SampleOutput, SampleStats
-from sampling.rng import fresh_seeds
-from sampling.selection import _NUM_BINS
-from sampling.strategies import min_p, temperature, top_k, top_p
+from samplerd.sampling import fused_general
+from samplerd.sampling.draw import block_size, block_sums
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan
+from samplerd.sampling.kernels.common import _CHUNK, _F32, _NEG_INF, _ZERO
+from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
+from samplerd.sampling.kernels.torch_sums import _block_totals, _torch_sum
+from samplerd.sampling.output import SampleOutput, SampleStats
+from samplerd.sampling.rng import fresh_seeds
+from samplerd.sampling.selection import _NUM_BINS
+from samplerd.sampling.strategies import min_p, temperature, top_k, top_p
 
 #: The strategies this path implements; a row that switches on any other is not eligible.
 STRATEGIES = (temperature.TEMPERATURE_STRATEGY, top_k.STRATEGY, top_p.STRATEGY, min_p.STRATEGY)
@@ -105,7 +105,7 @@ def is_chain(p) -> bool:
 
 def is_eligible(p) -> bool:
     """Whether a row with parameters ``p`` can take a fused path (on a CPU tensor): the chain
-    (:func:`is_chain`) or the general kernel (:func:`sampling.fused_general.is_eligible`)."""
+    (:func:`is_chain`) or the general kernel (:func:`samplerd.sampling.fused_general.is_eligible`)."""
     return is_chain(p) or fused_general.is_eligible(p)
 
 
@@ -126,7 +126,7 @@ def eligible_rows(logits: torch.Tensor, params: Sequence) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------
-# The kernels live in sampling.kernels; this module prepares their arguments.
+# The kernels live in samplerd.sampling.kernels; this module prepares their arguments.
 # --------------------------------------------------------------------------------------
 # The driver: per-row parameters in, SampleOutput out.
 
@@ -217,7 +217,7 @@ def _settings(p, vocab: int) -> tuple[tuple, tuple]:
 def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=None) -> SampleOutput:
     """:func:`sampling.sample` for a CPU batch whose rows are all eligible (:func:`is_eligible`),
     checked but for the logits' values, which this checks as
-    :func:`sampling.checks.check_logits` does; ``params``, ``steps`` and ``states`` (None, or
+    :func:`samplerd.sampling.checks.check_logits` does; ``params``, ``steps`` and ``states`` (None, or
     one :class:`sampling.SequenceState` or None per row: mirostat's mu) hold one entry per row.
     Chain rows (:func:`is_chain`) take the chain's kernels, the others the general kernel."""
     chain = [i for i, p in enumerate(params) if is_chain(p)]
@@ -225,8 +225,8 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         return _sample_chain(logits, params, steps)
     if not chain:
         return fused_general.sample(logits, params, steps, states)
-    from sampling.checks import check_logits
-    from sampling.pipeline import _merge_rows
+    from samplerd.sampling.checks import check_logits
+    from samplerd.sampling.pipeline import _merge_rows
 
     check_logits(logits)  # the first bad row of the whole batch, as the general path reports it
     chained = set(chain)

@@ -1,15 +1,15 @@
 """The fused CPU path for every strategy but penalties, DRY and logit bias.
 
-Rows of :func:`sampling.sample` that :mod:`sampling.fused`'s bit-exact temperature / top-k /
+Rows of :func:`sampling.sample` that :mod:`samplerd.sampling.fused`'s bit-exact temperature / top-k /
 top-p / min-p chain does not take, and whose strategies are all among :data:`STRATEGIES`,
-are sampled here by :func:`sampling.kernels.general.sample_rows` instead of by the general
+are sampled here by :func:`samplerd.sampling.kernels.general.sample_rows` instead of by the general
 pipeline's eager torch stages: greedy, dynamic temperature, top-nσ, top-k, optimal-k,
 entropy and statistical top-k, top-H, top-p, min-p, typical, epsilon, eta, XTC and mirostat
 v1 / v2, alone or chained. This module prepares the kernel's arguments (one typed record per
-row, :data:`sampling.kernels.records.ROW`) and wraps its outputs.
+row, :data:`samplerd.sampling.kernels.records.ROW`) and wraps its outputs.
 
 The decisions are the eager stages': the kernels compare tokens against the same float32
-quantities, the sums among them replayed in torch's order of addition (as :mod:`sampling.fused`
+quantities, the sums among them replayed in torch's order of addition (as :mod:`samplerd.sampling.fused`
 does), so kept sets and draws are the same. Where the reference's float32 scalars come from
 an algorithm not replayed here — the mean and standard deviation of top-nσ and statistical
 top-k (torch's ``var_mean``), dynamic temperature's entropy, ``exp`` of logits re-centred
@@ -27,15 +27,15 @@ import numba
 import numpy as np
 import torch
 
-from sampling.draw import block_size
-from sampling.errors import SamplingError
-from sampling.kernels import records
-from sampling.kernels.general import dynamic_divisors, sample_rows
-from sampling.kernels.prepare import _prepare, _zero_masked_rows
-from sampling.output import SampleOutput, SampleStats
-from sampling.rng import fresh_seeds
-from sampling.state import SequenceState
-from sampling.strategies import temperature
+from samplerd.sampling.draw import block_size
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.kernels import records
+from samplerd.sampling.kernels.general import dynamic_divisors, sample_rows
+from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
+from samplerd.sampling.output import SampleOutput, SampleStats
+from samplerd.sampling.rng import fresh_seeds
+from samplerd.sampling.state import SequenceState
+from samplerd.sampling.strategies import temperature
 
 #: Names of the strategies the general kernel implements.
 STRATEGIES = frozenset(records.FLAGS) | {temperature.TEMPERATURE_STRATEGY.name}
@@ -90,9 +90,9 @@ def _dynamic_divisors(x: np.ndarray, row: np.ndarray, lanes: int, space) -> np.n
 
 def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=None) -> SampleOutput:
     """:func:`sampling.sample` for a CPU batch whose rows are all eligible (:func:`is_eligible`),
-    checked but for the logits' values, which this checks as :func:`sampling.checks.check_logits`
+    checked but for the logits' values, which this checks as :func:`samplerd.sampling.checks.check_logits`
     does; ``params``, ``steps`` and ``states`` (or None) hold one entry per row."""
-    from sampling.fused import _workspace, sum_lanes  # the chain path's shared pieces
+    from samplerd.sampling.fused import _workspace, sum_lanes  # the chain path's shared pieces
 
     rows, vocab = logits.shape
     row = _rows(params, steps, states, vocab)

@@ -1,8 +1,8 @@
 """``SamplingParams``: one row's sampling parameters, validated on construction.
 
-Every field is a parameter declared next to its strategy (:mod:`sampling.registry` collects
+Every field is a parameter declared next to its strategy (:mod:`samplerd.sampling.registry` collects
 them) with the declared name, default and type; the declaration checks the value, so an
-invalid one raises :class:`~sampling.errors.SamplingError` naming the field, e.g.
+invalid one raises :class:`~samplerd.sampling.errors.SamplingError` naming the field, e.g.
 ``SamplingParams(top_p=1.5)`` -> ``top_p must be in (0, 1], got 1.5``.
 tests/sampling/test_registry.py keeps these fields and the declarations in step.
 """
@@ -13,10 +13,10 @@ import dataclasses
 from functools import cached_property
 from typing import Any
 
-from sampling.declarations import Stage, Strategy
-from sampling.errors import SamplingError
-from sampling.registry import MIROSTATS, PARAMETERS, STRATEGIES, TRUNCATIONS
-from sampling.strategies.temperature import DYNATEMP, GREEDY, TEMPERATURE_STRATEGY
+from samplerd.sampling.declarations import Stage, Strategy
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.registry import MIROSTATS, PARAMETERS, STRATEGIES, TRUNCATIONS
+from samplerd.sampling.strategies.temperature import DYNATEMP, GREEDY, TEMPERATURE_STRATEGY
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,11 +1,11 @@
 """The sampling pipeline: logits in, filtered logits or sampled tokens out.
 
-The stages run in the registry's order (:data:`sampling.registry.STRATEGIES`;
+The stages run in the registry's order (:data:`samplerd.sampling.registry.STRATEGIES`;
 docs/semantics.md): logits processors (penalties, DRY, logit bias), then temperature (below 1e-5,
 greedy), then the truncations, each seeing the renormalised output of the one before, then
 the draw. Each stage runs its declaration's kernel on the rows that switch it on, all at
 once, with per-row parameter tensors; which rows those are is decided once per batch
-(:mod:`sampling.plan`), and a stage no row uses costs nothing.
+(:mod:`samplerd.sampling.plan`), and a stage no row uses costs nothing.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from sampling import fused
-from sampling.checks import check_logits, checked_inputs
-from sampling.distribution import Distribution
-from sampling.draw import inverse_cdf
-from sampling.errors import SamplingError
-from sampling.output import SampleOutput, SampleStats
-from sampling.params import SamplingParams
-from sampling.plan import BatchPlan, Step, plan_batch
-from sampling.rng import STREAM_DRAW, uniforms
-from sampling.rows import RowParams
-from sampling.selection import kth_largest
-from sampling.state import SequenceState
-from sampling.strategies import mirostat
-from sampling.strategies.temperature import GREEDY_BELOW
-from sampling.topk import first_argmax, top_values
+from samplerd.sampling import fused
+from samplerd.sampling.checks import check_logits, checked_inputs
+from samplerd.sampling.distribution import Distribution
+from samplerd.sampling.draw import inverse_cdf
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.output import SampleOutput, SampleStats
+from samplerd.sampling.params import SamplingParams
+from samplerd.sampling.plan import BatchPlan, Step, plan_batch
+from samplerd.sampling.rng import STREAM_DRAW, uniforms
+from samplerd.sampling.rows import RowParams
+from samplerd.sampling.selection import kth_largest
+from samplerd.sampling.state import SequenceState
+from samplerd.sampling.strategies import mirostat
+from samplerd.sampling.strategies.temperature import GREEDY_BELOW
+from samplerd.sampling.topk import first_argmax, top_values
 
 _NEG_INF = float("-inf")
 
@@ -82,7 +82,7 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
     """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`.
 
     On a CPU, rows without penalties, DRY or logit bias take the fused path
-    (:mod:`sampling.fused`, same decisions); the others the stages below. Each row's result
+    (:mod:`samplerd.sampling.fused`, same decisions); the others the stages below. Each row's result
     depends on its own parameters alone, whichever path it takes.
     """
     try:
@@ -111,10 +111,10 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
 
 
 def _fused_engine(logits: torch.Tensor):
-    """The fused fast path for the logits' device: :mod:`sampling.gpu.fused_chain` (Triton)
-    on CUDA, :mod:`sampling.fused` (numba) elsewhere. Both have ``eligible_rows`` and ``sample``."""
+    """The fused fast path for the logits' device: :mod:`samplerd.sampling.gpu.fused_chain` (Triton)
+    on CUDA, :mod:`samplerd.sampling.fused` (numba) elsewhere. Both have ``eligible_rows`` and ``sample``."""
     if logits.device.type == "cuda":  # issue 15: imported only here, triton is an optional extra
-        from sampling.gpu import fused_chain
+        from samplerd.sampling.gpu import fused_chain
 
         return fused_chain
     return fused

@@ -1,7 +1,7 @@
 """A batch's plan, built once before any stage runs: the per-row parameters, which rows each
 stage runs on, and the flags that let the pipeline skip work (cf. vLLM's ``SamplingMetadata``).
 
-The stages are the registry's declarations in its order (:data:`sampling.registry.STRATEGIES`,
+The stages are the registry's declarations in its order (:data:`samplerd.sampling.registry.STRATEGIES`,
 the one place the order is written), each with its kernel and the rows that switch it on; a
 stage no row uses is not in the plan.
 """
@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from sampling.declarations import Strategy
-from sampling.params import SamplingParams
-from sampling.registry import MIROSTATS, STRATEGIES
-from sampling.rng import fresh_seeds
-from sampling.rows import RowParams
-from sampling.state import SequenceState
-from sampling.strategies.temperature import GREEDY
+from samplerd.sampling.declarations import Strategy
+from samplerd.sampling.params import SamplingParams
+from samplerd.sampling.registry import MIROSTATS, STRATEGIES
+from samplerd.sampling.rng import fresh_seeds
+from samplerd.sampling.rows import RowParams
+from samplerd.sampling.state import SequenceState
+from samplerd.sampling.strategies.temperature import GREEDY
 
 
 @dataclass(frozen=True)

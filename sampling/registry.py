@@ -1,15 +1,15 @@
 """The registry: every strategy of the suite, in pipeline order, and every parameter.
 
 This is the one list to edit when a strategy is added (next to its own module), and the one
-place the order of the pipeline's stages is written: the pipeline (:mod:`sampling.plan`,
-:mod:`sampling.pipeline`) runs the declarations in the order of ``STRATEGIES``. Mirostat
+place the order of the pipeline's stages is written: the pipeline (:mod:`samplerd.sampling.plan`,
+:mod:`samplerd.sampling.pipeline`) runs the declarations in the order of ``STRATEGIES``. Mirostat
 replaces the other truncations.
 """
 
 from __future__ import annotations
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.strategies import (
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.strategies import (
     dry,
     entropy_top_k,
     epsilon,

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from sampling.rng import uniforms
+from samplerd.sampling.rng import uniforms
 
 
 class RowParams:
@@ -55,7 +55,7 @@ class RowParams:
         return self.int("min_tokens_to_keep")
 
     def uniforms(self, stream: int, count: int) -> torch.Tensor:
-        """``[rows, count]`` float64 counter-based uniforms for ``stream`` (see :mod:`sampling.rng`)."""
+        """``[rows, count]`` float64 counter-based uniforms for ``stream`` (see :mod:`samplerd.sampling.rng`)."""
         return torch.from_numpy(uniforms(self.seeds, self.steps, stream, count)).to(self.device)
 
     def subset(self, positions: list[int], index: torch.Tensor) -> RowParams:

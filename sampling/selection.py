@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling.topk import top_values
+from samplerd.sampling.topk import top_values
 
 _BINS_PER_UNIT = 64.0
 _NUM_BINS = 2048  # covers 32 score units (nats for logits) below the best score; the rest share the last bin
@@ -67,7 +67,7 @@ def kth_largest(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The ``k``-th largest entry of each row (``k`` is ``[rows, 1]`` int64, ``1 <= k``).
 
     Rows with fewer than ``k`` finite entries get ``-inf``. Small ``k`` searches only the
-    blocks that can hold the answer (:func:`sampling.topk.top_values`); large ``k`` uses
+    blocks that can hold the answer (:func:`samplerd.sampling.topk.top_values`); large ``k`` uses
     :func:`prefix_boundary` with unit weights.
     """
     largest = int(k.max().item())

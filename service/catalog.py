@@ -1,10 +1,10 @@
-"""The ``ListStrategies`` answer, generated from :mod:`sampling.registry` (the one source of truth)."""
+"""The ``ListStrategies`` answer, generated from :mod:`samplerd.sampling.registry` (the one source of truth)."""
 
 from __future__ import annotations
 
-from sampling.declarations import Parameter, Strategy
-from sampling.registry import STRATEGIES
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.sampling.declarations import Parameter, Strategy
+from samplerd.sampling.registry import STRATEGIES
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 
 def parameter_info(parameter: Parameter) -> pb.ParameterInfo:

@@ -1,7 +1,7 @@
 """Request decoding and validation, and response encoding, for ``Sampler/Sample``.
 
 Everything a request can get wrong is checked here, before any work is queued, and raised as
-a :class:`~service.errors.RequestError` naming the field (``logits.shape``,
+a :class:`~samplerd.service.errors.RequestError` naming the field (``logits.shape``,
 ``params.top_p``, ``row_params[3].top_k`` ...). The logits bytes are viewed in place (no
 copy) on little-endian hosts.
 """
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sampling import SamplingError, SamplingParams, check_logits, check_token_ids
-from service import params as params_codec
-from service.errors import from_sampling_error, invalid_argument, over_limit
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.shared_memory import SharedAccess
-from workers.batch import DTYPE_NAMES
-from workers.region import RegionSlice
+from samplerd.sampling import SamplingError, SamplingParams, check_logits, check_token_ids
+from samplerd.service import params as params_codec
+from samplerd.service.errors import from_sampling_error, invalid_argument, over_limit
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.shared_memory import SharedAccess
+from samplerd.workers.batch import DTYPE_NAMES
+from samplerd.workers.region import RegionSlice
 
 # Wire dtype -> (little-endian NumPy dtype of the raw elements, torch dtype).
 # bfloat16 has no NumPy dtype: its raw 16-bit patterns are viewed as int16 and reinterpreted.
@@ -69,7 +69,7 @@ class DecodedRequest:
 
 def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAccess | None = None,
                    actor_checks: bool = False) -> DecodedRequest:
-    """Validate ``request`` and decode it; raises :class:`~service.errors.RequestError`.
+    """Validate ``request`` and decode it; raises :class:`~samplerd.service.errors.RequestError`.
     ``shared``: the caller's shared-memory regions, for logits given by reference.
     ``actor_checks``: leave the values of large logits to the sampler actor (see
     ``ACTOR_CHECKED_BYTES``; logits in shared memory are always the actor's)."""

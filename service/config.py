@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers.config import LinkLimits, PoolConfig
+from samplerd.workers.config import LinkLimits, PoolConfig
 
 
 @dataclass(frozen=True)
 class DispatcherConfig:
-    """Batching and backpressure settings, and the worker pool's (:class:`workers.config.PoolConfig`).
+    """Batching and backpressure settings, and the worker pool's (:class:`samplerd.workers.config.PoolConfig`).
 
     A row waits at most ``batch_window_s`` for others to join its batch of at most
     ``max_batch_rows``; once ``max_queue_rows`` rows wait, or the jobs admitted and not yet
@@ -35,7 +35,7 @@ class DispatcherConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``samplerd serve`` configures (see ``service.cli`` for each option's meaning)."""
+    """Everything ``samplerd serve`` configures (see ``samplerd.service.cli`` for each option's meaning)."""
 
     host: str = "0.0.0.0"
     port: int = 50051
@@ -72,7 +72,7 @@ class ServerConfig:
     model_gpus_per_replica: float | None = None  # None: 1 on cuda, auto: 1 when the cluster has a GPU
     ray_address: str | None = PoolConfig.ray_address
     grace_seconds: float = 10.0
-    # Security (service.security): TLS / mutual TLS, bearer tokens, the metrics interface.
+    # Security (samplerd.service.security): TLS / mutual TLS, bearer tokens, the metrics interface.
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None

@@ -1,7 +1,7 @@
 """The demo language model: ``samplerd serve --model demo`` and ``samplerd demo-model DIR``.
 
 A tiny GPT-2 with random weights and a byte-level BPE tokenizer trained on a few sentences
-(:mod:`workers.generation.tiny_model`), written as an ordinary Hugging Face model directory, so
+(:mod:`samplerd.workers.generation.tiny_model`), written as an ordinary Hugging Face model directory, so
 ``Generate`` can be tried without downloading a model. Its text is gibberish: it shows the
 mechanics (streaming, stop conditions, statistics), not language.
 """
@@ -17,7 +17,7 @@ DEMO = "demo"
 
 def write_demo_model(directory: str | Path) -> Path:
     """Write the demo model to ``directory`` (created if missing); its path."""
-    from workers.generation.tiny_model import build_tiny_model
+    from samplerd.workers.generation.tiny_model import build_tiny_model
 
     return build_tiny_model(directory)
 

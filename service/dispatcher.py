@@ -12,13 +12,13 @@ turns the queue into batches:
    deadline has passed;
 4. it launches the batch as its own task (several may be in flight): the jobs are grouped
    by (V, dtype), their logits bytes are sent once, over the chosen actor's link when it has
-   one (see ``workers.socket_link``) or else into Ray's object store,
+   one (see ``samplerd.workers.socket_link``) or else into Ray's object store,
    ONE call samples the whole batch (the actor stacks each group's rows), and each job's rows
    are cut back out of its group's result.
 
 A :class:`PathStepJob` (one path-aware sequence's step of a ``SampleStream`` session) is
 queued and batched the same way: its live paths are its rows, and they travel in the same
-actor call as the other jobs, as a group of their own (``workers.batch.PathGroup``).
+actor call as the other jobs, as a group of their own (``samplerd.workers.batch.PathGroup``).
 
 Every accepted job gets exactly one answer: its result, :class:`DeadlineExceededError` (its
 deadline passed while it waited), :class:`WorkersUnavailableError` (no live actor, or its
@@ -44,16 +44,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sampling import SampleOutput, SampleStats, SamplingParams, SequenceState
-from sampling.strategies.path_top_p import PathStep
-from service.config import DispatcherConfig
-from service.errors import (
+from samplerd.sampling import SampleOutput, SampleStats, SamplingParams, SequenceState
+from samplerd.sampling.strategies.path_top_p import PathStep
+from samplerd.service.config import DispatcherConfig
+from samplerd.service.errors import (
     DeadlineExceededError,
     DispatchError,
     QueueFullError,
     WorkersUnavailableError,
 )
-from workers import (
+from samplerd.workers import (
     BatchOutput,
     NoLiveWorkerError,
     PathGroup,
@@ -66,7 +66,7 @@ from workers import (
     stack_group,
     take_job,
 )
-from workers.batch import DTYPE_NAMES, pack_logits
+from samplerd.workers.batch import DTYPE_NAMES, pack_logits
 
 _TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
@@ -110,7 +110,7 @@ class PathStepJob:
 
 @dataclass(frozen=True)
 class PathStepResult:
-    """A path step's answer: the paths kept (``sampling.strategies.path_top_p.PathStep``, CPU
+    """A path step's answer: the paths kept (``samplerd.sampling.strategies.path_top_p.PathStep``, CPU
     tensors) and how long the job waited in the queue."""
 
     step: PathStep

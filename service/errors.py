@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sampling import SamplingError
-from workers.region import RegionError
+from samplerd.sampling import SamplingError
+from samplerd.workers.region import RegionError
 
 
 class DispatchError(Exception):
@@ -90,7 +90,7 @@ def classify(error: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed before the work ran: {error}")
     if isinstance(error, RegionError):  # a client's shared-memory region changed under the server
         return RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"logits.shared_memory: {error}")
-    if isinstance(error, DecodeError):  # a streamed message that does not parse (unary ones: service.security)
+    if isinstance(error, DecodeError):  # a streamed message that does not parse (unary ones: samplerd.service.security)
         return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {error}")
     log.exception("internal error", exc_info=error)
     return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")

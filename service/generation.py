@@ -1,7 +1,7 @@
 """``Generate``: prompt in, tokens out, with the server's own language model.
 
 :class:`Generation` owns the language-model actors of ``samplerd serve --model DIR``
-(``--model-replicas`` of them, :mod:`workers.lm_replicas`; or knows there is none) and
+(``--model-replicas`` of them, :mod:`samplerd.workers.lm_replicas`; or knows there is none) and
 answers ``Sampler/Generate``; the servicer's ``Generate`` only delegates to
 :meth:`Generation.serve`. The proto contract is ``GenerateRequest`` / ``GenerateResponse``
 in ``proto/samplerd/v1/sampler.proto``.
@@ -18,10 +18,10 @@ Request handling:
    logit-bias ids); every violation is INVALID_ARGUMENT naming the proto field
    (``prompt_token_ids``, ``stop[2]``, ``params.top_p``, ...), except ``max_tokens`` over the
    server's limit, which is RESOURCE_EXHAUSTED like every other configured size limit;
-3. each :class:`~workers.generation.TokenEvent` becomes one ``GenerateResponse.token``
+3. each :class:`~samplerd.workers.generation.TokenEvent` becomes one ``GenerateResponse.token``
    message (and feeds the per-strategy metrics, ``samplerd_generated_tokens_total`` and the
    time-to-first-token / inter-token latency histograms), the
-   :class:`~workers.generation.FinishEvent` the final ``GenerateResponse.finish``;
+   :class:`~samplerd.workers.generation.FinishEvent` the final ``GenerateResponse.finish``;
 4. a client that cancels, disconnects or passes its deadline cancels the handler's task; the
    events generator is closed (``aclosing``), which cancels the request on the actor and
    frees its batch slot at the next decode step. The deadline is also enforced here (not
@@ -43,18 +43,18 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from sampling import SamplingError
-from service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.params import from_proto
-from workers.generation import FinishEvent, GenerationRequest, InvalidGenerationRequest, TokenEvent
-from workers.lm_actor import LMActorConfig, ModelReplicaLost
-from workers.lm_replicas import LanguageModelReplicas
-from workers.pool import ACTOR_LOST
+from samplerd.sampling import SamplingError
+from samplerd.service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.params import from_proto
+from samplerd.workers.generation import FinishEvent, GenerationRequest, InvalidGenerationRequest, TokenEvent
+from samplerd.workers.lm_actor import LMActorConfig, ModelReplicaLost
+from samplerd.workers.lm_replicas import LanguageModelReplicas
+from samplerd.workers.pool import ACTOR_LOST
 
 if TYPE_CHECKING:
-    from service.config import ServerConfig
-    from service.metrics import Metrics
+    from samplerd.service.config import ServerConfig
+    from samplerd.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

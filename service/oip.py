@@ -31,7 +31,7 @@ BYTES [B]; with ``top_logprobs`` > 0 also ``top_logprobs_ids`` INT64 [B, k] and
 ``top_logprobs`` FP32 [B, k]; with ``mirostat`` > 0 also ``mirostat_mu`` FP64 [B] (named
 explicitly while their parameter is off, they come back as [B, 0] and NaN).
 
-Triton's system shared-memory extension (:mod:`service.shared_memory`): regions registered
+Triton's system shared-memory extension (:mod:`samplerd.service.shared_memory`): regions registered
 with ``SystemSharedMemoryRegister``; an input whose parameters name ``shared_memory_region``
 (with ``shared_memory_byte_size``, optional ``shared_memory_offset``) is read from there by the
 sampler actor, and a requested output that names one is written there (listed after the
@@ -58,9 +58,9 @@ import grpc
 import numpy as np
 import torch
 
-from sampling import SamplingError, SamplingParams
-from sampling.registry import PARAMETERS
-from service.codec import (
+from samplerd.sampling import SamplingError, SamplingParams
+from samplerd.sampling.registry import PARAMETERS
+from samplerd.service.codec import (
     ACTOR_CHECKED_BYTES,
     Limits,
     check_logits_values,
@@ -69,15 +69,15 @@ from service.codec import (
     decode_tensor,
     region_slice,
 )
-from service.dispatcher import Dispatcher, SampleJob
-from service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
-from service.generated.inference import grpc_service_pb2 as oip
-from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.generated.inference import model_config_pb2 as mc
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.metrics import Metrics
-from service.shared_memory import SharedAccess, SharedMemoryRegistry
-from workers import RegionSlice
+from samplerd.service.dispatcher import Dispatcher, SampleJob
+from samplerd.service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
+from samplerd.service.generated.inference import grpc_service_pb2 as oip
+from samplerd.service.generated.inference import grpc_service_pb2_grpc as oip_grpc
+from samplerd.service.generated.inference import model_config_pb2 as mc
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.metrics import Metrics
+from samplerd.service.shared_memory import SharedAccess, SharedMemoryRegistry
+from samplerd.workers import RegionSlice
 
 SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 MODEL_NAME = "samplerd"
@@ -624,7 +624,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             self._metrics.inflight.dec()
             self._metrics.observe_request("ModelInfer", code.name, time.perf_counter() - started)
 
-    # -- the system shared-memory extension (service.shared_memory) ---------------------------
+    # -- the system shared-memory extension (samplerd.service.shared_memory) ---------------------------
 
     async def SystemSharedMemoryStatus(self, request: oip.SystemSharedMemoryStatusRequest,
                                        context) -> oip.SystemSharedMemoryStatusResponse:

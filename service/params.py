@@ -1,6 +1,6 @@
 """The mapping between the proto ``SamplingParams`` and :class:`sampling.SamplingParams`.
 
-Built from :data:`sampling.registry.PARAMETERS`: each parameter's ``kind`` says how its proto
+Built from :data:`samplerd.sampling.registry.PARAMETERS`: each parameter's ``kind`` says how its proto
 field is read, so a parameter added to the registry (and its field to the .proto)
 needs no edit here. Validation is the library's: constructing ``SamplingParams`` raises
 :class:`sampling.SamplingError` naming the field.
@@ -12,9 +12,9 @@ import dataclasses
 import functools
 from typing import Any
 
-from sampling import SamplingError, SamplingParams
-from sampling.registry import PARAMETERS
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.sampling import SamplingError, SamplingParams
+from samplerd.sampling.registry import PARAMETERS
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 _SCALAR_KINDS = frozenset({"float", "int", "optional_int"})
 _SCALARS = tuple(name for name, p in PARAMETERS.items() if p.kind in _SCALAR_KINDS)

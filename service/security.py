@@ -15,7 +15,7 @@
 
 Nothing here (or anywhere in ``service/`` and ``workers/``) unpickles client bytes: requests
 are parsed by protobuf and tensor bytes are only viewed as their declared dtype
-(``service.codec.decode_tensor``).
+(``samplerd.service.codec.decode_tensor``).
 """
 
 from __future__ import annotations

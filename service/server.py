@@ -19,22 +19,22 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from sampling import SamplingError
-from service import catalog, oip
-from service.codec import Limits, decode_request, encode_response
-from service.config import ServerConfig, message_size_options, resolve_device
-from service.dispatcher import Dispatcher, SampleJob
-from service.errors import RequestError, classify, invalid_argument, to_status
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.generation import Generation
-from service.metrics import Metrics
-from service.ports import PortInUseError, check_port_free, port_error
-from service.reflection import own_pool
-from service.security import ShutdownGate, server_interceptors, server_port_credentials
-from service.session_stream import SessionStreams
-from service.sessions import SessionLimits
-from service.shared_memory import SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
+from samplerd.sampling import SamplingError
+from samplerd.service import catalog, oip
+from samplerd.service.codec import Limits, decode_request, encode_response
+from samplerd.service.config import ServerConfig, message_size_options, resolve_device
+from samplerd.service.dispatcher import Dispatcher, SampleJob
+from samplerd.service.errors import RequestError, classify, invalid_argument, to_status
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from samplerd.service.generation import Generation
+from samplerd.service.metrics import Metrics
+from samplerd.service.ports import PortInUseError, check_port_free, port_error
+from samplerd.service.reflection import own_pool
+from samplerd.service.security import ShutdownGate, server_interceptors, server_port_credentials
+from samplerd.service.session_stream import SessionStreams
+from samplerd.service.sessions import SessionLimits
+from samplerd.service.shared_memory import SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,16 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         return self._strategies
 
     async def SampleStream(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
-        """A decoding session (see the .proto and :mod:`service.session_stream`)."""
+        """A decoding session (see the .proto and :mod:`samplerd.service.session_stream`)."""
         await self._sessions.serve(request_iterator, context)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        """Text generation with the server's language model (see the .proto and :mod:`service.generation`)."""
+        """Text generation with the server's language model (see the .proto and :mod:`samplerd.service.generation`)."""
         await self._generation.serve(request, context)
 
     async def RegisterSharedMemory(self, request: pb.RegisterSharedMemoryRequest,
                                    context: grpc.aio.ServicerContext) -> pb.RegisterSharedMemoryResponse:
-        """Register a shared-memory region of the caller (see the .proto and :mod:`service.shared_memory`)."""
+        """Register a shared-memory region of the caller (see the .proto and :mod:`samplerd.service.shared_memory`)."""
         await self._answer("RegisterSharedMemory", context, self._shared_memory.register,
                            self._shared_memory.owner(context), request.name, request.key, request.offset,
                            request.byte_size)
@@ -158,7 +158,7 @@ class SamplerServer:
         self.dispatcher = Dispatcher(config.dispatcher_config())
         self.dispatcher.set_batch_observer(self.metrics.observe_batch)
         self.health = health.aio.HealthServicer()
-        # Shared-memory regions (service.shared_memory): per bearer token when auth is on.
+        # Shared-memory regions (samplerd.service.shared_memory): per bearer token when auth is on.
         self.shared_memory = SharedMemoryRegistry(
             SharedMemoryLimits(config.max_shm_regions, config.max_shm_bytes),
             per_token=config.auth_token_file is not None)
@@ -173,10 +173,10 @@ class SamplerServer:
             options=[*message_size_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
             interceptors=server_interceptors(config),  # bearer tokens, when configured
         )
-        # Shutdown gate, and unparsable requests -> INVALID_ARGUMENT (service.security).
+        # Shutdown gate, and unparsable requests -> INVALID_ARGUMENT (samplerd.service.security).
         self.gate = ShutdownGate()
         self.gate.register(pb_grpc.add_SamplerServicer_to_server, self.servicer, self.server)
-        # The Open Inference Protocol (KServe v2 / Triton) on the same port: see service.oip.
+        # The Open Inference Protocol (KServe v2 / Triton) on the same port: see samplerd.service.oip.
         self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements),
                                                max_response_bytes=config.max_message_bytes,
                                                shared_memory=self.shared_memory)
@@ -271,7 +271,7 @@ async def serve(config: ServerConfig) -> None:
     """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
 
     Once the ports are bound it prints ``samplerd: listening grpc=HOST:PORT metrics=PORT ...``
-    (the bound ports, which is how port 0 is used: see :mod:`service.process`), and
+    (the bound ports, which is how port 0 is used: see :mod:`samplerd.service.bench.process`), and
     ``samplerd: ready: N sampler workers on DEVICE; health SERVING`` once calls can be answered.
     """
     # The front end's tensor work is small (views, stacking, slicing); torch's intra-op threads

@@ -15,7 +15,7 @@ Where the work runs:
 - path-aware sequences (``path_beams > 1``): one :class:`PathStepJob` per sequence and step,
   its live paths as rows, with each path's state and accumulated log-probability; the
   dispatcher batches them with the other jobs of the moment and the sampler actor runs
-  ``sampling.filter_logits`` over the paths and ``path_aware_step`` (``workers.path_steps``),
+  ``sampling.filter_logits`` over the paths and ``path_aware_step`` (``samplerd.workers.path_steps``),
   so the front end does no sampling work of its own. The job carries all the state the step
   needs, so an actor's death costs a retry, never the session's paths.
 
@@ -36,13 +36,13 @@ from collections.abc import AsyncIterator
 import grpc
 import torch
 
-from sampling.state import advance
-from service.codec import Limits, check_logits_values, decode_tensor, encode_response, tensor_data_field
-from service.dispatcher import Dispatcher, PathStepJob, SampleJob
-from service.errors import RequestError, classify, invalid_argument, over_limit, to_status
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.metrics import Metrics
-from service.sessions import (
+from samplerd.sampling.state import advance
+from samplerd.service.codec import Limits, check_logits_values, decode_tensor, encode_response, tensor_data_field
+from samplerd.service.dispatcher import Dispatcher, PathStepJob, SampleJob
+from samplerd.service.errors import RequestError, classify, invalid_argument, over_limit, to_status
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.metrics import Metrics
+from samplerd.service.sessions import (
     Path,
     Sequence,
     Session,
@@ -53,7 +53,7 @@ from service.sessions import (
     client_key,
     token_list,
 )
-from service.shared_memory import SharedAccess, SharedMemoryRegistry
+from samplerd.service.shared_memory import SharedAccess, SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from sampling import SamplingError, SamplingParams, SequenceState, check_token_ids
-from service import params as params_codec
-from service.errors import FieldViolation, RequestError, from_sampling_error, invalid_argument, over_limit
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.sampling import SamplingError, SamplingParams, SequenceState, check_token_ids
+from samplerd.service import params as params_codec
+from samplerd.service.errors import FieldViolation, RequestError, from_sampling_error, invalid_argument, over_limit
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 MAX_ID_BYTES = 256
 _LN2 = math.log(2.0)

@@ -28,8 +28,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service.errors import RequestError, invalid_argument, over_limit
-from workers.region import RegionError, RegionSlice, open_checked, transfer
+from samplerd.service.errors import RequestError, invalid_argument, over_limit
+from samplerd.workers.region import RegionError, RegionSlice, open_checked, transfer
 
 SHM_DIR = Path("/dev/shm")
 #: shm_open names: one optional leading '/', then one path component of safe characters.

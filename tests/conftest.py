@@ -22,12 +22,12 @@ os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
 @pytest.fixture(scope="session", autouse=True)
 def compiled_kernels() -> None:
-    """Compile the fused sampling kernels (sampling.fused) once, before any server starts:
+    """Compile the fused sampling kernels (samplerd.sampling.fused) once, before any server starts:
     numba caches them on disk, so the sampler actors of every server load them in well under
     a second instead of each compiling them (~30 s on a cold 2-core machine)."""
     import torch
 
-    from sampling import SamplingParams, sample
+    from samplerd.sampling import SamplingParams, sample
 
     sample(torch.zeros(2, 16), SamplingParams(), 0)
 
@@ -57,7 +57,7 @@ def ray_address(ray_connected: str) -> str:
 def server(ray_address: str) -> Iterator:
     """One ``samplerd serve`` for the module (one CPU worker, joined to the session's Ray
     instance), SERVING. Modules that need other options define their own ``server``."""
-    from service.process import serving
+    from samplerd.service.bench.process import serving
 
     with serving("--workers", "1", "--device", "cpu", "--ray-address", ray_address) as process:
         yield process

@@ -1,41 +1,41 @@
 """Ray actors that run the sampler suite; the only package of samplerd that imports ray.
 
-- :mod:`workers.batch`: what a batch and its answer look like on the wire;
-- :mod:`workers.sampler_actor`: the sampler actor, batched sampling on one device;
-- :mod:`workers.path_steps`: path-aware top-p steps (``SampleStream``) on the sampler actor;
-- :mod:`workers.lm_actor`, :mod:`workers.lm_replicas`: the language-model actors of ``Generate``;
-- :mod:`workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
-- :mod:`workers.socket_link`: batches over a link to each actor (Unix socket and shared-memory
+- :mod:`samplerd.workers.batch`: what a batch and its answer look like on the wire;
+- :mod:`samplerd.workers.sampler_actor`: the sampler actor, batched sampling on one device;
+- :mod:`samplerd.workers.path_steps`: path-aware top-p steps (``SampleStream``) on the sampler actor;
+- :mod:`samplerd.workers.lm_actor`, :mod:`samplerd.workers.lm_replicas`: the language-model actors of ``Generate``;
+- :mod:`samplerd.workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
+- :mod:`samplerd.workers.socket_link`: batches over a link to each actor (Unix socket and shared-memory
   arena on the front end's node, TCP to other nodes), beside Ray;
-- :mod:`workers.cluster`: joining or starting Ray;
-- :mod:`workers.config`: device names, batch transports and the pool's settings (no ray, no torch).
+- :mod:`samplerd.workers.cluster`: joining or starting Ray;
+- :mod:`samplerd.workers.config`: device names, batch transports and the pool's settings (no ray, no torch).
 """
 
 import importlib
 from typing import Any
 
 # Public names and the module that defines each. They are imported on first use, so that
-# ``workers.config`` (device names, PoolConfig) can be imported without loading ray or torch.
+# ``samplerd.workers.config`` (device names, PoolConfig) can be imported without loading ray or torch.
 _EXPORTS = {
-    "BatchOutput": "workers.batch",
-    "GroupResult": "workers.batch",
-    "PathChoice": "workers.batch",
-    "PathGroup": "workers.batch",
-    "PathGroupResult": "workers.batch",
-    "PathJob": "workers.batch",
-    "RowError": "workers.batch",
-    "RowGroup": "workers.batch",
-    "stack_group": "workers.batch",
-    "take_job": "workers.batch",
-    "LinkLimits": "workers.config",
-    "PoolConfig": "workers.config",
-    "RegionError": "workers.region",
-    "RegionSlice": "workers.region",
-    "BatchFailedError": "workers.pool",
-    "NoLiveWorkerError": "workers.pool",
-    "SamplerPool": "workers.pool",
-    "WorkerInfo": "workers.pool",
-    "WorkerState": "workers.pool",
+    "BatchOutput": "samplerd.workers.batch",
+    "GroupResult": "samplerd.workers.batch",
+    "PathChoice": "samplerd.workers.batch",
+    "PathGroup": "samplerd.workers.batch",
+    "PathGroupResult": "samplerd.workers.batch",
+    "PathJob": "samplerd.workers.batch",
+    "RowError": "samplerd.workers.batch",
+    "RowGroup": "samplerd.workers.batch",
+    "stack_group": "samplerd.workers.batch",
+    "take_job": "samplerd.workers.batch",
+    "LinkLimits": "samplerd.workers.config",
+    "PoolConfig": "samplerd.workers.config",
+    "RegionError": "samplerd.workers.region",
+    "RegionSlice": "samplerd.workers.region",
+    "BatchFailedError": "samplerd.workers.pool",
+    "NoLiveWorkerError": "samplerd.workers.pool",
+    "SamplerPool": "samplerd.workers.pool",
+    "WorkerInfo": "samplerd.workers.pool",
+    "WorkerState": "samplerd.workers.pool",
 }
 
 __all__ = sorted(_EXPORTS)

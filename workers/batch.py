@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sampling import SampleOutput, SampleStats, SamplingError, SamplingParams, SequenceState
-from workers.region import RegionError, RegionSlice, read_into
+from samplerd.sampling import SampleOutput, SampleStats, SamplingError, SamplingParams, SequenceState
+from samplerd.workers.region import RegionError, RegionSlice, read_into
 
 #: The logits dtypes a batch may carry, by torch dtype, with their names on the wire.
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -113,7 +113,7 @@ class PathGroup:
     """Path-aware steps of one vocabulary size and dtype, batched with the row groups of the
     same call: each job's ``[paths, V]`` logits (as :func:`pack_logits` makes them) and its
     :class:`PathJob`, in order. The actor runs one ``filter_logits`` over all their rows, then
-    each sequence's ``path_aware_step`` (:mod:`workers.path_steps`)."""
+    each sequence's ``path_aware_step`` (:mod:`samplerd.workers.path_steps`)."""
 
     logits: list[np.ndarray]
     dtype: str
@@ -132,7 +132,7 @@ class PathGroup:
 
 @dataclass(frozen=True)
 class PathChoice:
-    """The paths one path-aware step kept (``sampling.strategies.path_top_p.PathStep`` as numpy
+    """The paths one path-aware step kept (``samplerd.sampling.strategies.path_top_p.PathStep`` as numpy
     arrays): which previous path each extends, its token, the path's new log-probability and
     the token's log-probability on its path."""
 
@@ -180,7 +180,7 @@ class BatchOutput:
 
 
 #: The classes a batch and its answer are made of (with numpy arrays and plain containers): all
-#: that a batch link loads (:mod:`workers.socket_link`).
+#: that a batch link loads (:mod:`samplerd.workers.socket_link`).
 WIRE_TYPES: tuple[type, ...] = (
     RowGroup, BatchOutput, GroupResult, RowError, SampleOutput, SampleStats, SamplingParams, SequenceState,
     RegionSlice,
@@ -206,7 +206,7 @@ def unpack_logits(parts: Sequence[np.ndarray | RegionSlice], dtype: str, device:
 def unpack_group(parts: Sequence[np.ndarray | RegionSlice], dtype: str,
                  device: torch.device) -> tuple[torch.Tensor, dict[int, RowError]]:
     """The requests' arrays of :func:`pack_logits` as one ``[rows, V]`` tensor on ``device``,
-    and the requests whose :class:`~workers.region.RegionSlice` could not be read (by index;
+    and the requests whose :class:`~samplerd.workers.region.RegionSlice` could not be read (by index;
     their rows are left unset).
 
     The arrays arrive as read-only views of a link's arena or of Ray's shared memory, or in a
@@ -251,7 +251,7 @@ def stack_group(
     ``params``, ``steps`` and ``states`` are the per-row lists of all the tensors,
     concatenated in order (``states`` None when no row has any). The tensors are not copied
     here: their bytes are sent once, over a batch link or into Ray's object store; a
-    :class:`~workers.region.RegionSlice` is sent as it is, for the actor to read.
+    :class:`~samplerd.workers.region.RegionSlice` is sent as it is, for the actor to read.
     """
     first = tensors[0]
     return RowGroup(

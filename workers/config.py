@@ -14,7 +14,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Weights dtypes of the language model (``auto``: float32 on cpu, bfloat16 on cuda).
 MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-#: How batches reach the actors: ``socket``, over a link to each actor (:mod:`workers.socket_link`:
+#: How batches reach the actors: ``socket``, over a link to each actor (:mod:`samplerd.workers.socket_link`:
 #: a Unix socket on this node, TCP to other nodes; by Ray, as ``put``, where no link opens), or
 #: ``put``, an actor call each, its batch stored once with ``ray.put``.
 BATCH_TRANSPORTS = ("socket", "put")

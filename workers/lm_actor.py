@@ -1,12 +1,12 @@
-"""The language-model actor: a :class:`~workers.generation.GenerationEngine` in a Ray actor.
+"""The language-model actor: a :class:`~samplerd.workers.generation.GenerationEngine` in a Ray actor.
 
 How the gRPC ``Generate`` handler uses it (everything it needs is in this module and in
-:mod:`workers.generation`; the front end never imports ray)::
+:mod:`samplerd.workers.generation`; the front end never imports ray)::
 
-    from workers.generation import FinishEvent, GenerationRequest, InvalidGenerationRequest, ModelLoadError
-    from workers.lm_actor import LanguageModelClient, LMActorConfig
+    from samplerd.workers.generation import FinishEvent, GenerationRequest, InvalidGenerationRequest, ModelLoadError
+    from samplerd.workers.lm_actor import LanguageModelClient, LMActorConfig
 
-    # at startup (``samplerd serve --model DIR``); Ray must be connected (workers.cluster.connect)
+    # at startup (``samplerd serve --model DIR``); Ray must be connected (samplerd.workers.cluster.connect)
     lm = await LanguageModelClient.start(LMActorConfig(model_dir=DIR, device="auto", dtype="auto"))
     lm.info                      # ModelInfo: architecture, device, dtype, vocab_size, max_positions, ...
 
@@ -21,13 +21,13 @@ How the gRPC ``Generate`` handler uses it (everything it needs is in this module
     await lm.close()
 
 * ``LanguageModelClient.start(config) -> LanguageModelClient`` creates the actor and waits for
-  the model to load; raises :class:`~workers.generation.ModelLoadError` (the directory holds
+  the model to load; raises :class:`~samplerd.workers.generation.ModelLoadError` (the directory holds
   no loadable model: FAILED_PRECONDITION at startup) and ``TimeoutError``.
 * ``LanguageModelClient.generate(request) -> AsyncIterator[TokenEvent | FinishEvent]``: the
-  request's events in order: one :class:`~workers.generation.TokenEvent` per generated token
+  request's events in order: one :class:`~samplerd.workers.generation.TokenEvent` per generated token
   (``request_id, index, token_id, text, logprob, surprise, entropy, varentropy,
   truncated_entropy, kept_tokens, kept_mass, top_k_entropy, top_k_mass, strategy,
-  top_logprobs, mirostat_mu``), then exactly one :class:`~workers.generation.FinishEvent`
+  top_logprobs, mirostat_mu``), then exactly one :class:`~samplerd.workers.generation.FinishEvent`
   (``request_id, finish_reason in {length, stop, eos, cancelled, error}, text, output_text,
   token_ids, prompt_tokens, stats: SessionStats(tokens, mean_surprise, log_perplexity,
   perplexity, mean_entropy, detection_gap), stop_reason, error``). The concatenated ``text`` of
@@ -49,11 +49,11 @@ events come back on one channel per actor: the client's reader task asks for
 ``events(timeout_s)``, the events of every live request produced since the last ask (waiting
 up to the timeout for one), and hands each request's events to its stream. So one round trip
 per decode step serves all streams (not one per stream), and no actor thread is held per
-stream. The asks go over a link (:mod:`workers.socket_link`, as the sampler actors' batches
+stream. The asks go over a link (:mod:`samplerd.workers.socket_link`, as the sampler actors' batches
 do: ~0.25 ms of the front end's CPU against ~1.6 ms for a Ray call), and requests over a
 second one (by Ray where no link opens); cancellations are actor calls
 (``cancel(request_id)``). Requests and events travel as plain values
-(:mod:`workers.generation.wire`).
+(:mod:`samplerd.workers.generation.wire`).
 """
 
 from __future__ import annotations
@@ -71,14 +71,19 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from sampling import SamplingError
-from workers.config import DEVICES, LinkLimits
-from workers.generation.engine import GenerationEngine
-from workers.generation.loader import ModelInfo
-from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest, InvalidGenerationRequest
-from workers.generation.wire import decode_events, decode_request, encode_events, encode_request
-from workers.pool import open_link
-from workers.socket_link import LinkServer
+from samplerd.sampling import SamplingError
+from samplerd.workers.config import DEVICES, LinkLimits
+from samplerd.workers.generation.engine import GenerationEngine
+from samplerd.workers.generation.loader import ModelInfo
+from samplerd.workers.generation.request import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    InvalidGenerationRequest,
+)
+from samplerd.workers.generation.wire import decode_events, decode_request, encode_events, encode_request
+from samplerd.workers.pool import open_link
+from samplerd.workers.socket_link import LinkServer
 
 _log = logging.getLogger(__name__)
 
@@ -146,7 +151,7 @@ class LanguageModelWorker:
     """The actor's body (a plain class; :data:`LanguageModelActor` is its Ray actor class).
 
     A model that fails to load does not kill the actor: :meth:`ready` raises the
-    :class:`~workers.generation.ModelLoadError`, so the caller gets the real reason.
+    :class:`~samplerd.workers.generation.ModelLoadError`, so the caller gets the real reason.
     """
 
     def __init__(self, model_dir: str, device: str = "auto", dtype: str = "auto", max_batch_size: int = 32,
@@ -174,7 +179,7 @@ class LanguageModelWorker:
         return self._live().submit(request, feed=True)
 
     def events(self, timeout_s: float = 0.5) -> list[tuple[Any, ...]]:
-        """The events of every live request not read yet (:mod:`workers.generation.wire`
+        """The events of every live request not read yet (:mod:`samplerd.workers.generation.wire`
         tuples), waiting up to ``timeout_s`` for at least one."""
         return encode_events(self._live().poll_feed(timeout_s))
 
@@ -190,7 +195,7 @@ class LanguageModelWorker:
 
     def link_call(self, call: Any) -> Any:
         """One call over a link: a number is an :meth:`events` timeout; ``("submit", request)``
-        (a :func:`~workers.generation.wire.encode_request` tuple) answers ``("ok", request_id)``
+        (a :func:`~samplerd.workers.generation.wire.encode_request` tuple) answers ``("ok", request_id)``
         or ``("invalid", field, reason)`` (the field must survive the trip: INVALID_ARGUMENT names it)."""
         if isinstance(call, (int, float)):
             return self.events(float(call))

@@ -1,10 +1,10 @@
 """Several language-model actors behind one ``generate``: least-loaded routing and replacement.
 
 ``samplerd serve --model DIR --model-replicas N`` runs N actors of the same model
-(:mod:`workers.lm_actor`), each with ``--model-gpus-per-replica`` GPUs. Each request goes to
+(:mod:`samplerd.workers.lm_actor`), each with ``--model-gpus-per-replica`` GPUs. Each request goes to
 the live replica with the fewest requests in flight; the engine of each batches its own
 requests. A replica that dies (its event channel breaks, or a call finds it dead) ends its
-requests in flight with :class:`~workers.lm_actor.ModelReplicaLost` at once, never leaving
+requests in flight with :class:`~samplerd.workers.lm_actor.ModelReplicaLost` at once, never leaving
 them waiting, and is replaced in the background, with back-off while creation keeps failing,
 as the sampler pool replaces its actors.
 """
@@ -16,10 +16,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from workers.generation.loader import ModelInfo
-from workers.generation.request import GenerationEvent, GenerationRequest
-from workers.lm_actor import LanguageModelClient, LMActorConfig, ModelReplicaLost
-from workers.pool import ACTOR_LOST
+from samplerd.workers.generation.loader import ModelInfo
+from samplerd.workers.generation.request import GenerationEvent, GenerationRequest
+from samplerd.workers.lm_actor import LanguageModelClient, LMActorConfig, ModelReplicaLost
+from samplerd.workers.pool import ACTOR_LOST
 
 _log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Path-aware top-p steps on a sampler actor: one :class:`~workers.batch.PathGroup` at a time.
+"""Path-aware top-p steps on a sampler actor: one :class:`~samplerd.workers.batch.PathGroup` at a time.
 
 Each job is one path-aware sequence of a ``SampleStream`` session at one step: its live paths'
 logits, parameters, states and accumulated log-probabilities. The group's rows go through one
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from sampling import filter_logits
-from sampling.strategies.path_top_p import path_aware_step
-from workers.batch import PathChoice, PathGroup, PathGroupResult, PathJob, RowError
+from samplerd.sampling import filter_logits
+from samplerd.sampling.strategies.path_top_p import path_aware_step
+from samplerd.workers.batch import PathChoice, PathGroup, PathGroupResult, PathJob, RowError
 
 #: The strategy label of path-aware steps (metrics).
 PATH_STRATEGY = "path_top_p"
@@ -25,7 +25,7 @@ PATH_STRATEGY = "path_top_p"
 
 def run_path_group(logits: torch.Tensor, group: PathGroup) -> PathGroupResult:
     """Every job of ``group``, ``logits`` being its rows stacked (``[paths of all jobs, V]``).
-    A job that fails gets its :class:`~workers.batch.RowError`; the others are unaffected."""
+    A job that fails gets its :class:`~samplerd.workers.batch.RowError`; the others are unaffected."""
     started = time.perf_counter()
     params, steps, states = [], [], []
     for job in group.jobs:

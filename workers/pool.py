@@ -1,7 +1,7 @@
 """A pool of sampler actors: creation, least-loaded routing, death detection and replacement.
 
 The pool is asyncio-friendly: :meth:`SamplerPool.run` awaits the batch's answer on the event
-loop. It sends each batch over the actor's link (:mod:`workers.socket_link`: a Unix socket
+loop. It sends each batch over the actor's link (:mod:`samplerd.workers.socket_link`: a Unix socket
 on this node, TCP to others) when the actor has one, else by an actor call. Each worker slot
 holds one actor; when an actor dies (a call fails with ``RayActorError`` and its subclasses ``ActorDiedError`` /
 ``ActorUnavailableError``, or an idle health ping does) the slot is marked dead and a
@@ -27,13 +27,13 @@ import ray
 import ray.util.client
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 
-from workers.batch import WIRE_TYPES, BatchOutput, RowGroup
-from workers.cluster import cluster_gpus, connect, disconnect, resolve
-from workers.config import LinkLimits, PoolConfig
-from workers.region import RegionError, RegionSlice, read_array
-from workers.sampler_actor import SamplerActor
-from workers.socket_link import SUPPORTED as LINKS_SUPPORTED
-from workers.socket_link import LinkCallError, LinkLostError, SocketLink
+from samplerd.workers.batch import WIRE_TYPES, BatchOutput, RowGroup
+from samplerd.workers.cluster import cluster_gpus, connect, disconnect, resolve
+from samplerd.workers.config import LinkLimits, PoolConfig
+from samplerd.workers.region import RegionError, RegionSlice, read_array
+from samplerd.workers.sampler_actor import SamplerActor
+from samplerd.workers.socket_link import SUPPORTED as LINKS_SUPPORTED
+from samplerd.workers.socket_link import LinkCallError, LinkLostError, SocketLink
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class _Worker:
     device: str = ""
     inflight_rows: int = 0
     inflight_batches: int = 0
-    #: The link to the actor (:mod:`workers.socket_link`); None: batches go by Ray. ``linkable``:
+    #: The link to the actor (:mod:`samplerd.workers.socket_link`); None: batches go by Ray. ``linkable``:
     #: a link was opened at warm-up, so one that broke is opened again by the health monitor.
     link: SocketLink | None = None
     linkable: bool = False
@@ -209,7 +209,7 @@ class SamplerPool:
         with ``ray.put`` (small batches travel inline in the call). A link that breaks is
         dropped (the health monitor opens a new one) and the batch goes by Ray to the same
         actor, which tells whether the actor died.
-        The answer's outputs hold numpy arrays (``workers.batch.take_job`` makes a request's
+        The answer's outputs hold numpy arrays (``samplerd.workers.batch.take_job`` makes a request's
         tensors). Raises :class:`NoLiveWorkerError` when there is no live actor to try, or the
         retry's actor died as well, and :class:`BatchFailedError` on any other failure.
         """
@@ -380,7 +380,7 @@ def _ray_tls() -> bool:
 
 async def open_link(actor: Any, limits: LinkLimits, types: Iterable[type] = WIRE_TYPES) -> SocketLink | None:
     """A link to ``actor`` (an actor with an ``open_link(tcp)`` method answering with a
-    :class:`~workers.socket_link.LinkAddress`), whose frames may hold ``types``; or None
+    :class:`~samplerd.workers.socket_link.LinkAddress`), whose frames may hold ``types``; or None
     (its calls go by Ray).
 
     On this process's node the link is a Unix socket with an arena (:meth:`SocketLink.open`);

@@ -1,7 +1,7 @@
 """Reading logits straight from a client's shared-memory region, checked at every use.
 
 A :class:`RegionSlice` names a request's logits in a POSIX shared-memory object that a client
-registered with the front end (``service.shared_memory``). The front end passes it in the
+registered with the front end (``samplerd.service.shared_memory``). The front end passes it in the
 batch instead of the bytes, and the sampler actor on the same node reads them into its batch
 tensor with ``preadv``: the only copy between the client and the kernel.
 
@@ -21,7 +21,7 @@ import numpy as np
 
 # O_NONBLOCK: opening a FIFO put in place of the object must not block.
 _FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-#: numpy dtype of each logits dtype name (bf16 as its int16 bits, as workers.batch packs it).
+#: numpy dtype of each logits dtype name (bf16 as its int16 bits, as samplerd.workers.batch packs it).
 _NUMPY = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<i2")}
 
 

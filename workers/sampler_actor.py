@@ -1,11 +1,11 @@
 """The sampler actor: batched sampling on one device.
 
-:class:`SamplerActor` is a plain class; :mod:`workers.pool` turns it into a Ray actor with
+:class:`SamplerActor` is a plain class; :mod:`samplerd.workers.pool` turns it into a Ray actor with
 the resources it needs (``num_cpus``, ``num_gpus``, fractional allowed). Each call takes one
 whole batch and runs :func:`sampling.sample` once per row group; ``sample`` itself groups
 the rows by strategy and runs each kernel once over all of them, so there is no loop over
 rows here. A front end sends its batches over a link instead of actor calls where it can
-(:meth:`SamplerActor.open_link`, :mod:`workers.socket_link`): they are sampled on the link's
+(:meth:`SamplerActor.open_link`, :mod:`samplerd.workers.socket_link`): they are sampled on the link's
 thread, one batch at a time across all ways in.
 """
 
@@ -20,9 +20,9 @@ from collections import Counter
 import ray
 import torch
 
-from sampling import SampleOutput, SamplingParams, sample
-from sampling.allocator import keep_freed_memory
-from workers.batch import (
+from samplerd.sampling import SampleOutput, SamplingParams, sample
+from samplerd.sampling.allocator import keep_freed_memory
+from samplerd.workers.batch import (
     WIRE_TYPES,
     BatchOutput,
     GroupResult,
@@ -34,9 +34,9 @@ from workers.batch import (
     unpack_group,
     unpack_logits,
 )
-from workers.config import DEVICES, LinkLimits
-from workers.path_steps import PATH_STRATEGY, run_path_group
-from workers.socket_link import LinkAddress, LinkServer
+from samplerd.workers.config import DEVICES, LinkLimits
+from samplerd.workers.path_steps import PATH_STRATEGY, run_path_group
+from samplerd.workers.socket_link import LinkAddress, LinkServer
 
 #: The devices a sampler actor accepts: ``auto`` is cuda when the actor sees a GPU, else cpu.
 

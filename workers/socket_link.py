@@ -10,11 +10,11 @@ places, starts, watches and replaces the sampler actors, and a front end sends i
 over a link: a Unix socket with an arena (below) to an actor on its own node
 (:meth:`SocketLink.open`), TCP to an actor on another node (:meth:`SocketLink.open_remote`),
 which is also how a front end joined through the Ray client reaches the actors
-(:mod:`workers.pool` picks).
+(:mod:`samplerd.workers.pool` picks).
 
 Frames. Calls and answers are frames of one layout: a :data:`_FRAME` header (call id, status,
 value length, buffer count), a :data:`_BUFFER` entry per out-of-band buffer (where it is, its
-length), the value in :mod:`workers.wire`'s format and the buffers that follow in the stream. The
+length), the value in :mod:`samplerd.workers.wire`'s format and the buffers that follow in the stream. The
 numpy arrays of a batch travel out of band: the front end copies them into its arena (below) and
 the frame says where, or, when the arena has no room, they follow the value and go to
 ``sendmsg`` as they are. An answer's arrays follow in the stream and arrive writable. A failed
@@ -33,7 +33,7 @@ arena, front to back as in a ring, and frees a call's space when its answer come
 answers in order and has copied the rows out of the arena (``unpack_logits``) before it answers.
 A call that does not fit sends its arrays in the stream instead, as every call over TCP does.
 
-Trust. The wire format (:mod:`workers.wire`) describes plain data, arrays of a closed list of
+Trust. The wire format (:mod:`samplerd.workers.wire`) describes plain data, arrays of a closed list of
 numeric dtypes and instances of the link's own dataclasses (``types``): decoding runs no code
 and builds no other object. Only the front end that opened the link through Ray reaches the
 actor, and the front end knows it reached the actor: the actor's address comes with a random
@@ -48,7 +48,7 @@ a sealed arena. The whole handshake must end within ``LinkLimits.admit_timeout_s
 connections still in it are counted apart (``max_pending``: a new one beyond closes the oldest),
 so peers without the token cannot hold the slots of admitted front ends
 (``max_connections``). TCP links are not encrypted, like Ray's own traffic without TLS; a front
-end whose Ray runs with TLS opens none (:mod:`workers.pool`). An actor serves each connected
+end whose Ray runs with TLS opens none (:mod:`samplerd.workers.pool`). An actor serves each connected
 front end on a thread of its own. Without Linux (no abstract namespace, ``SO_PEERCRED`` or
 ``memfd``) there is no link and batches go by Ray.
 """
@@ -74,8 +74,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.config import LinkLimits
-from workers.wire import Codec
+from samplerd.workers.config import LinkLimits
+from samplerd.workers.wire import Codec
 
 _log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class LinkServer:
     """The actor's end: listening sockets (a Unix one, and a TCP one once :meth:`listen_tcp` was
     called), and a daemon thread per connected front end that answers each of its calls with
     ``handler(batch)``, one at a time, in arrival order. Batches and answers are values of
-    :mod:`workers.wire` made of plain data, arrays and instances of ``types``."""
+    :mod:`samplerd.workers.wire` made of plain data, arrays and instances of ``types``."""
 
     def __init__(self, handler: Callable[[Any], Any], types: Iterable[type] = (),
                  limits: LinkLimits | None = None) -> None:

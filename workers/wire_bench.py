@@ -1,4 +1,4 @@
-"""``python -m workers.wire_bench``: the batch link's value format (:mod:`workers.wire`) against
+"""``python -m samplerd.workers.wire_bench``: the batch link's value format (:mod:`samplerd.workers.wire`) against
 pickle protocol 5 (what the link used before), encoding and decoding the same batches and
 answers side by side in one run; prints milliseconds and ratios (wire / pickle)."""
 
@@ -10,9 +10,9 @@ import time
 
 import torch
 
-from sampling import SamplingParams, SequenceState, sample
-from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, stack_group, to_numpy
-from workers.wire import Codec
+from samplerd.sampling import SamplingParams, SequenceState, sample
+from samplerd.workers.batch import WIRE_TYPES, BatchOutput, GroupResult, stack_group, to_numpy
+from samplerd.workers.wire import Codec
 
 
 def _time(fn, repeats: int) -> float:

@@ -3,12 +3,12 @@
 :func:`sampling.sample` sends the rows of a CUDA batch that use only temperature (or
 greedy), top-k (Fan et al. 2018), top-p (Holtzman et al. 2020) and min-p (Nguyen et al.
 2024) — with ``n``, ``seed``, ``top_logprobs``, ``stats_top_k`` and ``min_tokens_to_keep``
-— to :func:`sampling.gpu.fused_chain.sample`; every other row takes the eager torch
-pipeline. The kernel (:mod:`sampling.gpu.kernels`) keeps samplerd's semantics
+— to :func:`samplerd.sampling.gpu.fused_chain.sample`; every other row takes the eager torch
+pipeline. The kernel (:mod:`samplerd.sampling.gpu.kernels`) keeps samplerd's semantics
 (docs/semantics.md): thresholds on the tempered logit, whole
 tie groups kept, the chain temperature -> top-k -> top-p -> min-p with each truncation
 seeing the renormalised output of the one before, ``min_tokens_to_keep`` lowering every
-threshold, inverse-CDF draws with the counter-based uniforms of :mod:`sampling.rng`, and
+threshold, inverse-CDF draws with the counter-based uniforms of :mod:`samplerd.sampling.rng`, and
 every row statistic. What is ours: the multi-pivot search on integer keys that finds every
 threshold with exact tie groups in a few passes, per-row counter-based seeds inside the
 kernel, and the statistics in the same kernel.
@@ -16,7 +16,7 @@ kernel, and the statistics in the same kernel.
 Same result as the CPU, and where it may differ
 -----------------------------------------------
 A row gives the same kept set, the same ``top_logprobs`` ids, the same kept count and the
-same seeded tokens on the GPU as on the CPU (:mod:`sampling.fused` and the general
+same seeded tokens on the GPU as on the CPU (:mod:`samplerd.sampling.fused` and the general
 pipeline), except where a decision lies within float rounding of its boundary. Both sides
 compute ``z = x / T`` with IEEE float32 division and compare the same float32 logits, so
 top-k, ``min_tokens_to_keep``, min-p (``log(min_p)`` is computed on the host by torch) and

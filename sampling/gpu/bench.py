@@ -6,7 +6,7 @@ For each batch size B, logits dtype and case (top-k, top-p, min-p, top-k + top-p
 
 * ``floor``: ``torch.amax(logits, dim=-1)``, one read of the tensor, the least any sampler
   can cost;
-* ``fused``: :func:`sampling.gpu.fused_chain.sample` (its one status download included);
+* ``fused``: :func:`samplerd.sampling.gpu.fused_chain.sample` (its one status download included);
 * ``eager``: :func:`sampling.sample` with the fused chain switched off (samplerd's torch
   stages);
 * ``sort``: the usual sort-based implementation (sort, softmax, cumsum, mask,
@@ -28,7 +28,7 @@ from functools import partial
 
 import torch
 
-from sampling.params import SamplingParams
+from samplerd.sampling.params import SamplingParams
 
 CASES = {
     "top_k": dict(top_k=50),
@@ -92,8 +92,8 @@ def run(batches: Sequence[int] = (1, 64, 256), vocab: int = 128256, dtypes: Sequ
     """Measure every case; print one line per (case, B, dtype) and return the rows."""
     if not torch.cuda.is_available():
         raise RuntimeError(NO_CUDA)
-    from sampling import sample
-    from sampling.gpu import fused_chain
+    from samplerd.sampling import sample
+    from samplerd.sampling.gpu import fused_chain
 
     if not fused_chain.available():
         raise RuntimeError("the GPU kernel benchmark needs triton (pip install samplerd[gpu])")
@@ -127,7 +127,7 @@ def run(batches: Sequence[int] = (1, 64, 256), vocab: int = 128256, dtypes: Sequ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sampling.gpu.bench`` (the lead wires it as ``samplerd bench kernels --device cuda``)."""
+    """``python -m samplerd.sampling.gpu.bench`` (the lead wires it as ``samplerd bench kernels --device cuda``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--vocab", type=int, default=128256)

@@ -1,15 +1,15 @@
-"""The fused chain on a GPU: per-row parameters in, :class:`~sampling.output.SampleOutput` out.
+"""The fused chain on a GPU: per-row parameters in, :class:`~samplerd.sampling.output.SampleOutput` out.
 
 The host packs every row's parameters into one int64 tensor (one upload), launches
-:func:`sampling.gpu.kernels.fused_chain_kernel` once, and reads back one small tensor, the
+:func:`samplerd.sampling.gpu.kernels.fused_chain_kernel` once, and reads back one small tensor, the
 rows' status flags (the one host sync): a row with NaN, +inf or no finite logit raises
-:class:`~sampling.errors.SamplingError` naming the row, as
-:func:`sampling.checks.check_logits` does. The outputs stay on the device.
+:class:`~samplerd.sampling.errors.SamplingError` naming the row, as
+:func:`samplerd.sampling.checks.check_logits` does. The outputs stay on the device.
 
 Rows eligible here: greedy rows, and sampled rows (plain temperature) whose other
 strategies are top-k, top-p and min-p (with ``n``, ``seed``, ``top_logprobs``,
-``stats_top_k``, ``min_tokens_to_keep``) — the CPU fast path's rows (:mod:`sampling.fused`)
-and greedy ones. See :mod:`sampling.gpu` for what "same result as the CPU" means.
+``stats_top_k``, ``min_tokens_to_keep``) — the CPU fast path's rows (:mod:`samplerd.sampling.fused`)
+and greedy ones. See :mod:`samplerd.sampling.gpu` for what "same result as the CPU" means.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sampling.errors import SamplingError
-from sampling.output import SampleOutput, SampleStats
-from sampling.rng import fresh_seeds
-from sampling.strategies import min_p, temperature, top_k, top_p
+from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.output import SampleOutput, SampleStats
+from samplerd.sampling.rng import fresh_seeds
+from samplerd.sampling.strategies import min_p, temperature, top_k, top_p
 
 _SAMPLED = frozenset(s.name for s in (temperature.TEMPERATURE_STRATEGY, top_k.STRATEGY, top_p.STRATEGY,
                                       min_p.STRATEGY))
@@ -90,8 +90,8 @@ def _float_bits(values) -> np.ndarray:
 
 def pack_params(params: Sequence, steps: Sequence[int], rows: Sequence[int], vocab: int) -> np.ndarray:
     """``[len(rows), PARAM_COLUMNS]`` int64: the packed parameters of the logits rows ``rows``
-    (see :mod:`sampling.gpu.kernels` for the columns). Seeds of unseeded rows are fresh."""
-    from sampling.gpu import kernels
+    (see :mod:`samplerd.sampling.gpu.kernels` for the columns). Seeds of unseeded rows are fresh."""
+    from samplerd.sampling.gpu import kernels
 
     count = len(rows)
     packed = np.zeros((count, kernels.PARAM_COLUMNS), dtype=np.int64)
@@ -128,7 +128,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], rows: S
     None; ``params`` and ``steps`` one per logits row), read in place. ``states`` is accepted
     as the CPU path takes it, and unused: the chain's strategies keep no state. The outputs are on
     the logits' device, one row per entry of ``rows``."""
-    from sampling.gpu import kernels
+    from samplerd.sampling.gpu import kernels
 
     if rows is None:
         rows = range(logits.shape[0])

@@ -4,7 +4,7 @@ What one program does for its row (the passes all read the row's logits, which o
 stay in L2 between passes for moderate batches):
 
 A. Validity (NaN, +inf, no finite logit) on the raw logits, as
-   :func:`sampling.checks.check_logits` decides it; the row maximum ``m`` of
+   :func:`samplerd.sampling.checks.check_logits` decides it; the row maximum ``m`` of
    ``z = x / T`` and the first index of the untempered maximum (greedy); then the sums of
    the full distribution with ``s = max(z - m, EXP_FLOOR)`` and ``w = exp(s)`` (0 for
    ``-inf``): ``sum w``, ``sum w s``, ``sum w s^2`` (entropy, varentropy).
@@ -17,7 +17,7 @@ B. Thresholds by a multi-pivot search on order-preserving integer keys of the fl
 C. The final distribution's sums (kept tokens, kept mass, truncated entropy), the top
    ``W`` tokens of the row (compacted in index order, then one sort of at most ``2 W``
    candidates by (logit descending, index ascending)), and the inverse-CDF draws over
-   blocks of 1024 tokens with uniforms from SplitMix64 keyed as :mod:`sampling.rng` keys
+   blocks of 1024 tokens with uniforms from SplitMix64 keyed as :mod:`samplerd.sampling.rng` keys
    them.
 
 Cost, unmeasured (no GPU has run this yet): a sampled row reads its logits twice in A, about
@@ -49,8 +49,9 @@ STATUS_NAN, STATUS_POS_INF, STATUS_NO_FINITE = 1, 2, 3
 STATS = ("entropy", "varentropy", "truncated_entropy", "kept_mass", "top_k_entropy", "top_k_mass")
 
 _STATS_TILE = tl.constexpr(16)  # the top-k statistics' fixed summation tile
-DRAW_BLOCK = tl.constexpr(1024)  # sampling.draw.BLOCK: the draw picks a block, then a token, as inverse_cdf does
-_EXP_FLOOR = tl.constexpr(-87.0)  # sampling.distribution.EXP_FLOOR
+# samplerd.sampling.draw.BLOCK: the draw picks a block, then a token, as inverse_cdf does.
+DRAW_BLOCK = tl.constexpr(1024)
+_EXP_FLOOR = tl.constexpr(-87.0)  # samplerd.sampling.distribution.EXP_FLOOR
 _LOWEST_FINITE_KEY = tl.constexpr(-0x7F800000)  # _key(-FLT_MAX); _key(-inf) is one less
 
 
@@ -79,7 +80,7 @@ def _mix(x):
 @triton.jit
 def _uniforms(seed, step, first, N_DRAWS: tl.constexpr):
     """Draw uniforms ``first .. first + N_DRAWS - 1`` of (seed, step):
-    :func:`sampling.rng.uniforms` with stream ``STREAM_DRAW`` (0), bit for bit."""
+    :func:`samplerd.sampling.rng.uniforms` with stream ``STREAM_DRAW`` (0), bit for bit."""
     key = _mix(seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
     key = _mix(key ^ (step * 0x9E3779B97F4A7C15 + 1))
     index = (first + tl.arange(0, N_DRAWS)).to(tl.uint64)

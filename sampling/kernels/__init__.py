@@ -1,6 +1,6 @@
-"""numba kernels of the fused CPU path (:mod:`sampling.fused`), one module per job.
+"""numba kernels of the fused CPU path (:mod:`samplerd.sampling.fused`), one module per job.
 
-Each kernel makes the same decisions as the eager stages of :mod:`sampling.pipeline` (the
-readable reference); the wrappers in :mod:`sampling.fused` and :mod:`sampling.fused_general`
+Each kernel makes the same decisions as the eager stages of :mod:`samplerd.sampling.pipeline` (the
+readable reference); the wrappers in :mod:`samplerd.sampling.fused` and :mod:`samplerd.sampling.fused_general`
 prepare their arguments.
 """

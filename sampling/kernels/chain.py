@@ -1,11 +1,11 @@
-"""The temperature -> top-k -> top-p -> min-p chain of :mod:`sampling.fused`, bit for bit as the general path.
+"""The temperature -> top-k -> top-p -> min-p chain of :mod:`samplerd.sampling.fused`, bit for bit as the general path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sampling.kernels.common import (
+from samplerd.sampling.kernels.common import (
     _CHUNK,
     _F32,
     _FLOOR,
@@ -18,9 +18,9 @@ from sampling.kernels.common import (
     _ZERO,
     _jit,
 )
-from sampling.kernels.draw import _draw, _uniforms
-from sampling.kernels.prepare import _mask
-from sampling.kernels.torch_sums import _block_totals, _sum_from_groups, _torch_sum
+from samplerd.sampling.kernels.draw import _draw, _uniforms
+from samplerd.sampling.kernels.prepare import _mask
+from samplerd.sampling.kernels.torch_sums import _block_totals, _sum_from_groups, _torch_sum
 
 # statistics are float32 within a group, float64 across groups.
 _WIDTH = 32
@@ -254,7 +254,7 @@ def _largest(z, best, chunk_max, need, index, bins):
 
 @_jit
 def _top_p_threshold(z, w, best, chunk_max, sums, covered, bins, floor, members, kept, target, index, values):
-    """:func:`sampling.selection.prefix_boundary` replayed float for float on the
+    """:func:`samplerd.sampling.selection.prefix_boundary` replayed float for float on the
     distribution top-p sees, given its float32 bin ``sums`` up to bin ``covered``: the whole
     row (``floor`` = -inf; ``bins`` hold every token's bin; later bins are added here if the
     target lies beyond) or top-k's output, the ``kept`` tokens ``members[:kept]`` with

@@ -2,7 +2,7 @@
 
 Per row, ``z`` holds the tempered float32 logits, ``w`` their weights
 ``exp(max(z - m, EXP_FLOOR))`` (torch's exp; 0 for masked tokens), ``m`` the maximum. A
-token's bin is :func:`sampling.selection.prefix_boundary`'s ``min(int((m - z) * 64), 2047)``
+token's bin is :func:`samplerd.sampling.selection.prefix_boundary`'s ``min(int((m - z) * 64), 2047)``
 in float32; ``d = (m - z) * 64`` is its unclamped value.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sampling.distribution import EXP_FLOOR
-from sampling.selection import _BINS_PER_UNIT, _NUM_BINS
+from samplerd.sampling.distribution import EXP_FLOOR
+from samplerd.sampling.selection import _BINS_PER_UNIT, _NUM_BINS
 
 _F32 = np.float32
 _SCALE = _F32(_BINS_PER_UNIT)

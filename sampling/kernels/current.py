@@ -1,8 +1,8 @@
 """The distribution a stage sees: the band ``lo <= z <= hi`` of one row, renormalised.
 
-:class:`sampling.distribution.Distribution` computes its scalars in float32 with torch's sums;
+:class:`samplerd.sampling.distribution.Distribution` computes its scalars in float32 with torch's sums;
 the stages compare tokens against float32 products of them, so these kernels replay those
-sums in torch's order (:mod:`sampling.kernels.torch_sums`, with ``lanes`` > 0) to make the
+sums in torch's order (:mod:`samplerd.sampling.kernels.torch_sums`, with ``lanes`` > 0) to make the
 same decisions. Moments that only feed outputs are float64.
 """
 
@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from sampling.kernels.common import _F32, _FLOOR, _ZERO, _jit
-from sampling.kernels.ranking import in_band
-from sampling.kernels.torch_sums import _torch_sum
+from samplerd.sampling.kernels.common import _F32, _FLOOR, _ZERO, _jit
+from samplerd.sampling.kernels.ranking import in_band
+from samplerd.sampling.kernels.torch_sums import _torch_sum
 
 
 @_jit

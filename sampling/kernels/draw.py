@@ -1,16 +1,17 @@
-"""Counter-based uniforms (:mod:`sampling.rng`) and the inverse-CDF draw (:mod:`sampling.draw`) in numba.
+"""Counter-based uniforms (:mod:`samplerd.sampling.rng`) and the inverse-CDF draw
+(:mod:`samplerd.sampling.draw`) in numba.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sampling.kernels.common import (
+from samplerd.sampling.kernels.common import (
     _jit,
 )
-from sampling.rng import STREAM_DRAW
+from samplerd.sampling.rng import STREAM_DRAW
 
-# :func:`sampling.rng.uniforms` (stream STREAM_DRAW), in uint64 arithmetic that wraps like NumPy's.
+# :func:`samplerd.sampling.rng.uniforms` (stream STREAM_DRAW), in uint64 arithmetic that wraps like NumPy's.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
@@ -27,7 +28,7 @@ def _mix(x):
 
 @_jit
 def _uniforms(seed, step, count):
-    """The first ``count`` draw uniforms of (seed, step), as :func:`sampling.rng.uniforms`."""
+    """The first ``count`` draw uniforms of (seed, step), as :func:`samplerd.sampling.rng.uniforms`."""
     key = _mix(seed * _GOLDEN + _SEED_SALT)
     key = _mix(key ^ (step * _GOLDEN + _DRAW_STREAM))
     out = np.empty(count, dtype=np.float64)
@@ -39,7 +40,7 @@ def _uniforms(seed, step, count):
 
 @_jit
 def _draw(z, w, threshold, block_totals, width, draws, count, tokens):
-    """:func:`sampling.draw.inverse_cdf` for one row whose final weights are
+    """:func:`samplerd.sampling.draw.inverse_cdf` for one row whose final weights are
     ``where(z >= threshold, w, 0)``, from their float32 block sums (as torch computes them):
     ``tokens[j]`` for the first ``count`` uniforms ``draws``."""
     vocab = z.shape[0]

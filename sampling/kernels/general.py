@@ -2,10 +2,10 @@
 few passes over a cache-resident row, rows in parallel.
 
 Per row: the full distribution's statistics; then each switched-on truncation in the
-pipeline's order (:mod:`sampling.pipeline`), each on the renormalised band the one before kept
-(:mod:`sampling.kernels.truncations`), with ``min_tokens_to_keep`` applied as the pipeline
+pipeline's order (:mod:`samplerd.sampling.pipeline`), each on the renormalised band the one before kept
+(:mod:`samplerd.sampling.kernels.truncations`), with ``min_tokens_to_keep`` applied as the pipeline
 does; then the final distribution's statistics, the inverse-CDF draws
-(:mod:`sampling.kernels.draw`) and the outputs. Greedy rows take the first maximum.
+(:mod:`samplerd.sampling.kernels.draw`) and the outputs. Greedy rows take the first maximum.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import math
 import numba
 import numpy as np
 
-from sampling.kernels import records as f
-from sampling.kernels import truncations as t
-from sampling.kernels.chain import _WIDTH, _final_pass, _full_pass
-from sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _jit, _jit_parallel
-from sampling.kernels.current import entropy32, log32, materialise, total32
-from sampling.kernels.draw import _draw, _uniforms
-from sampling.kernels.ranking import top_in_band
-from sampling.kernels.torch_sums import _block_totals, _sum_from_groups
+from samplerd.sampling.kernels import records as f
+from samplerd.sampling.kernels import truncations as t
+from samplerd.sampling.kernels.chain import _WIDTH, _final_pass, _full_pass
+from samplerd.sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _jit, _jit_parallel
+from samplerd.sampling.kernels.current import entropy32, log32, materialise, total32
+from samplerd.sampling.kernels.draw import _draw, _uniforms
+from samplerd.sampling.kernels.ranking import top_in_band
+from samplerd.sampling.kernels.torch_sums import _block_totals, _sum_from_groups
 
 _LN2 = math.log(2.0)
 
@@ -186,8 +186,8 @@ def _row(r, z, w, m, maxima, finite, p, lanes, block, scratch, out):
 def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
     """Sample every row of ``z`` (tempered float32 logits; ``w`` their weights, torch's exp, 0
     where masked; ``m`` the row maxima; ``maxima`` their chunk maxima; ``finite`` their numbers
-    of finite logits; ``params`` one :data:`~sampling.kernels.records.ROW` each) into ``out``
-    (:class:`~sampling.kernels.records.Outputs`). Rows are spread over the threads that
+    of finite logits; ``params`` one :data:`~samplerd.sampling.kernels.records.ROW` each) into ``out``
+    (:class:`~samplerd.sampling.kernels.records.Outputs`). Rows are spread over the threads that
     ``scratch`` has room for; each row's result depends on that row alone."""
     rows = z.shape[0]
     threads = min(scratch.current.shape[0], rows)
@@ -203,7 +203,7 @@ def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
 def dynamic_divisors(x, w, m, params, status, lanes, groups, aux, divisors):
     """Dynamic temperature (llama.cpp's temp-ext): ``T = T_min + (T_max - T_min) * (H / ln V) **
     exponent``, H the float32 entropy of each row's untempered logits ``x`` (``w`` their weights,
-    torch's exp; ``m`` their maxima) as :func:`sampling.strategies.temperature.dynamic_temperature`
+    torch's exp; ``m`` their maxima) as :func:`samplerd.sampling.strategies.temperature.dynamic_temperature`
     computes it, into ``divisors`` on the dynamic rows whose ``status`` is good."""
     vocab = x.shape[1]
     for r in range(x.shape[0]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sampling.kernels.common import (
+from samplerd.sampling.kernels.common import (
     _CHUNK,
     _FLOOR,
     _INF_KEY,
@@ -30,7 +30,7 @@ def _maxima(x, divisor, chunk_max):
     """The maximum of ``x / divisor`` and of each of its chunks (into ``chunk_max``; the
     division is monotone, so they are the divided maxima of ``x``), and what ``x`` holds:
     0 finite logits only, 1 also ``-inf``, -1 NaN, -2 ``+inf``, -3 no finite logit (the
-    errors of :func:`sampling.checks.check_logits`, in its order). Compares the floats'
+    errors of :func:`samplerd.sampling.checks.check_logits`, in its order). Compares the floats'
     ordered integer keys, which vectorise (float max reductions do not without ``nnan``)."""
     bits = x.view(np.int32)
     vocab = x.shape[0]
@@ -77,7 +77,7 @@ def _copy(x, z):
 
 @_jit
 def _shift(z, best, out):
-    """``out = max(z - best, EXP_FLOOR)`` (:attr:`sampling.distribution.Distribution.shifted`)."""
+    """``out = max(z - best, EXP_FLOOR)`` (:attr:`samplerd.sampling.distribution.Distribution.shifted`)."""
     for i in range(z.shape[0]):
         out[i] = max(z[i] - best, _FLOOR)
 

@@ -1,5 +1,5 @@
 """Ranking inside one row, restricted to a band ``lo <= z <= hi`` of finite logits: the k-th
-largest, the largest few in order, and :func:`sampling.selection.prefix_boundary` replayed on
+largest, the largest few in order, and :func:`samplerd.sampling.selection.prefix_boundary` replayed on
 any score."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from sampling.kernels.common import _CHUNK, _LAST_BIN, _NEG_INF, _NUM_BINS, _SCALE, _jit
+from samplerd.sampling.kernels.common import _CHUNK, _LAST_BIN, _NEG_INF, _NUM_BINS, _SCALE, _jit
 
 
 @_jit
@@ -47,7 +47,7 @@ def top_in_band(z, lo, hi, count, ids, values, maxima):
 @_jit
 def kth_in_band(z, lo, hi, k, values, maxima):
     """The k-th largest logit in the band, ``-inf`` when it holds fewer than ``k`` (as
-    :func:`sampling.selection.kth_largest`); ``values``: scratch; ``maxima`` as :func:`top_in_band`."""
+    :func:`samplerd.sampling.selection.kth_largest`); ``values``: scratch; ``maxima`` as :func:`top_in_band`."""
     if k < 1:
         return _NEG_INF
     if k <= 64:
@@ -102,7 +102,7 @@ def sorted_top(z, lo, hi, count, values, index, out, maxima):
 
 @_jit
 def prefix_boundary(score, weight, target, best, bins, sums, index, values):
-    """:func:`sampling.selection.prefix_boundary` for one row, float for float: the score of
+    """:func:`samplerd.sampling.selection.prefix_boundary` for one row, float for float: the score of
     the first rank (scores descending) at which the running ``weight`` reaches ``target``;
     ``-inf`` when it never does. The histogram ``sums`` has the weights' dtype (float32: torch's
     ``scatter_add_`` in index order; its ``cumsum`` adds in float64 and rounds each output);

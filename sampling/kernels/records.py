@@ -1,7 +1,7 @@
-"""The typed records the general kernel (:mod:`sampling.kernels.general`) takes.
+"""The typed records the general kernel (:mod:`samplerd.sampling.kernels.general`) takes.
 
 One :data:`ROW` record per row holds every parameter as the reference stages see it
-(float32 where :class:`sampling.rows.RowParams` gives float32 columns), with a bit per
+(float32 where :class:`samplerd.sampling.rows.RowParams` gives float32 columns), with a bit per
 switched-on strategy in ``flags``; per-thread scratch and the outputs travel as two named
 tuples of arrays instead of dozens of positional arguments.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sampling.kernels.common import (
+from samplerd.sampling.kernels.common import (
     _ZERO,
     _jit,
 )
@@ -137,7 +137,7 @@ def _torch_sum(z, w, threshold, lanes, groups):
 
 @_jit
 def _block_totals(z, w, threshold, block, lanes, groups, whole, out):
-    """:func:`sampling.draw.block_sums` of ``where(z >= threshold, w, 0)`` (float64 out).
+    """:func:`samplerd.sampling.draw.block_sums` of ``where(z >= threshold, w, 0)`` (float64 out).
     ``whole`` > 0: ``groups`` hold the row's level-0 group sums of 16 steps of ``4 * lanes``
     (:func:`_row_pass`), which make up whole blocks of 1024; else every block is summed anew."""
     vocab = z.shape[0]

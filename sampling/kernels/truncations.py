@@ -3,9 +3,9 @@ logits its strategy keeps, from the band the stage before kept (``top`` its larg
 
 Every strategy's kept set is a band of logits: a lower threshold for all but typical sampling
 (tokens near the entropy: an interval) and XTC (it removes the largest). Each kernel decides
-as the strategy's reference module in :mod:`sampling.strategies` does, on the same float32
-quantities (see :mod:`sampling.kernels.current`). ``s`` is the row's scratch tuple
-(:class:`sampling.kernels.records.Scratch`, one thread's slice), ``p`` its :data:`ROW` record.
+as the strategy's reference module in :mod:`samplerd.sampling.strategies` does, on the same float32
+quantities (see :mod:`samplerd.sampling.kernels.current`). ``s`` is the row's scratch tuple
+(:class:`samplerd.sampling.kernels.records.Scratch`, one thread's slice), ``p`` its :data:`ROW` record.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import math
 
 import numpy as np
 
-from sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _ZERO, _jit
-from sampling.kernels.current import (
+from samplerd.sampling.kernels.common import _F32, _NEG_INF, _POS_INF, _ZERO, _jit
+from samplerd.sampling.kernels.current import (
     entropy32,
     lowest_at_least,
     mean_std,
     total32,
     weights_of,
 )
-from sampling.kernels.draw import _mix
-from sampling.kernels.ranking import in_band, kth_in_band, ndtri, prefix_boundary, sorted_top
-from sampling.rng import STREAM_XTC
+from samplerd.sampling.kernels.draw import _mix
+from samplerd.sampling.kernels.ranking import in_band, kth_in_band, ndtri, prefix_boundary, sorted_top
+from samplerd.sampling.rng import STREAM_XTC
 
 _LN2 = _F32(math.log(2.0))
 
@@ -40,7 +40,7 @@ def _total(current, lo, hi, top, m, known, lanes, groups):
 
 @_jit
 def protect(z, stage_lo, lo, hi, top, min_keep, keeps_argmax, values, maxima):
-    """``min_tokens_to_keep`` as :func:`sampling.pipeline._protect_top_tokens`: the stage's lower
+    """``min_tokens_to_keep`` as :func:`samplerd.sampling.pipeline._protect_top_tokens`: the stage's lower
     threshold lowered to the m-th largest logit of the band (all of it when smaller), else to
     the band's maximum for strategies that may remove it."""
     if min_keep > 1:
@@ -228,7 +228,7 @@ _XTC_STREAM = np.uint64(STREAM_XTC + 1)
 
 @_jit
 def xtc_coin(seed, step):
-    """The first uniform of stream STREAM_XTC (:func:`sampling.rng.uniforms`), in float32."""
+    """The first uniform of stream STREAM_XTC (:func:`samplerd.sampling.rng.uniforms`), in float32."""
     key = _mix(seed * _GOLDEN + _SEED_SALT)
     key = _mix(key ^ (step * _GOLDEN + _XTC_STREAM))
     bits = _mix(key + np.uint64(1) * _GOLDEN)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.rows import RowParams
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.rows import RowParams
 
 MAX_MATCH = 50
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import kth_largest
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import kth_largest
 
 CENTRE_NATS = 5.0
 ENTROPY_CLIP_NATS = 10.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
 
 EPSILON = Parameter(
     "epsilon", "float", 0.0, "Absolute probability floor: keep tokens with p >= epsilon.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
 
 ETA = Parameter(
     "eta", "float", 0.0, "Epsilon of eta sampling; the floor is min(eta, sqrt(eta) * exp(-H)).",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.rows import RowParams
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.rows import RowParams
 
 LOGIT_BIAS = Parameter(
     "logit_bias", "token_bias", (),

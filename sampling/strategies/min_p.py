@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
 
 MIN_P = Parameter(
     "min_p", "float", 0.0, "Keep tokens at least min_p times as probable as the most probable one.",

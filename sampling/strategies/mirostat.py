@@ -22,9 +22,9 @@ import math
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import kth_largest
-from sampling.topk import top_values
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import kth_largest
+from samplerd.sampling.topk import top_values
 
 ZIPF_TOKENS = 100
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import kth_largest
-from sampling.topk import top_values
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import kth_largest
+from samplerd.sampling.topk import top_values
 
 OPTIMAL_K = Parameter(
     "optimal_k", "float", 0.0, "Sparsity weight lambda of optimal-k decoding (larger keeps fewer tokens).",

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.rng import STREAM_PATHS, uniforms
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.rng import STREAM_PATHS, uniforms
 
 BEAMS = Parameter(
     "path_beams", "int", 1, "Live paths per sequence for path-aware top-p (sessions only).",

@@ -6,7 +6,7 @@
 * frequency and presence penalties (OpenAI API semantics, as vLLM and llama.cpp):
   ``z -= frequency * count + presence * [count > 0]``.
 
-The history is whatever the caller passes in the row's :class:`~sampling.state.SequenceState`
+The history is whatever the caller passes in the row's :class:`~samplerd.sampling.state.SequenceState`
 (a session passes the prompt and every generated token).
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.rows import RowParams
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.rows import RowParams
 
 REPETITION = Parameter(
     "repetition_penalty", "float", 1.0,

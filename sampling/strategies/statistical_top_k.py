@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.strategies.top_n_sigma import finite_mean_std
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.strategies.top_n_sigma import finite_mean_std
 
 STATISTICAL_TOP_K = Parameter(
     "statistical_top_k", "int", 0, "Approximate k: threshold mean + std * Phi^-1(1 - k/d).",

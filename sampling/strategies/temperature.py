@@ -15,9 +15,9 @@ import math
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.distribution import Distribution
-from sampling.rows import RowParams
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.distribution import Distribution
+from samplerd.sampling.rows import RowParams
 
 GREEDY_BELOW = 1e-5
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import prefix_boundary
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import prefix_boundary
 
 TOP_H = Parameter(
     "top_h", "float", 0.0, "Entropy budget alpha: keep ranks while partial entropy <= alpha * H.",

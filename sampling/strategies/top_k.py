@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import kth_largest
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import kth_largest
 
 TOP_K = Parameter(
     "top_k", "int", 0, "Keep the k most probable tokens (and every token tied with the k-th).",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
 
 TOP_N_SIGMA = Parameter(
     "top_n_sigma", "float", 0.0, "Keep logits >= max - n * std (population std over finite logits).",

@@ -3,15 +3,15 @@
 Holtzman, Buys, Du, Forbes, Choi, "The Curious Case of Neural Text Degeneration",
 ICLR 2020. Rank ``j`` is kept iff the mass of the ranks before it is ``< p``; the boundary
 token's whole tie group is kept. Found without sorting the vocabulary
-(:func:`sampling.selection.prefix_boundary`).
+(:func:`samplerd.sampling.selection.prefix_boundary`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import prefix_boundary
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import prefix_boundary
 
 TOP_P = Parameter(
     "top_p", "float", 1.0, "Keep the smallest most-probable set whose probability mass reaches p.",

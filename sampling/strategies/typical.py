@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.selection import kth_largest, prefix_boundary
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.selection import kth_largest, prefix_boundary
 
 TYPICAL_P = Parameter(
     "typical_p", "float", 1.0, "Mass of the most typical tokens to keep (typicality = |-ln p - H|).",

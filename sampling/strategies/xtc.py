@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sampling.declarations import Parameter, Stage, Strategy
-from sampling.rng import STREAM_XTC
+from samplerd.sampling.declarations import Parameter, Stage, Strategy
+from samplerd.sampling.rng import STREAM_XTC
 
 PROBABILITY = Parameter(
     "xtc_probability", "float", 0.0, "Chance per step that XTC removes the top choices.",

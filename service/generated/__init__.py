@@ -1,1 +1,1 @@
-"""Generated protobuf code; see service.protogen."""
+"""Generated protobuf code; see proto/generate.py."""

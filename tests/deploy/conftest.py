@@ -16,7 +16,7 @@ _running_servers: list = []
 def samplerd_server() -> Iterator[object]:
     """A ``samplerd serve`` on loopback (one CPU worker, embedded Ray), SERVING; shared by the
     deploy tests and stopped after the last of them."""
-    from service.process import start_server
+    from samplerd.service.bench.process import start_server
 
     server = start_server("--workers", "1", "--device", "cpu", "--ray-address", "none")
     _running_servers.append(server)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from deploy_helpers import DASHBOARD, REPO_ROOT, dashboard_expressions, promql_metric_names, require_tool
 
-from service.metrics import Metrics
+from samplerd.service.metrics import Metrics
 
 # The list: the dashboard shows each of these families.
 #: Every samplerd metric family the front end exports (the process and GC collectors aside).

@@ -139,7 +139,7 @@ def test_crd_validation_rejects_an_unknown_field():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_holds_only_settings_samplerd_serve_accepts(overlay):
-    from service.cli import SERVE_OPTIONS, build_parser, env_name
+    from samplerd.service.cli.main import SERVE_OPTIONS, build_parser, env_name
 
     settings = config(overlay)
     assert settings and all(key.startswith("SAMPLERD_") for key in settings)

@@ -163,7 +163,7 @@ class Traffic:
 def traffic(samplerd_server, prometheus) -> Traffic:
     """Mixed traffic from four threads: single-strategy requests, requests mixing strategies
     row by row, and a few invalid ones. Returns once Prometheus has scraped all of it."""
-    from service.client import SamplerClient
+    from samplerd.service.client import SamplerClient
 
     before = prometheus.by_label("sum by (strategy) (samplerd_rows_total)")
     assert not any(before.values()), f"the server already sampled rows before the test: {before}"

@@ -46,7 +46,7 @@ def test_both_containers_run_as_the_same_non_root_user() -> None:
 
 
 def test_samplerd_runs_its_own_ray_with_settings_serve_accepts() -> None:
-    from service.cli import SERVE_OPTIONS, build_parser, env_name
+    from samplerd.service.cli.main import SERVE_OPTIONS, build_parser, env_name
 
     settings = one(OVERLAY, "ConfigMap")["data"]
     known = {"SAMPLERD_LOG_LEVEL"} | {env_name(flag) for flag, *_ in SERVE_OPTIONS}

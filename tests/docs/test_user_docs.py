@@ -9,8 +9,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sampling.registry import STRATEGY_LABELS, TRUNCATIONS
-from service.metrics import CODES, METHODS, Metrics
+from samplerd.sampling.registry import STRATEGY_LABELS, TRUNCATIONS
+from samplerd.service.metrics import CODES, METHODS, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.generation import GenerationEngine
-from workers.generation.tiny_model import build_tiny_model
+from samplerd.workers.generation import GenerationEngine
+from samplerd.workers.generation.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sampling import SamplingParams, SequenceState, advance, sample
+from samplerd.sampling import SamplingParams, SequenceState, advance, sample
 
 
 @torch.inference_mode()

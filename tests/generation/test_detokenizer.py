@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.generation.detokenizer import IncrementalDetokenizer
+from samplerd.workers.generation.detokenizer import IncrementalDetokenizer
 
 
 def chars(ids) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.bench_generate import check_targets, format_table, run_generation_bench
+from samplerd.service.bench.generate import check_targets, format_table, run_generation_bench
 
 
 def test_sixteen_concurrent_prompts_beat_one(tiny_model_dir):

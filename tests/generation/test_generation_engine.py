@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from generation_reference import greedy_loop, sampler_loop
 
-from sampling import SamplingParams
-from workers.generation import (
+from samplerd.sampling import SamplingParams
+from samplerd.workers.generation import (
     FinishEvent,
     GenerationEngine,
     GenerationRequest,

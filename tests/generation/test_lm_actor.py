@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from sampling import SamplingParams
-from workers.generation import (
+from samplerd.sampling import SamplingParams
+from samplerd.workers.generation import (
     FinishEvent,
     GenerationRequest,
     InvalidGenerationRequest,
     ModelLoadError,
     TokenEvent,
 )
-from workers.lm_actor import LanguageModelClient, LMActorConfig, ModelReplicaLost
-from workers.lm_replicas import LanguageModelReplicas
+from samplerd.workers.lm_actor import LanguageModelClient, LMActorConfig, ModelReplicaLost
+from samplerd.workers.lm_replicas import LanguageModelReplicas
 
 
 @pytest.fixture(scope="module")

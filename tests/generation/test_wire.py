@@ -1,13 +1,13 @@
-"""Generation events as plain tuples (workers.generation.wire): what the event channel carries."""
+"""Generation events as plain tuples (samplerd.workers.generation.wire): what the event channel carries."""
 
 from __future__ import annotations
 
 import json
 import pickle
 
-from sampling import SamplingParams
-from workers.generation import FinishEvent, GenerationRequest, TokenEvent
-from workers.generation.wire import decode_events, decode_request, encode_events, encode_request
+from samplerd.sampling import SamplingParams
+from samplerd.workers.generation import FinishEvent, GenerationRequest, TokenEvent
+from samplerd.workers.generation.wire import decode_events, decode_request, encode_events, encode_request
 
 
 def test_events_round_trip_as_plain_values(engine):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import SamplingParams, sample
-from service.process import ServerProcess
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.bench.process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

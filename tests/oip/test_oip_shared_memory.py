@@ -17,10 +17,10 @@ import pytest
 import torch
 from test_open_inference_protocol import PARAMS, triton_python
 
-from sampling import SamplingParams, sample
-from service.generated.inference import grpc_service_pb2 as oip
-from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.process import ServerProcess
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.generated.inference import grpc_service_pb2 as oip
+from samplerd.service.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
 pytestmark = pytest.mark.e2e
 

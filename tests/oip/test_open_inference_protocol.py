@@ -22,12 +22,12 @@ import pytest
 import torch
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sampling import SamplingParams, sample
-from service.client import SamplerClient, field_violations
-from service.generated.inference import grpc_service_pb2 as oip
-from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.oip import OUTPUTS, SERVICE_NAME
-from service.process import ServerProcess
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.client import SamplerClient, field_violations
+from samplerd.service.generated.inference import grpc_service_pb2 as oip
+from samplerd.service.generated.inference import grpc_service_pb2_grpc as oip_grpc
+from samplerd.service.oip import OUTPUTS, SERVICE_NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -284,4 +284,4 @@ def test_reflection_lists_the_inference_service(server: ServerProcess) -> None:
 
 def test_the_check_script_runs_without_this_repository_on_its_path() -> None:
     source = CHECK_SCRIPT.read_text()
-    assert "from service" not in source and "import sampling" not in source and "from sampling" not in source
+    assert not any(name in source for name in ("from samplerd", "import samplerd", "from service", "from sampling"))

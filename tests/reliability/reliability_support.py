@@ -12,9 +12,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from sampling import SamplingParams, sample
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.process import ServerProcess, start_server
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -29,10 +29,10 @@ from reliability_support import (
     wait_for,
 )
 
-from service.client import build_request
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess, start_server
-from service.soak import kill_sampler_actor, sampler_actor_names
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.bench.soak import kill_sampler_actor, sampler_actor_names
+from samplerd.service.client import build_request
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

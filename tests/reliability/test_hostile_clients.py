@@ -17,13 +17,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from reliability_support import metric, serve
 
-from service import client_params
-from service.client import encode_logits, field_violations
-from service.generated.inference import grpc_service_pb2 as oip
-from service.generated.inference import grpc_service_pb2_grpc as oip_grpc
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.client import encode_logits, field_violations
+from samplerd.service.client import params as client_params
+from samplerd.service.generated.inference import grpc_service_pb2 as oip
+from samplerd.service.generated.inference import grpc_service_pb2_grpc as oip_grpc
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_support import SERVING, expected_tokens, health, make_logits, serve, tokens_of
 
-from sampling.registry import PARAMETERS
-from service.client import build_request
-from service.codec import Limits, decode_request
-from service.errors import RequestError
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.process import ServerProcess
+from samplerd.sampling.registry import PARAMETERS
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.client import build_request
+from samplerd.service.codec import Limits, decode_request
+from samplerd.service.errors import RequestError
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,10 @@ import grpc
 import pytest
 from reliability_support import SERVING, expected_tokens, health, make_logits, metric, serve, tokens_of, wait_for
 
-from service.client import build_request
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess
-from service.soak import rss_bytes
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.bench.soak import rss_bytes
+from samplerd.service.client import build_request
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -25,11 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from reliability_support import SERVER_ENV, SERVING, expected_tokens, make_logits, wait_for
 
-from service.cli import parse_args
-from service.client import SamplerClient, build_request
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.process import ServerProcess, start_server
-from service.security import load_tokens, open_channel, token_matches
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.cli.main import parse_args
+from samplerd.service.client import SamplerClient, build_request
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.security import load_tokens, open_channel, token_matches
 
 pytestmark = pytest.mark.e2e
 
@@ -264,7 +264,7 @@ def test_security_flags_and_environment(tmp_path: Path) -> None:
 
 def test_incomplete_tls_configuration_fails_to_start(pki: Pki) -> None:
     """--tls-cert without --tls-key is a one-line start-up error, not a plaintext server."""
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+    command = [sys.executable, "-m", "samplerd.service.cli", "serve", "--host", "127.0.0.1", "--port", "0",
                "--metrics-port", "0", "--device", "cpu", "--tls-cert", pki.write("lonely.pem", pki.server.cert)]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **SERVER_ENV})

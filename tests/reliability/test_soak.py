@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from reliability_support import serve
 
-from service.cli import parse_args
-from service.soak import soak
+from samplerd.service.bench.soak import soak
+from samplerd.service.cli.main import parse_args
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from sampling import SamplingParams, SequenceState, filter_logits
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits
 
 ROWS = 200
 ROW_SEED = 20240601

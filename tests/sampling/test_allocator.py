@@ -1,4 +1,4 @@
-"""sampling.allocator: keeping freed tensor memory in the process (glibc malloc tuning)."""
+"""samplerd.sampling.allocator: keeping freed tensor memory in the process (glibc malloc tuning)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def test_keep_freed_memory_applies_and_sampling_still_matches():
     # In a child process: the tuning is process-wide and must not leak into the test session.
     script = """
 import torch
-from sampling import SamplingParams, sample
-from sampling.allocator import keep_freed_memory
+from samplerd.sampling import SamplingParams, sample
+from samplerd.sampling.allocator import keep_freed_memory
 logits = torch.randn(4, 50_000, generator=torch.Generator().manual_seed(0))
 before = sample(logits, SamplingParams(top_p=0.9, seed=3)).token_ids
 assert keep_freed_memory() is True

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import SamplingError, SamplingParams, SequenceState, fused, sample
-from sampling.draw import block_size, block_sums
-from sampling.kernels import chain, torch_sums
-from sampling.rng import STREAM_DRAW, uniforms
+from samplerd.sampling import SamplingError, SamplingParams, SequenceState, fused, sample
+from samplerd.sampling.draw import block_size, block_sums
+from samplerd.sampling.kernels import chain, torch_sums
+from samplerd.sampling.rng import STREAM_DRAW, uniforms
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_fused import KINDS, _assert_same, _both, _rows
 
-from sampling import SamplingParams, SequenceState, fused
+from samplerd.sampling import SamplingParams, SequenceState, fused
 
 
 @pytest.fixture(autouse=True)

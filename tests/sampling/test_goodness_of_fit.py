@@ -19,7 +19,7 @@ import pytest
 import torch
 from samplerd_reference import chi_square_p_value, ids, kept, reference_filter, softmax
 
-from sampling import SamplingParams, SequenceState, filter_logits, sample
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits, sample
 
 pytestmark = pytest.mark.statistical
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sampling.gpu import bench
+from samplerd.sampling.gpu import bench
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the benchmark would run")
 
@@ -27,7 +27,7 @@ def test_the_command_exits_with_the_reason(capsys):
 
 @no_cuda
 def test_bench_kernels_on_cuda_is_this_benchmark(capsys):
-    from sampling.bench import main as kernels_main
+    from samplerd.sampling.bench import main as kernels_main
 
     with pytest.raises(SystemExit) as exited:
         kernels_main(["--device", "cuda", "--rows", "1"])

@@ -37,7 +37,7 @@ def _logits(rows: int, dtype=torch.float32) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_the_chain_matches_the_cpu_at_a_production_vocabulary(compare, dtype):
-    from sampling import SamplingParams
+    from samplerd.sampling import SamplingParams
 
     params = [SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=1, n=4, top_logprobs=5),
               SamplingParams(top_k=5, seed=2, top_logprobs=20),
@@ -50,7 +50,7 @@ def test_the_chain_matches_the_cpu_at_a_production_vocabulary(compare, dtype):
 
 
 def test_sample_on_cuda_takes_the_chain_and_the_eager_path_in_one_batch():
-    from sampling import SamplingParams, sample
+    from samplerd.sampling import SamplingParams, sample
 
     logits = _logits(4)
     params = [SamplingParams(top_k=20, seed=1), SamplingParams(typical_p=0.9, seed=2),
@@ -63,9 +63,9 @@ def test_sample_on_cuda_takes_the_chain_and_the_eager_path_in_one_batch():
 
 
 def test_a_sampler_actor_serves_a_batch_on_cuda():
-    from sampling import SamplingParams
-    from workers.batch import RowGroup
-    from workers.sampler_actor import SamplerActor
+    from samplerd.sampling import SamplingParams
+    from samplerd.workers.batch import RowGroup
+    from samplerd.workers.sampler_actor import SamplerActor
 
     actor = SamplerActor("cuda")
     assert actor.warmup() == "cuda"
@@ -78,7 +78,7 @@ def test_a_sampler_actor_serves_a_batch_on_cuda():
 
 
 def test_the_kernel_benchmark_runs():
-    from sampling.gpu import bench
+    from samplerd.sampling.gpu import bench
 
     lines = []
     rows = bench.run(batches=(1,), dtypes=("bfloat16",), repeats=3, print_fn=lines.append)

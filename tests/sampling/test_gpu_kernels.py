@@ -1,5 +1,5 @@
 """The fused GPU chain (sampling/gpu) makes the CPU path's decisions, under the rule of
-:mod:`sampling.gpu`: the same kept sets, top-logprob ids and seeded tokens except where a
+:mod:`samplerd.sampling.gpu`: the same kept sets, top-logprob ids and seeded tokens except where a
 float-sum decision lies within ``RELATIVE_TOLERANCE`` of its boundary; statistics within
 float32 rounding.
 
@@ -22,9 +22,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are defined
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install samplerd[gpu])")
 
-from sampling import SamplingError, SamplingParams, sample  # noqa: E402
-from sampling.gpu import RELATIVE_TOLERANCE, fused_chain, kernels  # noqa: E402
-from sampling.rng import STREAM_DRAW, uniforms  # noqa: E402
+from samplerd.sampling import SamplingError, SamplingParams, sample  # noqa: E402
+from samplerd.sampling.gpu import RELATIVE_TOLERANCE, fused_chain, kernels  # noqa: E402
+from samplerd.sampling.rng import STREAM_DRAW, uniforms  # noqa: E402
 
 tl = triton.language
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

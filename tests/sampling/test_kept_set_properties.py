@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from samplerd_reference import KEEPS_ARGMAX, as_array, kept, logit_rows, softmax, truncation_params
 
-from sampling import SamplingParams, filter_logits, sample
+from samplerd.sampling import SamplingParams, filter_logits, sample
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

@@ -18,7 +18,7 @@ from samplerd_reference import (
     top_ranked,
 )
 
-from sampling import SamplingParams, SequenceState, filter_logits, sample
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits, sample
 
 VOCAB = 10_000 + 37  # 78 whole blocks of 128 and a partial one
 

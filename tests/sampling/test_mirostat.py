@@ -11,7 +11,7 @@ import pytest
 import torch
 from samplerd_reference import softmax
 
-from sampling import SamplingError, SamplingParams, SequenceState, advance, sample
+from samplerd.sampling import SamplingError, SamplingParams, SequenceState, advance, sample
 
 ZIPF = torch.tensor(-1.1 * np.log(np.arange(1, 1001)), dtype=torch.float32)
 

@@ -1,4 +1,4 @@
-"""Path-aware top-p (sampling.strategies.path_top_p.path_aware_step), docs/semantics.md, "Path-aware top-p"."""
+"""Path-aware top-p (samplerd.sampling.strategies.path_top_p.path_aware_step), docs/semantics.md, "Path-aware top-p"."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from sampling import SamplingParams, filter_logits
-from sampling.strategies.path_top_p import path_aware_step
+from samplerd.sampling import SamplingParams, filter_logits
+from samplerd.sampling.strategies.path_top_p import path_aware_step
 
 ALPHA = 1e-3  # significance level of the goodness-of-fit test
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from samplerd_reference import dry_match_lengths, dry_penalty, penalised
 
-from sampling import SamplingParams, SequenceState, filter_logits
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits
 
 ROW = torch.tensor([[2.0, -1.0, 0.0, 3.0, -2.5, 1.0, float("-inf"), 0.5]])
 

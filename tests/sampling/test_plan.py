@@ -1,11 +1,11 @@
-"""A batch's plan (sampling.plan): which rows each stage runs on, decided once from the parameters."""
+"""A batch's plan (samplerd.sampling.plan): which rows each stage runs on, decided once from the parameters."""
 
 from __future__ import annotations
 
 import torch
 
-from sampling import STRATEGIES, SamplingParams, SequenceState
-from sampling.plan import BatchPlan, plan_batch
+from samplerd.sampling import STRATEGIES, SamplingParams, SequenceState
+from samplerd.sampling.plan import BatchPlan, plan_batch
 
 
 def plan(params: list[SamplingParams], states: list[SequenceState | None] | None = None) -> BatchPlan:

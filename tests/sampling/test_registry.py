@@ -8,16 +8,16 @@ import pkgutil
 
 import torch
 
-import sampling.strategies
-from sampling import PARAMETERS, STRATEGIES, STRATEGY_LABELS, SamplingParams, SequenceState, sample
-from sampling.declarations import Stage, Strategy
+import samplerd.sampling.strategies
+from samplerd.sampling import PARAMETERS, STRATEGIES, STRATEGY_LABELS, SamplingParams, SequenceState, sample
+from samplerd.sampling.declarations import Stage, Strategy
 
 
 def _strategy_modules() -> dict[str, object]:
-    """Strategy name -> the module of sampling.strategies that declares it."""
+    """Strategy name -> the module of samplerd.sampling.strategies that declares it."""
     found = {}
-    for info in pkgutil.iter_modules(sampling.strategies.__path__):
-        module = importlib.import_module(f"sampling.strategies.{info.name}")
+    for info in pkgutil.iter_modules(samplerd.sampling.strategies.__path__):
+        module = importlib.import_module(f"samplerd.sampling.strategies.{info.name}")
         for value in vars(module).values():
             if isinstance(value, Strategy) and value.name not in found:
                 found[value.name] = module

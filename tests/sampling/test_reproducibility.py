@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import SamplingParams, SequenceState, filter_logits, sample
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits, sample
 
 VOCAB = 40
 
@@ -171,7 +171,7 @@ def test_prefix_boundary_of_a_row_does_not_depend_on_its_neighbours() -> None:
     summed in float32 in index order, rounds up twice), the boundary is the bin's last member:
     for the row alone, and beside a row whose boundary bin is wider (which once made it -inf,
     keeping every token)."""
-    from sampling.selection import prefix_boundary
+    from samplerd.sampling.selection import prefix_boundary
 
     score_a = torch.tensor([[0.0, -0.001, -0.002]])  # one histogram bin
     weight_a = torch.tensor([[1.0, 6e-8, 6e-8]])

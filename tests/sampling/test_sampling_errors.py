@@ -12,7 +12,15 @@ import math
 import pytest
 import torch
 
-from sampling import PARAMETERS, SamplingError, SamplingParams, SequenceState, check_logits, filter_logits, sample
+from samplerd.sampling import (
+    PARAMETERS,
+    SamplingError,
+    SamplingParams,
+    SequenceState,
+    check_logits,
+    filter_logits,
+    sample,
+)
 
 NEG_INF = float("-inf")
 INT64_MAX = 2**63 - 1

@@ -23,7 +23,7 @@ from samplerd_reference import (
     varentropy,
 )
 
-from sampling import SamplingParams, SequenceState, filter_logits, sample
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits, sample
 
 SETTINGS = settings(max_examples=80, deadline=None)
 

@@ -28,7 +28,7 @@ from samplerd_reference import (
     top_ranked,
 )
 
-from sampling import SamplingParams, filter_logits, sample
+from samplerd.sampling import SamplingParams, filter_logits, sample
 
 
 def kept_ids(row, **params) -> list[int]:
@@ -211,7 +211,7 @@ def test_min_p_runs_after_top_p():
 
 
 def test_penalties_come_before_logit_bias_and_temperature():
-    from sampling import SequenceState
+    from samplerd.sampling import SequenceState
 
     row = torch.tensor([[2.0, 1.0, 0.0]])
     params = SamplingParams(repetition_penalty=2.0, logit_bias={0: 1.0}, temperature=0.5)
@@ -353,7 +353,7 @@ def test_mirostat_v1_keeps_the_papers_top_k():
         for vocab in (50, 300):
             row = (-1.1 * np.log(np.arange(1, vocab + 1)) + rng.normal(0, 0.1, vocab)).astype(np.float32)
             rng.shuffle(row)
-            from sampling import SequenceState
+            from samplerd.sampling import SequenceState
 
             got = filter_logits(torch.from_numpy(row)[None, :], SamplingParams(mirostat=1),
                                 states=[SequenceState(mirostat_mu=mu)])[0]
@@ -366,7 +366,7 @@ def test_mirostat_v1_on_a_flat_row_keeps_every_finite_token():
 
 
 def test_mirostat_v2_keeps_tokens_with_surprise_at_most_mu():
-    from sampling import SequenceState
+    from samplerd.sampling import SequenceState
 
     row = logits_of([0.5, 0.25, 0.125, 0.0625, 0.0625])  # surprise 1, 2, 3, 4, 4 bits
     # 2^-mu a clear margin from every p (mu = 3 would put 2^-3 exactly on p = 0.125).

@@ -16,7 +16,7 @@ import pytest
 import torch
 from virtual_cuda import VirtualCuda, is_cuda
 
-from sampling import SamplingParams, SequenceState, sample
+from samplerd.sampling import SamplingParams, SequenceState, sample
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -54,12 +54,12 @@ STATES = [SequenceState(history=(1, 2, 3, 1, 2, 7)) for _ in range(ROWS)]
 @pytest.fixture
 def gpu_chain(request, monkeypatch):
     """The fused GPU chain on (its Triton kernel run unseen by the virtual device) or off."""
-    from sampling.gpu import fused_chain
+    from samplerd.sampling.gpu import fused_chain
 
     if request.param and not fused_chain.available():
         pytest.skip("triton is not installed")
     if request.param:
-        from sampling.gpu import kernels
+        from samplerd.sampling.gpu import kernels
 
         real = kernels.fused_chain_kernel
 

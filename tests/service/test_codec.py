@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import SamplingParams, sample
-from service.client import build_request, decode_response, encode_logits
-from service.codec import Limits, decode_request, decode_tensor, encode_response
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.client import build_request, decode_response, encode_logits
+from samplerd.service.codec import Limits, decode_request, decode_tensor, encode_response
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 LIMITS = Limits(max_tensor_elements=1_000_000)
 

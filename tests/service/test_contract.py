@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tempfile
 from pathlib import Path
@@ -10,10 +11,17 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from service_cases import ACTIVATING
 
-from sampling import SamplingError, SamplingParams
-from sampling.registry import PARAMETERS, STRATEGIES
-from service import catalog, client_params, params, protogen
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.sampling import SamplingError, SamplingParams
+from samplerd.sampling.registry import PARAMETERS, STRATEGIES
+from samplerd.service import catalog, params
+from samplerd.service.client import params as client_params
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+
+# The stub generator is a contributor's script beside proto/, not part of the installed package.
+_GENERATOR = Path(__file__).resolve().parents[2] / "proto" / "generate.py"
+_spec = importlib.util.spec_from_file_location("proto_generate", _GENERATOR)
+protogen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(protogen)
 
 PROTO_TYPES = {
     "float": FieldDescriptor.TYPE_DOUBLE,
@@ -63,7 +71,7 @@ def test_every_scalar_parameter_comment_states_the_registry_range(name: str) -> 
 def test_committed_generated_code_is_current() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stale = protogen.stale_files(protogen.generate(Path(tmp)))
-    assert not stale, f"stale generated code {stale}: run python -m service.protogen"
+    assert not stale, f"stale generated code {stale}: run python proto/generate.py"
 
 
 def test_stale_generated_code_is_detected(tmp_path: Path) -> None:
@@ -78,7 +86,7 @@ def test_stale_generated_code_is_detected(tmp_path: Path) -> None:
 
 def test_generated_code_imports_from_its_package() -> None:
     text = (protogen.GENERATED_ROOT / "samplerd/v1/sampler_pb2_grpc.py").read_text()
-    assert "from service.generated.samplerd.v1 import sampler_pb2" in text
+    assert "from samplerd.service.generated.samplerd.v1 import sampler_pb2" in text
 
 
 def test_every_strategy_has_an_activating_parameter_set() -> None:

@@ -23,13 +23,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service_cases import ACTIVATING, SESSION_ONLY
 
-from sampling import SamplingParams, sample
-from sampling.registry import PARAMETERS, STRATEGY_LABELS
-from service.client import AsyncSamplerClient, SamplerClient, SampleResult, build_request, field_violations
-from service.config import message_size_options
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess, start_server
+from samplerd.sampling import SamplingParams, sample
+from samplerd.sampling.registry import PARAMETERS, STRATEGY_LABELS
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.client import AsyncSamplerClient, SamplerClient, SampleResult, build_request, field_violations
+from samplerd.service.config import message_size_options
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

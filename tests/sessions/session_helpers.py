@@ -13,11 +13,11 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import client_params
-from service.client import encode_logits
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess, start_server
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.client import encode_logits
+from samplerd.service.client import params as client_params
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -125,6 +125,6 @@ def wait_for_metric(server: ServerProcess, name: str, value: float, timeout_s: f
 
 def field_of(error: grpc.RpcError) -> list[str]:
     """The fields a google.rpc.BadRequest in ``error`` names."""
-    from service.client import field_violations
+    from samplerd.service.client import field_violations
 
     return [name for name, _ in field_violations(error)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from session_helpers import SessionClient, field_of, metric_value, start_session_server, wait_for_metric
 
-from service.process import ServerProcess
+from samplerd.service.bench.process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -22,11 +22,11 @@ from session_helpers import (
     wait_for_metric,
 )
 
-from sampling import SamplingParams, SequenceState, filter_logits, sample
-from sampling.strategies.path_top_p import path_aware_step
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.process import ServerProcess
-from workers.pool import ACTOR_NAME_PREFIX
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits, sample
+from samplerd.sampling.strategies.path_top_p import path_aware_step
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.workers.pool import ACTOR_NAME_PREFIX
 
 pytestmark = pytest.mark.e2e
 
@@ -240,7 +240,7 @@ OPEN = pb.SampleStreamRequest(open=pb.SessionOpen(sequences=[pb.SequenceSpec(seq
 
 
 def _step(ids: list[str], logits: np.ndarray | None = None) -> pb.SampleStreamRequest:
-    from service.client import encode_logits
+    from samplerd.service.client import encode_logits
 
     message = pb.SessionStep(sequence_ids=ids)
     if logits is not None:

@@ -1,4 +1,4 @@
-"""The shared-memory registry on its own (service.shared_memory): owners, limits, clearing."""
+"""The shared-memory registry on its own (samplerd.service.shared_memory): owners, limits, clearing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.errors import RequestError
-from service.shared_memory import SHM_DIR, SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
+from samplerd.service.errors import RequestError
+from samplerd.service.shared_memory import SHM_DIR, SharedAccess, SharedMemoryLimits, SharedMemoryRegistry
 
 
 @pytest.fixture()

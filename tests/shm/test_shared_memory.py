@@ -17,11 +17,11 @@ import grpc
 import pytest
 import torch
 
-from sampling import SamplingParams, sample
-from service.client import SamplerClient, field_violations
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.process import ServerProcess, serving
-from service.shm_region import SHM_DIR, SharedMemoryRegion
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.bench.process import ServerProcess, serving
+from samplerd.service.client import SamplerClient, field_violations
+from samplerd.service.client.shared_memory import SHM_DIR, SharedMemoryRegion
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ import pytest
 import pytest_asyncio
 from batch_log import BatchLog
 
-from service.config import DispatcherConfig
-from service.dispatcher import Dispatcher
-from workers.config import PoolConfig
+from samplerd.service.config import DispatcherConfig
+from samplerd.service.dispatcher import Dispatcher
+from samplerd.workers.config import PoolConfig
 
 
 @pytest.fixture(scope="session")

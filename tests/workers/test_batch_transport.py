@@ -18,12 +18,12 @@ import pytest_asyncio
 import torch
 from test_dispatcher import assert_same_output, direct
 
-from sampling import SamplingParams
-from service.config import DispatcherConfig
-from service.dispatcher import Dispatcher, SampleJob
-from workers import WorkerState
-from workers.config import PoolConfig
-from workers.pool import COPY_ON_LOOP_BYTES, INLINE_BYTES
+from samplerd.sampling import SamplingParams
+from samplerd.service.config import DispatcherConfig
+from samplerd.service.dispatcher import Dispatcher, SampleJob
+from samplerd.workers import WorkerState
+from samplerd.workers.config import PoolConfig
+from samplerd.workers.pool import COPY_ON_LOOP_BYTES, INLINE_BYTES
 
 on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
 

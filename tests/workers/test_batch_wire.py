@@ -1,11 +1,11 @@
-"""The batch wire format of workers.batch, without Ray: what the dispatcher and an actor exchange."""
+"""The batch wire format of samplerd.workers.batch, without Ray: what the dispatcher and an actor exchange."""
 
 from __future__ import annotations
 
 import torch
 
-from sampling import SamplingParams, sample
-from workers.batch import DTYPE_NAMES, pack_logits, stack_group, take_job, to_numpy, unpack_logits
+from samplerd.sampling import SamplingParams, sample
+from samplerd.workers.batch import DTYPE_NAMES, pack_logits, stack_group, take_job, to_numpy, unpack_logits
 
 
 def test_logits_of_every_dtype_survive_packing_bit_for_bit() -> None:

@@ -17,11 +17,11 @@ import ray
 import torch
 from batch_log import BatchLog
 
-from sampling import SampleOutput, SamplingError, SamplingParams, SequenceState, sample
-from service.config import DispatcherConfig
-from service.dispatcher import Dispatcher, SampleJob, SampleResult
-from service.errors import DeadlineExceededError, QueueFullError, WorkersUnavailableError
-from workers.config import PoolConfig
+from samplerd.sampling import SampleOutput, SamplingError, SamplingParams, SequenceState, sample
+from samplerd.service.config import DispatcherConfig
+from samplerd.service.dispatcher import Dispatcher, SampleJob, SampleResult
+from samplerd.service.errors import DeadlineExceededError, QueueFullError, WorkersUnavailableError
+from samplerd.workers.config import PoolConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -21,10 +21,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sampling import SamplingParams, SequenceState, sample
-from workers.batch import WIRE_TYPES, BatchOutput, GroupResult, stack_group, to_numpy
-from workers.config import LinkLimits
-from workers.socket_link import (
+from samplerd.sampling import SamplingParams, SequenceState, sample
+from samplerd.workers.batch import WIRE_TYPES, BatchOutput, GroupResult, stack_group, to_numpy
+from samplerd.workers.config import LinkLimits
+from samplerd.workers.socket_link import (
     _FRAME,
     _OK,
     LinkAddress,
@@ -33,7 +33,7 @@ from workers.socket_link import (
     SocketLink,
     _proof,
 )
-from workers.wire import DTYPES, Codec, WireError
+from samplerd.workers.wire import DTYPES, Codec, WireError
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="batch links need Linux")
 

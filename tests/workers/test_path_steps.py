@@ -13,11 +13,11 @@ import pytest_asyncio
 import torch
 from batch_log import BatchLog
 
-from sampling import SamplingError, SamplingParams, SequenceState, filter_logits
-from sampling.strategies.path_top_p import path_aware_step
-from service.config import DispatcherConfig
-from service.dispatcher import Dispatcher, PathStepJob, PathStepResult, SampleJob, SampleResult
-from workers.config import PoolConfig
+from samplerd.sampling import SamplingError, SamplingParams, SequenceState, filter_logits
+from samplerd.sampling.strategies.path_top_p import path_aware_step
+from samplerd.service.config import DispatcherConfig
+from samplerd.service.dispatcher import Dispatcher, PathStepJob, PathStepResult, SampleJob, SampleResult
+from samplerd.workers.config import PoolConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,4 +1,4 @@
-"""The sampler actor reading logits straight from a client's shared memory (workers.region).
+"""The sampler actor reading logits straight from a client's shared memory (samplerd.workers.region).
 
 The actor class is used in-process (its ``sample_batch`` is plain Python); the regions are real
 POSIX shared-memory objects in /dev/shm.
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sampling import SamplingParams, sample
-from workers.batch import RowError, pack_logits, stack_group
-from workers.pool import localize
-from workers.region import RegionError, RegionSlice, read_array
-from workers.sampler_actor import SamplerActor
+from samplerd.sampling import SamplingParams, sample
+from samplerd.workers.batch import RowError, pack_logits, stack_group
+from samplerd.workers.pool import localize
+from samplerd.workers.region import RegionError, RegionSlice, read_array
+from samplerd.workers.sampler_actor import SamplerActor
 
 PARAMS = SamplingParams(top_k=20, seed=3)
 

@@ -37,9 +37,9 @@ import ray.util.client
 from ray.cluster_utils import Cluster
 from test_batch_transport import mixed_jobs
 from test_dispatcher import assert_same_output, direct
-from service.config import DispatcherConfig
-from service.dispatcher import Dispatcher
-from workers.config import PoolConfig
+from samplerd.service.config import DispatcherConfig
+from samplerd.service.dispatcher import Dispatcher
+from samplerd.workers.config import PoolConfig
 
 async def answered_right(d, jobs):
     for job, result in zip(jobs, await asyncio.gather(*(d.submit(job) for job in jobs)), strict=True):

@@ -2,7 +2,7 @@
 CUDA error that poisons the device ends the actor's process (the pool replaces it), an
 out-of-memory does not, and the warm-up samples the shapes a CUDA actor serves.
 
-The actor is a plain class (Ray wraps it in workers.pool), exercised here in-process; the
+The actor is a plain class (Ray wraps it in samplerd.workers.pool), exercised here in-process; the
 CUDA faults are simulated, the warm-up batches built on the virtual CUDA device of
 tests/sampling/virtual_cuda.py.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import SamplingParams
-from workers import sampler_actor
-from workers.batch import RowError, RowGroup
-from workers.sampler_actor import SamplerActor, is_device_fault, warmup_batches
+from samplerd.sampling import SamplingParams
+from samplerd.workers import sampler_actor
+from samplerd.workers.batch import RowError, RowGroup
+from samplerd.workers.sampler_actor import SamplerActor, is_device_fault, warmup_batches
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sampling"))
 from virtual_cuda import VirtualCuda, is_cuda  # noqa: E402
@@ -102,7 +102,7 @@ def test_which_errors_poison_a_cuda_device(error, fault):
 
 
 def test_a_cuda_warm_up_covers_every_dtype_both_paths_and_both_vocabulary_alignments():
-    from sampling.gpu import fused_chain
+    from samplerd.sampling.gpu import fused_chain
 
     with VirtualCuda() as device:
         batches = warmup_batches(CUDA)

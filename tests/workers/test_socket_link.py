@@ -1,4 +1,4 @@
-"""Batch links (workers.socket_link) on their own, without Ray: a LinkServer in this process
+"""Batch links (samplerd.workers.socket_link) on their own, without Ray: a LinkServer in this process
 (its thread) or in a child process, and the SocketLink on the test's event loop.
 
 A link carries batches whose arrays travel out of band (through its arena when they fit, else
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from workers.socket_link import (
+from samplerd.workers.socket_link import (
     _ARENA_SEALS,
     _BUFFER,
     _FRAME,
@@ -41,7 +41,7 @@ from workers.socket_link import (
     _Arena,
     _proof,
 )
-from workers.wire import WireError
+from samplerd.workers.wire import WireError
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="batch links need Linux")
 
@@ -406,7 +406,7 @@ async def test_an_answer_holding_an_object_beyond_the_links_types_fails_that_cal
 
 SERVER_SCRIPT = """
 import pickle, sys, threading
-from workers.socket_link import LinkServer
+from samplerd.workers.socket_link import LinkServer
 server = LinkServer(lambda batch: threading.Event().wait())  # never answers
 sys.stdout.buffer.write(pickle.dumps(server.address("child")).hex().encode() + b"\\n")
 sys.stdout.flush()

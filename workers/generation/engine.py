@@ -16,7 +16,7 @@ Pure Python and PyTorch, usable without Ray::
 
 A request submitted with ``feed=True`` has no outbox of its own: its events go to the engine's
 one feed, which :meth:`GenerationEngine.poll_feed` drains for every such request at once. That
-is how the language-model actor serves all its streams with one poll (see :mod:`workers.lm_actor`).
+is how the language-model actor serves all its streams with one poll (see :mod:`samplerd.workers.lm_actor`).
 
 The loop (:meth:`GenerationEngine.step`, run by :meth:`start`'s thread or by the caller):
 
@@ -24,12 +24,12 @@ The loop (:meth:`GenerationEngine.step`, run by :meth:`start`'s thread or by the
 2. admit waiting requests while the batch has room (``max_batch_size``): each new prompt is
    prefilled alone, in one forward pass with its own KV cache;
 3. one forward pass over the running batch, one new token per row, through the batch's
-   shared KV cache (:mod:`workers.generation.kv_batch`: rows left-padded to a common length,
+   shared KV cache (:mod:`samplerd.workers.generation.kv_batch`: rows left-padded to a common length,
    masked, with their own position ids);
 4. one :func:`sampling.sample` call over the last logits of all rows, prefilled and decoding
    alike, each row with its own SamplingParams, step counter (the index of the generated
    token) and SequenceState (prompt + generated history, mirostat's mu);
-5. each row's token goes through its :class:`~workers.generation.sequence.Sequence`
+5. each row's token goes through its :class:`~samplerd.workers.generation.sequence.Sequence`
    (state advance, text, stop conditions); new rows join the batch, finished rows leave it.
 
 So sequences join and leave between steps (continuous batching) and never wait for each
@@ -59,17 +59,17 @@ from typing import Any
 
 import torch
 
-from sampling import SampleOutput, sample
-from workers.generation.kv_batch import PaddedKVBatch, supports_padding
-from workers.generation.loader import LoadedModel, ModelInfo, load_model
-from workers.generation.request import (
+from samplerd.sampling import SampleOutput, sample
+from samplerd.workers.generation.kv_batch import PaddedKVBatch, supports_padding
+from samplerd.workers.generation.loader import LoadedModel, ModelInfo, load_model
+from samplerd.workers.generation.request import (
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
     InvalidGenerationRequest,
     TokenEvent,
 )
-from workers.generation.sequence import SampledRow, Sequence
+from samplerd.workers.generation.sequence import SampledRow, Sequence
 
 _log = logging.getLogger(__name__)
 
@@ -121,10 +121,10 @@ class GenerationEngine:
     """A causal LM loaded from a local directory, generating for many requests at once.
 
     ``device``: ``auto`` | ``cpu`` | ``cuda``; ``dtype``: ``auto`` | ``float32`` | ``float16`` |
-    ``bfloat16`` (see :mod:`workers.generation.loader`); ``max_batch_size``: sequences decoded
+    ``bfloat16`` (see :mod:`samplerd.workers.generation.loader`); ``max_batch_size``: sequences decoded
     together (more wait, first come first served); ``batching``: see :data:`BATCHING`;
     ``finished_ttl_s``: how long events of a finished request wait for a reader before they
-    are dropped. Raises :class:`~workers.generation.loader.ModelLoadError` when the directory
+    are dropped. Raises :class:`~samplerd.workers.generation.loader.ModelLoadError` when the directory
     holds no loadable model.
     """
 

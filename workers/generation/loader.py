@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from workers.config import DEVICES, MODEL_DTYPES
+from samplerd.workers.config import DEVICES, MODEL_DTYPES
 
 #: Accepted ``device`` values: ``auto`` is cuda when this process sees a GPU, else cpu.
 #: Accepted ``dtype`` values: ``auto`` is float32 on cpu and bfloat16 on cuda (float16 where
@@ -52,7 +52,7 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> torch.device:
-    """The torch device for a configured name (see :data:`workers.config.DEVICES`); Ray exposes an actor's
+    """The torch device for a configured name (see :data:`samplerd.workers.config.DEVICES`); Ray exposes an actor's
     GPU as ``cuda:0``."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -64,7 +64,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The torch dtype for a configured name (see :data:`workers.config.MODEL_DTYPES`)."""
+    """The torch dtype for a configured name (see :data:`samplerd.workers.config.MODEL_DTYPES`)."""
     if dtype not in MODEL_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     if dtype == "auto":

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sampling import SamplingError, SamplingParams
+from samplerd.sampling import SamplingError, SamplingParams
 
 #: Why a generation ended. ``error`` is only used when the engine itself failed (the model's
 #: forward pass raised, say); ``FinishEvent.error`` then says what happened.

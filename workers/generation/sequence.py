@@ -10,9 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sampling import SequenceState, advance
-from workers.generation.detokenizer import Decoder, IncrementalDetokenizer
-from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest, SessionStats, TokenEvent
+from samplerd.sampling import SequenceState, advance
+from samplerd.workers.generation.detokenizer import Decoder, IncrementalDetokenizer
+from samplerd.workers.generation.request import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    SessionStats,
+    TokenEvent,
+)
 
 
 @dataclass(frozen=True)

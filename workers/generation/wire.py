@@ -1,9 +1,9 @@
 """Generation requests and events as plain values, for the language-model actor's links.
 
-The event channel (:mod:`workers.lm_actor`) carries every live request's events in one answer,
+The event channel (:mod:`samplerd.workers.lm_actor`) carries every live request's events in one answer,
 many times per second, so their form on the wire matters: a tuple of plain values (str, int,
 float, None and tuples of them) pickles in a fraction of the time and bytes a dataclass takes,
-and is what any wire format of :mod:`workers.socket_link` carries without knowing these types.
+and is what any wire format of :mod:`samplerd.workers.socket_link` carries without knowing these types.
 Requests travel the same way (their sampling parameters as a dict of the values that differ
 from the defaults), and are validated again when rebuilt on the actor. Lists where tuples were
 sent are accepted back (a wire format may not tell them apart).
@@ -15,8 +15,14 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
-from sampling import SamplingParams
-from workers.generation.request import FinishEvent, GenerationEvent, GenerationRequest, SessionStats, TokenEvent
+from samplerd.sampling import SamplingParams
+from samplerd.workers.generation.request import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    SessionStats,
+    TokenEvent,
+)
 
 _TOKEN, _FINISH = "t", "f"
 _TOKEN_FIELDS = tuple(f.name for f in fields(TokenEvent))

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service.generated.samplerd.v1 import sampler_pb2 as samplerd_dot_v1_dot_sampler__pb2
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as samplerd_dot_v1_dot_sampler__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import SamplingParams, sample
-from sampling.registry import PARAMETERS, STRATEGIES
-from service.bench import Measurement
-from service.bench import plot as plot_service
-from service.cli import main
-from service.commands import flag_of
-from service.process import ServerProcess
+from samplerd.sampling import SamplingParams, sample
+from samplerd.sampling.registry import PARAMETERS, STRATEGIES
+from samplerd.service.bench.process import ServerProcess
+from samplerd.service.bench.service import Measurement
+from samplerd.service.bench.service import plot as plot_service
+from samplerd.service.cli.commands import flag_of
+from samplerd.service.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def samplerd(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``samplerd ARGV`` as a child process (the console script's module)."""
-    return subprocess.run([sys.executable, "-m", "service.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "samplerd.service.cli", *argv], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 

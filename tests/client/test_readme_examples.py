@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.client import SamplerClient
-from service.process import ServerProcess, start_server
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.client import SamplerClient
 
 pytestmark = pytest.mark.e2e
 

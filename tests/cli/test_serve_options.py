@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from service.cli import SERVE_OPTIONS, build_parser, env_name, main, parse_args
+from samplerd.service.cli.main import SERVE_OPTIONS, build_parser, env_name, main, parse_args
 
 
 def test_serve_help_lists_every_option_with_its_environment_variable() -> None:
-    text = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--help"], capture_output=True, text=True,
+    text = subprocess.run([sys.executable, "-m", "samplerd.service.cli", "serve", "--help"],
+                          capture_output=True, text=True,
                           timeout=60, check=True).stdout
     for flag, *_ in SERVE_OPTIONS:
         assert flag in text

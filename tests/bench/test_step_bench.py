@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.step_bench import Case, parse_cases
+from samplerd.service.bench.step import Case, parse_cases
 
 TRITON_PYTHON = Path(os.environ.get("SAMPLERD_TRITONCLIENT_VENV", ".venv-tritonclient")) / "bin" / "python"
 
@@ -23,7 +23,7 @@ def test_cases_parse_and_bad_ones_are_refused() -> None:
 
 def test_a_short_run_prints_every_row_and_the_targets() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "service.cli", "bench", "step", "--cases", "2:fp16,3:bf16", "--vocab", "3000",
+        [sys.executable, "-m", "samplerd.service.cli", "bench", "step", "--cases", "2:fp16,3:bf16", "--vocab", "3000",
          "--rounds", "1", "--calls", "1", "--tritonclient-python", str(TRITON_PYTHON)],
         capture_output=True, text=True, timeout=300,
     )

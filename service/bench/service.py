@@ -29,11 +29,11 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.client import DEFAULT_MAX_MESSAGE_BYTES, build_request
-from service.config import message_size_options
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import start_server
+from samplerd.service.bench.process import start_server
+from samplerd.service.client import DEFAULT_MAX_MESSAGE_BYTES, build_request
+from samplerd.service.config import message_size_options
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     logits = np.random.default_rng(0).standard_normal((args.rows, args.vocab), dtype=np.float32) * 3
     request = build_request(logits, top_p=args.top_p)
-    empty = subprocess.Popen([sys.executable, "-m", "service.bench", "empty-server"], stdin=subprocess.PIPE,
+    empty = subprocess.Popen([sys.executable, "-m", "samplerd.service.bench.service", "empty-server"],
+                             stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     samplerd = None
     try:

@@ -1,4 +1,4 @@
-"""The streaming calls of :class:`service.client.SamplerClient`: ``Generate`` as an iterator
+"""The streaming calls of :class:`samplerd.service.client.SamplerClient`: ``Generate`` as an iterator
 of tokens, ``SampleStream`` as a session object with one method per message.
 
 >>> for token in client.generate("Once upon a time", max_tokens=16, top_p=0.9, seed=7):
@@ -15,11 +15,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service import client_params
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.client import params as client_params
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 if TYPE_CHECKING:
-    from service.client import RowSample
+    from samplerd.service.client import RowSample
 
 
 class GenerateStream:
@@ -89,7 +89,7 @@ class SampleSession:
     def __init__(self, stub: Any, sequences: Mapping[str, Mapping[str, Any]] | Sequence[str], *,
                  prompts: Mapping[str, Sequence[int]] | None = None, session_id: str = "",
                  timeout: float | None = None, **params: Any) -> None:
-        from service.client import encode_logits  # the client module imports this one
+        from samplerd.service.client import encode_logits  # the client module imports this one
 
         self._encode = encode_logits
         self._requests: queue.Queue = queue.Queue()
@@ -115,7 +115,7 @@ class SampleSession:
              forced: Mapping[str, Iterable[int]] | None = None) -> SessionStep:
         """One step: ``logits`` [R, V] (numpy or torch) for ``sequence_ids`` (default: every
         sequence, in the order given at open), and/or tokens the caller chose itself."""
-        from service.client import decode_row
+        from samplerd.service.client import decode_row
 
         if self._closed is not None:
             raise RuntimeError("the session is closed")

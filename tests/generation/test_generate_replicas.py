@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess, start_server
-from workers.generation.tiny_model import build_tiny_model
-from workers.lm_actor import ACTOR_NAME_PREFIX
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from samplerd.workers.generation.tiny_model import build_tiny_model
+from samplerd.workers.lm_actor import ACTOR_NAME_PREFIX
 
 pytestmark = pytest.mark.e2e
 

@@ -1,9 +1,9 @@
 """Regenerate the Python protobuf/gRPC code of ``proto/`` into ``service/generated/``.
 
-``python -m service.protogen`` rewrites the generated package; ``python -m service.protogen
+``python proto/generate.py`` rewrites the generated package; ``python proto/generate.py
 --check`` exits 1 when the committed code is stale. The generated modules are the only home
-of the protobuf code: everything imports them as ``service.generated.samplerd.v1`` (and the
-Open Inference Protocol copy as ``service.generated.inference``).
+of the protobuf code: everything imports them as ``samplerd.service.generated.samplerd.v1`` (and the
+Open Inference Protocol copy as ``samplerd.service.generated.inference``).
 
 protoc writes imports relative to the proto root (``from samplerd.v1 import ...``, ``from
 inference import ...``); they are rewritten to the package path so the code works without
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "proto"
 GENERATED_ROOT = REPO_ROOT / "service" / "generated"
-PACKAGE = "service.generated"
+PACKAGE = "samplerd.service.generated"
 
 # The top-level proto packages (directories under proto/) whose generated imports are rewritten.
 _PROTO_PACKAGES = ("samplerd", "inference")
@@ -61,7 +61,7 @@ def generate(out_dir: Path) -> dict[Path, str]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed: " + " ".join(args))
-    files: dict[Path, str] = {Path("__init__.py"): '"""Generated protobuf code; see service.protogen."""\n'}
+    files: dict[Path, str] = {Path("__init__.py"): '"""Generated protobuf code; see proto/generate.py."""\n'}
     for path in sorted(out_dir.rglob("*.py*")):
         rel = path.relative_to(out_dir)
         files[rel] = _IMPORT_RE.sub(rf"\1 {PACKAGE}.\2", path.read_text())
@@ -95,7 +95,7 @@ def write(generated: dict[Path, str], root: Path = GENERATED_ROOT) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: regenerate, or with ``--check`` report stale generated code."""
-    parser = argparse.ArgumentParser(prog="python -m service.protogen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python proto/generate.py", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if service/generated is stale")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files(generated)
         for rel in stale:
-            print(f"stale: service/generated/{rel} (run: python -m service.protogen)", file=sys.stderr)
+            print(f"stale: service/generated/{rel} (run: python proto/generate.py)", file=sys.stderr)
         return 1 if stale else 0
     write(generated)
     return 0

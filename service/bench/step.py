@@ -31,16 +31,16 @@ from pathlib import Path
 import grpc
 import torch
 
-from sampling import SamplingParams, sample
-from service.client import SamplerClient, build_request
-from service.config import message_size_options
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import start_server
-from service.shm_region import SharedMemoryRegion
+from samplerd.sampling import SamplingParams, sample
+from samplerd.service.bench.process import start_server
+from samplerd.service.client import SamplerClient, build_request
+from samplerd.service.client.shared_memory import SharedMemoryRegion
+from samplerd.service.config import message_size_options
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 PARAMS = {"top_p": 0.9, "min_p": 0.05, "top_k": 50, "temperature": 0.7, "seed": 1}
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TRITON_SCRIPT = Path(__file__).with_name("step_bench_tritonclient.py")
+TRITON_SCRIPT = Path(__file__).with_name("step_tritonclient.py")
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ class TritonRow:
 
 def empty_server() -> tuple[subprocess.Popen, str]:
     """The empty handler of ``samplerd bench service`` as a child process, and its target."""
-    empty = subprocess.Popen([sys.executable, "-m", "service.bench", "empty-server"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    empty = subprocess.Popen([sys.executable, "-m", "samplerd.service.bench.service", "empty-server"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return empty, "127.0.0.1:" + empty.stdout.readline().strip().removeprefix("port=")
 
 

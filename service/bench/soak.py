@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: Actor name prefix of the pool (``workers.pool.ACTOR_NAME_PREFIX``), repeated here so that
+#: Actor name prefix of the pool (``samplerd.workers.pool.ACTOR_NAME_PREFIX``), repeated here so that
 #: importing this module for the CLI does not import Ray.
 _ACTOR_NAME_PREFIX = "samplerd-sampler-"
 #: Codes a request that had to succeed may still get while actors die or the queue is full.
@@ -116,8 +116,8 @@ def build_cases(seed: int, count: int = 48) -> list[Case]:
     """The traffic mix; seeded cases carry ``sampling.sample``'s tokens for their input."""
     import torch
 
-    from sampling import SamplingParams, sample
-    from service.client import build_request
+    from samplerd.sampling import SamplingParams, sample
+    from samplerd.service.client import build_request
 
     rng = random.Random(seed)
     cases = []
@@ -227,8 +227,8 @@ async def soak(target: str, server_pid: int, seconds: float, concurrency: int, k
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from service.config import message_size_options
-    from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+    from samplerd.service.config import message_size_options
+    from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
     cases = await asyncio.to_thread(build_cases, seed)
     report = SoakReport(seconds=seconds)
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     """``samplerd bench soak``: start Ray and a server, soak it, print the report."""
     import ray
 
-    from service.process import start_server
+    from samplerd.service.bench.process import start_server
 
     ray.init(address="local", include_dashboard=False, num_cpus=max(4, args.workers * 2), log_to_driver=False)
     server = None

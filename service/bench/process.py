@@ -70,7 +70,7 @@ def start_server(*options: str, env: dict[str, str] | None = None, bind_timeout_
     """Start ``samplerd serve --host 127.0.0.1 --port 0 --metrics-port 0 *options``; return once
     its ports are bound (health is NOT_SERVING until the workers are up). Without
     ``--ray-address`` in ``options`` it starts its own local Ray instance."""
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+    command = [sys.executable, "-m", "samplerd.service.cli", "serve", "--host", "127.0.0.1", "--port", "0",
                "--metrics-port", "0", *options]
     environment = {**os.environ, **(env or {})}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)

@@ -1,7 +1,7 @@
 """``samplerd bench generate``: generation tokens/s for 1 and 16 concurrent prompts, engine and gRPC.
 
 Two paths, measured in one run on the same model (the tiny GPT-2 of
-:mod:`workers.generation.tiny_model`, built in a temporary directory, unless ``--model DIR``):
+:mod:`samplerd.workers.generation.tiny_model`, built in a temporary directory, unless ``--model DIR``):
 
 1. the engine in this process (:func:`run_generation_bench`, no Ray, no gRPC): the decode loop
    alone, continuously batched, and the largest concurrency again with ``batching="solo"`` (one
@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _engine_once(engine: Any, concurrency: int, max_tokens: int, repeat: int) -> tuple[int, float, list[float]]:
     """Generate ``concurrency`` x ``max_tokens`` tokens at once; (tokens, wall seconds, each
     request's time to its first token)."""
-    from sampling import SamplingParams
-    from workers.generation import GenerationRequest
+    from samplerd.sampling import SamplingParams
+    from samplerd.workers.generation import GenerationRequest
 
     requests = [GenerationRequest(prompt=_PROMPTS[i % len(_PROMPTS)], max_tokens=max_tokens, ignore_eos=True,
                                   params=SamplingParams(temperature=1.0, seed=1000 * repeat + i))
@@ -78,7 +78,7 @@ def _engine_once(engine: Any, concurrency: int, max_tokens: int, repeat: int) ->
 def _engines(directory: Path, device: str, dtype: str, concurrencies: tuple[int, ...]) -> dict[str, Any]:
     """The engines to measure, warmed up: ``padded`` (continuous batching) and, when the model
     allows padding and some case is concurrent, ``solo`` for comparison."""
-    from workers.generation import GenerationEngine, GenerationRequest
+    from samplerd.workers.generation import GenerationEngine, GenerationRequest
 
     engines = {"padded": GenerationEngine(directory, device, dtype, max_batch_size=max(concurrencies))}
     if engines["padded"].info.batching != "padded":
@@ -141,7 +141,7 @@ def run_generation_bench(model_dir: str | Path | None = None, *, device: str = "
     for the run (1 by default: on a shared machine more threads make each small operation
     wait for busy cores; the language-model actor also runs one); None leaves it.
     """
-    from workers.generation.tiny_model import build_tiny_model
+    from samplerd.workers.generation.tiny_model import build_tiny_model
 
     with _torch_threads(torch_threads), tempfile.TemporaryDirectory(prefix="samplerd-tiny-lm-") as scratch:
         directory = Path(model_dir) if model_dir is not None else build_tiny_model(Path(scratch) / "model")
@@ -175,8 +175,8 @@ async def _grpc_case(target: str, concurrency: int, max_tokens: int, repeat: int
     time to its first token)."""
     import grpc
 
-    from service.generated.samplerd.v1 import sampler_pb2 as pb
-    from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+    from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+    from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.SamplerStub(channel)
@@ -202,7 +202,7 @@ async def _grpc_case(target: str, concurrency: int, max_tokens: int, repeat: int
 
 def _start_server(model_dir: Path, max_tokens: int, device: str) -> Any:
     """A ``samplerd serve --model`` child, SERVING."""
-    from service.process import start_server
+    from samplerd.service.bench.process import start_server
 
     server = start_server("--workers", "1", "--device", device, "--model", str(model_dir), "--model-device", device,
                           "--model-max-tokens", str(max(max_tokens, 1)))
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     With gRPC, the server starts first and each repeat runs the engine case and then the gRPC
     case of the same concurrency, so that both see the same machine (on shared cores the load
     drifts within seconds)."""
-    from workers.generation.tiny_model import build_tiny_model
+    from samplerd.workers.generation.tiny_model import build_tiny_model
 
     concurrencies = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
     label = args.model or "tiny GPT-2 (built in a temp dir)"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, main, parse_args
-from service.config import ServerConfig
-from service.process import start_server
+from samplerd.service.bench.process import start_server
+from samplerd.service.cli.main import build_parser, main, parse_args
+from samplerd.service.config import ServerConfig
 
 
 def test_model_options_have_flags_environment_variables_and_defaults(tmp_path: Path) -> None:

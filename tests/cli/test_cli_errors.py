@@ -18,7 +18,7 @@ COMMON = {"seed", "n", "top_logprobs", "min_tokens_to_keep", "stats_top_k"}
 
 
 def samplerd(*argv: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "samplerd.service.cli", *argv], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 

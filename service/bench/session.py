@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 import grpc
 import numpy as np
 
-from service import client_params
-from service.client import build_request, encode_logits
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import start_server
+from samplerd.service.bench.process import start_server
+from samplerd.service.client import build_request, encode_logits
+from samplerd.service.client import params as client_params
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _VARIANTS = 4  # distinct logits tensors, cycled over the steps

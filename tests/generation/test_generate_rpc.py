@@ -18,12 +18,12 @@ import grpc
 import pytest
 import torch
 
-from service.client import field_violations
-from service.client_params import to_proto
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.process import ServerProcess, start_server
-from workers.generation.tiny_model import build_tiny_model
+from samplerd.service.bench.process import ServerProcess, start_server
+from samplerd.service.client import field_violations
+from samplerd.service.client.params import to_proto
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from samplerd.workers.generation.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from service.client import ParameterError, SamplerClient, build_request
-from service.client_streams import generate_request
-from service.metrics import Metrics
+from samplerd.service.client import ParameterError, SamplerClient, build_request
+from samplerd.service.client.streams import generate_request
+from samplerd.service.metrics import Metrics
 
 LOGITS = np.zeros((3, 8), dtype=np.float32)
 

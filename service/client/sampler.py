@@ -1,6 +1,6 @@
 """A small Python client for samplerd.
 
->>> from service.client import SamplerClient
+>>> from samplerd.service.client import SamplerClient
 >>> with SamplerClient("localhost:50051") as client:
 ...     result = client.sample(logits, top_p=0.9, seed=7)   # logits: numpy or torch, [B, V] or [V]
 ...     result.token_ids                                      # [[id], ...] one list per row
@@ -11,7 +11,7 @@ per row, merged over the keyword arguments) and ``steps`` set per-row values. Er
 value the wire cannot carry (``seed=-1``, ``top_p="0.9"``) raises :class:`ParameterError`
 (a ValueError and TypeError) naming the field before anything is sent. ``client.wait()``
 blocks until a freshly started server can answer; ``client.generate(...)`` and
-``client.session(...)`` are the streaming calls (:mod:`service.client_streams`).
+``client.session(...)`` are the streaming calls (:mod:`samplerd.service.client.streams`).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from service import client_params
-from service.client_params import ParameterError as ParameterError  # re-exported: raised by build_request
-from service.client_streams import GenerateStream, SampleSession, generate_request
-from service.config import ServerConfig, message_size_options
-from service.generated.samplerd.v1 import sampler_pb2 as pb
-from service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
-from service.security import open_channel
+from samplerd.service.client import params as client_params
+from samplerd.service.client.params import ParameterError as ParameterError  # re-exported: raised by build_request
+from samplerd.service.client.streams import GenerateStream, SampleSession, generate_request
+from samplerd.service.config import ServerConfig, message_size_options
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
+from samplerd.service.security import open_channel
 
 DEFAULT_MAX_MESSAGE_BYTES = ServerConfig.max_message_bytes
 _SERVICE = pb.DESCRIPTOR.services_by_name["Sampler"].full_name  # the health service name of the Sampler
@@ -189,9 +189,9 @@ class SamplerClient:
                  timeout: float | None = None, tls: bool = False, ca: Any = None, cert: Any = None,
                  key: Any = None, token: str | None = None, shared_memory: bool = False) -> None:
         # TLS when tls or ca/cert/key (paths or PEM bytes; cert+key: mutual TLS); token: a
-        # bearer token sent with every call. See service.security.open_channel.
+        # bearer token sent with every call. See samplerd.service.security.open_channel.
         # shared_memory: logits go through a region this client owns (same machine or pod as
-        # the server; see service.shm_region), grown as needed and removed by close().
+        # the server; see samplerd.service.client.shared_memory), grown as needed and removed by close().
         self._channel = open_channel(target, message_size_options(max_message_bytes), tls=tls, ca=ca, cert=cert,
                                      key=key, token=token)
         self._stub = pb_grpc.SamplerStub(self._channel)
@@ -199,7 +199,7 @@ class SamplerClient:
         self._target = target
         self._shared = None
         if shared_memory:
-            from service.shm_region import GrowingRegion
+            from samplerd.service.client.shared_memory import GrowingRegion
 
             self._shared = GrowingRegion(self._stub, timeout)
 
@@ -261,7 +261,7 @@ class SamplerClient:
                 timeout: float | None = None, **params: Any) -> SampleSession:
         """Open a decoding session (``SampleStream``): ``sequences`` are ids, or ids mapped to
         their own parameters (merged over ``params``); ``prompts`` seed the penalties' history.
-        See :class:`service.client_streams.SampleSession`."""
+        See :class:`samplerd.service.client.streams.SampleSession`."""
         return SampleSession(self._stub, sequences, prompts=prompts, session_id=session_id,
                              timeout=timeout or self._timeout, **params)
 

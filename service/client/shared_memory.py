@@ -1,7 +1,7 @@
 """Client side of samplerd's shared memory: a region this process owns, registered with a server.
 
->>> from service.client import SamplerClient
->>> from service.shm_region import SharedMemoryRegion
+>>> from samplerd.service.client import SamplerClient
+>>> from samplerd.service.client.shared_memory import SharedMemoryRegion
 >>> with SamplerClient("localhost:50051") as client, SharedMemoryRegion(client, 64 * 128256 * 2) as region:
 ...     result = client.sample(None, logits=region.put(logits_fp16), top_p=0.9, seed=7)
 
@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 SHM_DIR = Path("/dev/shm")
 
@@ -69,7 +69,7 @@ class SharedMemoryRegion:
     def put(self, array: Any, offset: int = 0) -> pb.Tensor:
         """Copy logits (numpy or torch, ``[B, V]`` or ``[V]``) into the region at ``offset`` and
         return the ``Tensor`` referencing them. Do not ``put`` over them before the answer came."""
-        from service.client import wire_array
+        from samplerd.service.client import wire_array
 
         if self._map is None:
             raise ValueError("the region is closed")
@@ -125,7 +125,7 @@ class GrowingRegion:
 
     def encode(self, array: Any) -> pb.Tensor:
         """``array`` copied into the region; the ``Tensor`` that references it."""
-        from service.client import wire_array
+        from samplerd.service.client import wire_array
 
         _, values = wire_array(array)
         if self._region is None or self._region.byte_size < values.nbytes:

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from service.generated.samplerd.v1 import sampler_pb2 as pb
+from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
 _FIELDS = pb.SamplingParams.DESCRIPTOR.fields_by_name
 _NUMBER_TYPES = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)

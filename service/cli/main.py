@@ -16,11 +16,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from service.config import ServerConfig
-from service.demo_model import DEMO
-from service.ports import PortInUseError
-from service.quiet_logs import quiet_third_party_logs
-from workers.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES
+from samplerd.service.config import ServerConfig
+from samplerd.service.demo_model import DEMO
+from samplerd.service.ports import PortInUseError
+from samplerd.service.quiet_logs import quiet_third_party_logs
+from samplerd.workers.config import BATCH_TRANSPORTS, DEVICES, MODEL_DTYPES
 
 _DEFAULTS = ServerConfig()
 
@@ -225,7 +225,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     serve = commands.add_parser("serve", help="run the sampling service", description=__doc__)
     _add_serve_options(serve, environ)
 
-    from service import commands as user_commands  # sample / strategies (light imports only)
+    from samplerd.service.cli import commands as user_commands  # sample / strategies (light imports only
 
     user_commands.one_line_errors(parser)
 
@@ -240,7 +240,9 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
     service_bench = targets.add_parser(
         "service", help="the service against an empty grpc.aio handler, at several concurrencies")
-    from service.bench import add_arguments as add_bench_arguments  # imports grpc: after quiet_third_party_logs
+    from samplerd.service.bench.service import (
+        add_arguments as add_bench_arguments,  # imports grpc: after quiet_third_party_logs
+    )
 
     add_bench_arguments(service_bench)
     targets.add_parser(
@@ -252,20 +254,20 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
                     "directory, so Generate can be tried without downloading a model: samplerd demo-model DIR, "
                     "then samplerd serve --model DIR. Its text is gibberish. (--model demo does this by itself.)")
     demo.add_argument("directory", metavar="DIR", help="where to write it (created if missing)")
-    from service.session_bench import add_arguments as add_session_bench_arguments
+    from samplerd.service.bench.session import add_arguments as add_session_bench_arguments
 
     add_session_bench_arguments(targets.add_parser(
         "session", help="one SampleStream session of 64 sequences against 64 unary calls per step"))
-    from service.bench_generate import add_arguments as add_generate_bench_arguments
+    from samplerd.service.bench.generate import add_arguments as add_generate_bench_arguments
 
     add_generate_bench_arguments(targets.add_parser(
         "generate", help="generation tokens/s for 1 and 16 concurrent prompts on a tiny model: engine and gRPC"))
-    from service.step_bench import add_arguments as add_step_bench_arguments
+    from samplerd.service.bench.step import add_arguments as add_step_bench_arguments
 
     add_step_bench_arguments(targets.add_parser(
         "step", help="one engine-sized step (B x 128256): in-process, Sample inline and by shared memory, OIP by "
                      "shared memory (tritonclient), an empty handler"))
-    from service.soak import add_arguments as add_soak_arguments
+    from samplerd.service.bench.soak import add_arguments as add_soak_arguments
 
     add_soak_arguments(targets.add_parser(
         "soak", help="mixed traffic with periodic sampler-actor kills; counts every answer (lost must be 0)"))
@@ -274,7 +276,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
 def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``bench kernels`` keeps its own options in ``args.args`` for
-    sampling.bench to parse."""
+    samplerd.sampling.bench to parse."""
     parser = build_parser(environ)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench" and args.target == "kernels":
@@ -323,36 +325,36 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo-model":
-            from service.demo_model import write_demo_model
+            from samplerd.service.demo_model import write_demo_model
 
             print(write_demo_model(args.directory))
             return 0
         if args.command in ("sample", "strategies"):
-            from service import commands as user_commands
+            from samplerd.service.cli import commands as user_commands
 
             run_command = user_commands.run_sample if args.command == "sample" else user_commands.run_strategies
             return user_commands.main_guard(run_command, args)
         if args.target == "kernels":
-            from sampling.bench import main as kernels_main  # written separately; imported only when asked
+            from samplerd.sampling.bench import main as kernels_main  # written separately; imported only when asked
 
             return kernels_main(args.args) or 0
         if args.target == "session":
-            from service.session_bench import run as run_session_bench
+            from samplerd.service.bench.session import run as run_session_bench
 
             return run_session_bench(args)
         if args.target == "generate":
-            from service.bench_generate import run as run_generate_bench
+            from samplerd.service.bench.generate import run as run_generate_bench
 
             return run_generate_bench(args)
         if args.target == "step":
-            from service.step_bench import run as run_step_bench
+            from samplerd.service.bench.step import run as run_step_bench
 
             return run_step_bench(args)
         if args.target == "soak":
-            from service.soak import run as run_soak
+            from samplerd.service.bench.soak import run as run_soak
 
             return run_soak(args)
-        from service.bench import run
+        from samplerd.service.bench.service import run
 
         return run(args)
     except KeyboardInterrupt:
@@ -367,12 +369,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from samplerd.service.server import serve
 
     fields = {flag.lstrip("-").replace("-", "_") for flag, *_ in SERVE_OPTIONS}
     values = {name: getattr(args, name) for name in fields}
     if values["model"] == DEMO:
-        from service.demo_model import demo_model_dir
+        from samplerd.service.demo_model import demo_model_dir
 
         values["model"] = demo_model_dir()
     config = ServerConfig(**values)

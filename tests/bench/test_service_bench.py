@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench import Measurement, Sampled, check_status, format_targets, target_verdicts
+from samplerd.service.bench.service import Measurement, Sampled, check_status, format_targets, target_verdicts
 
 
 def test_rounds_pool_into_one_rate_and_one_latency_distribution() -> None:
@@ -42,7 +42,7 @@ def test_check_exits_non_zero_exactly_when_a_target_is_missed() -> None:
 def test_a_short_run_measures_both_targets_at_each_concurrency(tmp_path: Path) -> None:
     out = tmp_path / "service.json"
     run = subprocess.run(
-        [sys.executable, "-m", "service.cli", "bench", "service", "--concurrency", "1,16", "--seconds", "0.6",
+        [sys.executable, "-m", "samplerd.service.cli", "bench", "service", "--concurrency", "1,16", "--seconds", "0.6",
          "--rounds", "2", "--warmup-seconds", "0.2", "--no-progress", "--json", str(out), "--check"],
         capture_output=True, text=True, timeout=240,
     )

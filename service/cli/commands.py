@@ -4,7 +4,7 @@
 [B, V], float32/float16/float64) against a running server (``--target``) or in this process
 (``--local``), and prints tokens, log-probabilities and the row statistics as a table or, with
 ``--json``, as JSON. Every ``SamplingParams`` parameter is a flag, generated from
-:data:`sampling.registry.PARAMETERS` (``top_p`` -> ``--top-p``).
+:data:`samplerd.sampling.registry.PARAMETERS` (``top_p`` -> ``--top-p``).
 
 ``samplerd strategies`` lists the strategies with their parameters and papers, from the
 registry (or from a server's ``ListStrategies`` with ``--target``).
@@ -25,8 +25,8 @@ import types
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sampling.declarations import Parameter
-from sampling.registry import PARAMETERS
+from samplerd.sampling.declarations import Parameter
+from samplerd.sampling.registry import PARAMETERS
 
 DEFAULT_TARGET = "localhost:50051"
 SAMPLE_DESCRIPTION = (
@@ -193,7 +193,7 @@ def sampling_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _validate(values: dict[str, Any]):
-    from sampling import SamplingError, SamplingParams
+    from samplerd.sampling import SamplingError, SamplingParams
 
     try:
         return SamplingParams(**values)
@@ -216,9 +216,9 @@ def sample_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _sample_local(logits, params, step: int, path: str) -> list[dict[str, Any]]:
     import torch
 
-    from sampling import SamplingError, sample
-    from service.codec import check_logits_values, check_request_fit
-    from service.errors import RequestError
+    from samplerd.sampling import SamplingError, sample
+    from samplerd.service.codec import check_logits_values, check_request_fit
+    from samplerd.service.errors import RequestError
 
     tensor = torch.from_numpy(logits)
     try:
@@ -256,7 +256,7 @@ def _sample_local(logits, params, step: int, path: str) -> list[dict[str, Any]]:
 def _sample_remote(logits, values: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     import grpc
 
-    from service.client import SamplerClient
+    from samplerd.service.client import SamplerClient
 
     try:
         with SamplerClient(args.server, timeout=args.timeout) as client:
@@ -324,13 +324,13 @@ def strategies_data(args: argparse.Namespace) -> list[dict[str, Any]]:
     from google.protobuf.json_format import MessageToDict
 
     if args.server is None:
-        from service.catalog import list_strategies
+        from samplerd.service.catalog import list_strategies
 
         strategies = list_strategies().strategies
     else:
         import grpc
 
-        from service.client import SamplerClient
+        from samplerd.service.client import SamplerClient
 
         try:
             with SamplerClient(args.server, timeout=args.timeout) as client:
@@ -347,8 +347,8 @@ def common_parameters_data() -> list[dict[str, Any]]:
     like the others, and ListStrategies describes strategies only."""
     from google.protobuf.json_format import MessageToDict
 
-    from sampling.registry import COMMON_PARAMETERS
-    from service.catalog import parameter_info
+    from samplerd.sampling.registry import COMMON_PARAMETERS
+    from samplerd.service.catalog import parameter_info
 
     return [MessageToDict(parameter_info(p), preserving_proto_field_name=True,
                           always_print_fields_with_no_presence=True) for p in COMMON_PARAMETERS]

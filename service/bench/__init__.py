@@ -1,0 +1,1 @@
+"""Benchmarks and the soak run of a real ``samplerd serve`` (``samplerd bench ...``)."""

@@ -1,0 +1,1 @@
+"""The ``samplerd`` command line: the argument parser (``main``) and the user commands."""
