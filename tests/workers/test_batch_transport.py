@@ -71,7 +71,7 @@ async def test_every_job_gets_the_librarys_answer_over_either_transport(transpor
 
     for job, result in zip(jobs, results, strict=True):
         assert_same_output(result, direct(job))
-    linked = transport_dispatcher._config.batch_transport == "socket"
+    linked = transport_dispatcher._config.pool.batch_transport == "socket"
     assert [w.linked for w in transport_dispatcher.pool.workers()] == [linked, linked]
 
 

@@ -30,9 +30,11 @@ ALL_ALIVE_2 = {"alive": 2, "starting": 0, "dead": 0}
 
 def slow_job(seed: int = 1) -> SampleJob:
     """A job that keeps a sampler actor busy for about a tenth of a second or more (4 rows,
-    V = 2**19, typical sampling: not on the fused fast path, which takes ~15 ms for these)."""
+    V = 2**19, typical sampling with a logit bias: the bias keeps it off the fused fast paths,
+    which take a few milliseconds for these)."""
     generator = torch.Generator().manual_seed(seed)
-    return SampleJob(torch.randn(4, 2**19, generator=generator), SamplingParams(typical_p=0.9, seed=seed))
+    params = SamplingParams(typical_p=0.9, logit_bias={0: 0.5}, seed=seed)
+    return SampleJob(torch.randn(4, 2**19, generator=generator), params)
 
 
 def small_job(rows: int, vocab: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32) -> SampleJob:
