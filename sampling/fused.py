@@ -55,8 +55,7 @@ batch compiles (or loads) exactly what serving uses.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -72,28 +71,16 @@ from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.selection import _NUM_BINS
 from samplerd.sampling.strategies import min_p, temperature, top_k, top_p
+from samplerd.sampling.switch import ThreadSwitch
 
 #: The strategies this path implements; a row that switches on any other is not eligible.
 STRATEGIES = (temperature.TEMPERATURE_STRATEGY, top_k.STRATEGY, top_p.STRATEGY, min_p.STRATEGY)
 _NAMES = frozenset(s.name for s in STRATEGIES)
 
-_state = threading.local()
-
-
-def is_enabled() -> bool:
-    """Whether :func:`sampling.sample` uses the fast path for eligible rows (default True)."""
-    return getattr(_state, "enabled", True)
-
-
-@contextmanager
-def enabled(flag: bool = True) -> Iterator[None]:
-    """Switch the fast path on or off in this thread for the ``with`` block (tests, benchmarks)."""
-    before = is_enabled()
-    _state.enabled = flag
-    try:
-        yield
-    finally:
-        _state.enabled = before
+# Whether :func:`samplerd.sampling.sample` uses this path (default on; off in a thread for tests and benchmarks).
+_switch = ThreadSwitch()
+is_enabled = _switch.is_enabled
+enabled = _switch.enabled
 
 
 def is_chain(p) -> bool:

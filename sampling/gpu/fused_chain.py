@@ -14,9 +14,7 @@ and greedy ones. See :mod:`samplerd.sampling.gpu` for what "same result as the C
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.strategies import min_p, temperature, top_k, top_p
+from samplerd.sampling.switch import ThreadSwitch
 
 _SAMPLED = frozenset(s.name for s in (temperature.TEMPERATURE_STRATEGY, top_k.STRATEGY, top_p.STRATEGY,
                                       min_p.STRATEGY))
@@ -35,23 +34,10 @@ _PIVOTS = 16
 _DRAWS_PER_PASS = 8  # draws per pass over the row: each holds a [draws, 1024] float64 search
 _WHAT = {1: "contains NaN", 2: "contains +inf", 3: "has no finite logit"}
 
-_state = threading.local()
-
-
-def is_enabled() -> bool:
-    """Whether :func:`sampling.sample` sends eligible CUDA rows here (default True)."""
-    return getattr(_state, "enabled", True)
-
-
-@contextmanager
-def enabled(flag: bool = True) -> Iterator[None]:
-    """Switch this path on or off in this thread for the ``with`` block (tests, benchmarks)."""
-    before = is_enabled()
-    _state.enabled = flag
-    try:
-        yield
-    finally:
-        _state.enabled = before
+# Whether :func:`samplerd.sampling.sample` uses this path (default on; off in a thread for tests and benchmarks).
+_switch = ThreadSwitch()
+is_enabled = _switch.is_enabled
+enabled = _switch.enabled
 
 
 def is_eligible(p) -> bool:
