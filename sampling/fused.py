@@ -62,10 +62,9 @@ import torch
 
 from samplerd.sampling import fused_general
 from samplerd.sampling.draw import block_size, block_sums
-from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan
 from samplerd.sampling.kernels.common import _CHUNK, _F32, _NEG_INF, _ZERO
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
+from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows, raise_bad_rows
 from samplerd.sampling.kernels.torch_sums import _block_totals, _torch_sum
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.rng import fresh_seeds
@@ -247,10 +246,7 @@ def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) 
     finite, member_count, chained_row = space.counts
     status = np.empty(rows, dtype=np.int64)
     _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    if (status < 0).any():
-        row = int(np.flatnonzero(status < 0)[0])
-        what = {-1: "contains NaN", -2: "contains +inf", -3: "has no finite logit"}[int(status[row])]
-        raise SamplingError("logits", f"logits row {row} {what}")
+    raise_bad_rows(status)
     weights = torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
     _zero_masked_rows(z, w, status, finite)
     lanes = sum_lanes()

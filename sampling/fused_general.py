@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from samplerd.sampling.draw import block_size
-from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.kernels import records
 from samplerd.sampling.kernels.general import dynamic_divisors, sample_rows
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
+from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows, raise_bad_rows
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.state import SequenceState
@@ -112,10 +111,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     m = space.small[0]
     status = np.empty(rows, dtype=np.int64)
     _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    if (status < 0).any():
-        bad = int(np.flatnonzero(status < 0)[0])
-        what = {-1: "contains NaN", -2: "contains +inf", -3: "has no finite logit"}[int(status[bad])]
-        raise SamplingError("logits", f"logits row {bad} {what}")
+    raise_bad_rows(status)
     torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
     _zero_masked_rows(z, w, status, space.counts[0])
 
