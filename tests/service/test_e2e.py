@@ -382,11 +382,15 @@ def test_sigterm_turns_health_not_serving_and_finishes_in_flight_work(server: Se
     request = build_request(make_logits(16, 32000, seed=0), top_p=0.9)
 
     def call() -> None:
-        try:
-            pb_grpc.SamplerStub(channel).Sample(request, timeout=60)
-            answers.append(grpc.StatusCode.OK)
-        except grpc.RpcError as error:
-            answers.append(error.code())
+        # Each caller keeps one request in flight until the server refuses one, so the scrape below
+        # always finds work to hold, however quickly a single request is served.
+        for _ in range(2000):
+            try:
+                pb_grpc.SamplerStub(channel).Sample(request, timeout=60)
+                answers.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                answers.append(error.code())
+                return
 
     callers = [threading.Thread(target=call) for _ in range(4)]
     for caller in callers:
