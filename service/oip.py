@@ -50,7 +50,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -337,11 +337,16 @@ _OUTPUT_OVERHEAD_BYTES = 64
 _RESPONSE_OVERHEAD_BYTES = 1024
 
 
-def response_bytes(outputs: list[OutputSpec], rows: int, params: SamplingParams, strategy_chars: int = 0) -> int:
-    """An upper bound of the response's size: each output's raw bytes (``strategy_chars``, the
-    labels' total length, once known) plus the protocol's overhead."""
+def response_bytes(outputs: list[OutputSpec], rows: int, params: SamplingParams, strategy_chars: int = 0,
+                   placed: Collection[str] = ()) -> int:
+    """An upper bound of the response's size: each inline output's raw bytes (``strategy_chars``,
+    the labels' total length, once known) plus the protocol's overhead. Outputs ``placed`` in a
+    shared-memory region travel outside the message: they count only their overhead."""
     size = _RESPONSE_OVERHEAD_BYTES
     for spec in outputs:
+        if spec.name in placed:
+            size += _OUTPUT_OVERHEAD_BYTES
+            continue
         if spec.name in ("top_logprobs_ids", "top_logprobs"):
             columns = params.top_logprobs
         elif len(spec.shape) == 2:
@@ -590,11 +595,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             params, step = decode_parameters(request.parameters)
             shared = SharedAccess(self._shared_memory, self._shared_memory.owner(context))
             outputs = requested_outputs(request, params)
-            output_regions(request)  # a malformed output reference is refused before any work
+            placed = output_regions(request)  # a malformed output reference is refused before any work
             logits = decode_logits(request, self._limits, shared)
             rows, vocab = logits.shape
             check_request_fit(params, vocab, "parameters.")
-            check_response_size(response_bytes(outputs, rows, params), self._max_response_bytes)
+            check_response_size(response_bytes(outputs, rows, params, placed=placed), self._max_response_bytes)
             # The sampler actor checks what it reads from a region, and large logits (as for Sample).
             if not isinstance(logits, RegionSlice) and logits.numel() * logits.element_size() < ACTOR_CHECKED_BYTES:
                 check_logits_values(logits, LOGITS)
@@ -604,7 +609,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             result = await self._dispatcher.submit(job)
             sampled = time.perf_counter()
             labels = sum(len(label.encode()) for label in result.output.strategies)
-            check_response_size(response_bytes(outputs, rows, params, labels), self._max_response_bytes)
+            check_response_size(response_bytes(outputs, rows, params, labels, placed), self._max_response_bytes)
             response = encode_infer_response(request, result.output, params, outputs, shared)
             done = time.perf_counter()
             self._metrics.queue_wait.observe(result.queue_wait_s)
