@@ -6,7 +6,9 @@ turns the queue into batches:
 
 1. it waits for work and for a free batch slot (``max_batches_per_worker`` per live actor);
 2. it waits at most ``batch_window_s`` after the oldest waiting job for more to arrive,
-   unless ``max_batch_rows`` rows are already waiting;
+   unless ``max_batch_rows`` rows, or ``full_batch_bytes`` of logits, are already waiting
+   (sampling that many bytes takes longer than the window: waiting for neighbours would only
+   add latency);
 3. it takes the waiting jobs in order, up to ``max_batch_rows`` rows (a larger job goes
    alone) and no more than an even share of what waits per idle actor, dropping those whose
    deadline has passed;
@@ -180,9 +182,12 @@ class _Pending:
     timer: asyncio.TimerHandle | None = None
     queue_wait_s: float = 0.0
     rows: int = field(init=False)
+    nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.rows = int(self.logits.shape[0])
+        logits = self.logits
+        self.nbytes = logits.nbytes if isinstance(logits, RegionSlice) else logits.numel() * logits.element_size()
 
     def key(self) -> tuple[int, torch.dtype, bool]:
         """Jobs with the same key are stacked into one group (path steps in groups of their own)."""
@@ -211,6 +216,7 @@ class Dispatcher:
         self._pool = SamplerPool(config.pool, on_change=self._wake)
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        self._queued_bytes = 0  # logits bytes of the waiting jobs
         self._held_bytes = 0  # logits bytes of the jobs admitted and not answered yet
         self._running_batches = 0
         self._wakeup = asyncio.Event()
@@ -324,7 +330,9 @@ class Dispatcher:
         was_empty = self._queued_rows == 0
         self._queue.append(pending)
         self._queued_rows += rows
-        if was_empty or self._queued_rows >= self._config.max_batch_rows:
+        self._queued_bytes += pending.nbytes
+        if was_empty or self._queued_rows >= self._config.max_batch_rows or \
+                self._queued_bytes >= self._config.full_batch_bytes:
             self._wake()
         return pending
 
@@ -335,6 +343,7 @@ class Dispatcher:
         """Free a waiting job's queue slot (a sent job's result is simply discarded)."""
         if pending.state is _State.QUEUED:
             self._queued_rows -= pending.rows
+            self._queued_bytes -= pending.nbytes
         if pending.state is not _State.SENT:
             pending.state = _State.DONE
         if pending.timer is not None:
@@ -377,7 +386,8 @@ class Dispatcher:
                 await self._wakeup.wait()
                 continue
             wait_s = head.enqueued_at + cfg.batch_window_s - time.monotonic()
-            if wait_s > 0 and self._queued_rows < cfg.max_batch_rows and not self._closing:
+            if wait_s > 0 and self._queued_rows < cfg.max_batch_rows and self._queued_bytes < cfg.full_batch_bytes \
+                    and not self._closing:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait_s)
                 continue
@@ -415,6 +425,7 @@ class Dispatcher:
                 break
             self._queue.popleft()
             self._queued_rows -= pending.rows
+            self._queued_bytes -= pending.nbytes
             if pending.deadline is not None and pending.deadline <= now:
                 pending.answer(DeadlineExceededError("the deadline passed while the job waited in the queue"))
                 continue
@@ -431,6 +442,7 @@ class Dispatcher:
             pending = self._queue.popleft()
             if pending.state is _State.QUEUED:
                 self._queued_rows -= pending.rows
+                self._queued_bytes -= pending.nbytes
                 pending.answer(error)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
