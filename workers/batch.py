@@ -16,6 +16,7 @@ as CPU tensors again.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -211,11 +212,14 @@ def unpack_group(parts: Sequence[np.ndarray | RegionSlice], dtype: str,
 
     The arrays arrive as read-only views of a link's arena or of Ray's shared memory, or in a
     link's receive buffers; regions are read from the client's shared memory. Either way they
-    are copied once, into one new array, which the sampler owns (and which on a GPU is copied
-    to the device once). Nothing may keep a view of them past the batch's answer: the front
-    end reuses its arena once the answer is in.
+    are copied once, into one new array, which the sampler owns; on a GPU, arrays go straight
+    into their rows of the device's batch tensor (regions through a host array first). Nothing
+    may keep a view of them past the batch's answer: the front end reuses its arena once the
+    answer is in.
     """
     failed: dict[int, RowError] = {}
+    if device.type != "cpu" and not any(isinstance(part, RegionSlice) for part in parts):
+        return _upload_parts(parts, dtype, device), failed
     if any(isinstance(part, RegionSlice) for part in parts):
         rows = sum(part.shape[0] for part in parts)
         array = np.empty((rows, parts[0].shape[1]), dtype=_NUMPY_DTYPES[dtype])
@@ -238,6 +242,22 @@ def unpack_group(parts: Sequence[np.ndarray | RegionSlice], dtype: str,
     if dtype == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
     return tensor, failed
+
+
+def _upload_parts(parts: Sequence[np.ndarray], dtype: str, device: torch.device) -> torch.Tensor:
+    """The parts copied straight into their rows of one batch tensor on ``device`` (a GPU): one
+    host-to-device copy per request and no concatenation on the host. Each copy from pageable
+    memory returns once the source is read, so no view of the parts outlives the call."""
+    raw = torch.from_numpy(np.empty(0, dtype=_NUMPY_DTYPES[dtype])).dtype
+    batch = torch.empty((sum(part.shape[0] for part in parts), parts[0].shape[1]), dtype=raw, device=device)
+    start = 0
+    with warnings.catch_warnings():  # the parts are read-only views; they are only read
+        warnings.simplefilter("ignore", UserWarning)
+        for part in parts:
+            stop = start + part.shape[0]
+            batch[start:stop] = torch.from_numpy(part)
+            start = stop
+    return batch.view(torch.bfloat16) if dtype == "bfloat16" else batch
 
 
 def stack_group(
