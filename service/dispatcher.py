@@ -56,7 +56,9 @@ from samplerd.service.errors import (
     WorkersUnavailableError,
 )
 from samplerd.workers import (
+    REGION_TYPES,
     BatchOutput,
+    CudaRegionSlice,
     NoLiveWorkerError,
     PathGroup,
     PathGroupResult,
@@ -85,9 +87,10 @@ class SampleJob:
     optionally B ``sampling.SequenceState`` values (or None entries) for stateful strategies
     (penalty history, mirostat mu), passed to ``sampling.sample(..., states=)``. ``logits`` may
     instead be a ``workers.RegionSlice``: logits in a client's shared memory, which the sampler
-    actor reads itself (it then also checks their values, as ``sampling.sample`` does)."""
+    actor reads itself (it then also checks their values, as ``sampling.sample`` does), or a
+    ``workers.CudaRegionSlice``: logits in a client's GPU memory, read by a GPU actor."""
 
-    logits: torch.Tensor | RegionSlice
+    logits: torch.Tensor | RegionSlice | CudaRegionSlice
     params: Sequence[SamplingParams] | SamplingParams
     steps: Sequence[int] | int = 0
     deadline: float | None = None
@@ -168,7 +171,7 @@ class _State(enum.Enum):
 class _Pending:
     """A job inside the dispatcher: its rows normalised, its future and where it is."""
 
-    logits: torch.Tensor | RegionSlice
+    logits: torch.Tensor | RegionSlice | CudaRegionSlice
     params: list[SamplingParams]
     steps: list[int]
     states: list[SequenceState | None] | None
@@ -187,7 +190,7 @@ class _Pending:
     def __post_init__(self) -> None:
         self.rows = int(self.logits.shape[0])
         logits = self.logits
-        self.nbytes = logits.nbytes if isinstance(logits, RegionSlice) else logits.numel() * logits.element_size()
+        self.nbytes = logits.nbytes if isinstance(logits, REGION_TYPES) else logits.numel() * logits.element_size()
 
     def key(self) -> tuple[int, torch.dtype, bool]:
         """Jobs with the same key are stacked into one group (path steps in groups of their own)."""
@@ -313,7 +316,7 @@ class Dispatcher:
                 f"max_queue_rows={self._config.max_queue_rows}"
             )
         # A region's bytes count too: the actor reads them into its batch.
-        nbytes = logits.nbytes if isinstance(logits, RegionSlice) else logits.numel() * logits.element_size()
+        nbytes = logits.nbytes if isinstance(logits, REGION_TYPES) else logits.numel() * logits.element_size()
         if self._held_bytes + nbytes > self._config.max_queue_bytes:
             raise QueueFullError(
                 f"queue full: {self._held_bytes} bytes of logits are queued or being sampled, {nbytes} more would "
@@ -509,7 +512,7 @@ def _normalise(
 ) -> tuple[torch.Tensor, list[SamplingParams], list[int], list[SequenceState | None] | None]:
     """The job's logits, and per-row params, steps and states lists; ValueError when malformed."""
     logits = job.logits
-    if isinstance(logits, RegionSlice):
+    if isinstance(logits, REGION_TYPES):
         if logits.dtype not in _TORCH_DTYPES:
             raise ValueError(f"logits dtype must be float32, float16 or bfloat16, got {logits.dtype}")
     elif not isinstance(logits, torch.Tensor) or logits.dim() != 2:

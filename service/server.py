@@ -23,6 +23,7 @@ from samplerd.sampling import SamplingError
 from samplerd.service import catalog, oip
 from samplerd.service.codec import Limits, decode_request, encode_response
 from samplerd.service.config import ServerConfig, message_size_options, resolve_device
+from samplerd.service.cuda_shared_memory import CudaSharedMemoryRegistry
 from samplerd.service.dispatcher import Dispatcher, SampleJob
 from samplerd.service.errors import RequestError, classify, invalid_argument, to_status
 from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
@@ -185,9 +186,14 @@ class SamplerServer:
         self.gate = ShutdownGate()
         self.gate.register(add_sampler_servicer, self.servicer, self.server)  # Sample: see inline_logits
         # The Open Inference Protocol (KServe v2 / Triton) on the same port: see samplerd.service.oip.
+        # CUDA regions (Triton's CUDA extension, OIP only): served when the workers sample on GPUs.
+        self.cuda_shared_memory = CudaSharedMemoryRegistry(
+            SharedMemoryLimits(config.max_shm_regions, config.max_shm_bytes),
+            unavailable=oip.cuda_unavailable(cuda_workers=resolve_device(config.device) == "cuda"))
         self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements),
                                                max_response_bytes=config.max_message_bytes,
-                                               shared_memory=self.shared_memory)
+                                               shared_memory=self.shared_memory,
+                                               cuda_shared_memory=self.cuda_shared_memory)
         self.gate.register(oip.add_to_server, self.inference, self.server)
         self.gate.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, always_open=True)
         reflection.enable_server_reflection(
@@ -246,6 +252,7 @@ class SamplerServer:
         await self.generation.stop()  # before the dispatcher, which may stop Ray
         await self.dispatcher.stop()
         self.shared_memory.clear()
+        self.cuda_shared_memory.clear()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

@@ -21,9 +21,10 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -63,6 +64,26 @@ class Region:
     def label(self) -> str:
         """How errors name the region."""
         return f"region {self.name!r} (key {self.key!r})"
+
+
+def valid_name(name: str) -> None:
+    """INVALID_ARGUMENT naming ``name`` unless it is a valid region name."""
+    if _NAME_RE.fullmatch(name) is None:
+        raise invalid_argument("name", f"name must be 1-128 characters of [A-Za-z0-9_.-], got {name[:64]!r}")
+
+
+def check_room(own: Mapping[str, Any], name: str, byte_size: int, limits: SharedMemoryLimits, kind: str) -> None:
+    """ALREADY_EXISTS when ``own`` (an owner's registrations, each with a ``byte_size``) has
+    ``name``; RESOURCE_EXHAUSTED when one more of ``byte_size`` bytes would exceed ``limits``."""
+    if name in own:
+        raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"a {kind} named {name!r} is already registered")
+    if len(own) >= limits.max_regions:
+        raise over_limit("name", f"{len(own)} {kind}s are registered, the server's limit "
+                                 f"(--max-shm-regions) is {limits.max_regions}")
+    registered = sum(r.byte_size for r in own.values())
+    if registered + byte_size > limits.max_bytes:
+        raise over_limit("byte_size", f"{registered} bytes are registered, {byte_size} more would exceed the "
+                                      f"server's limit (--max-shm-bytes) of {limits.max_bytes}")
 
 
 def failed_precondition(field: str, description: str) -> RequestError:
@@ -123,8 +144,7 @@ class SharedMemoryRegistry:
 
     def register(self, owner: str, name: str, key: str, offset: int, byte_size: int) -> Region:
         """Register a region; raises RequestError (INVALID_ARGUMENT, ALREADY_EXISTS, RESOURCE_EXHAUSTED)."""
-        if _NAME_RE.fullmatch(name) is None:
-            raise invalid_argument("name", f"name must be 1-128 characters of [A-Za-z0-9_.-], got {name[:64]!r}")
+        valid_name(name)
         path = object_path(key)
         if byte_size < 1:
             raise invalid_argument("byte_size", f"byte_size must be >= 1, got {byte_size}")
@@ -146,15 +166,7 @@ class SharedMemoryRegistry:
         region = Region(name, key, offset, byte_size, path, (info.st_dev, info.st_ino))
         with self._lock:
             own = self._regions.setdefault(owner, {})
-            if name in own:
-                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"a region named {name!r} is already registered")
-            if len(own) >= self.limits.max_regions:
-                raise over_limit("name", f"{len(own)} regions are registered, the server's limit "
-                                         f"(--max-shm-regions) is {self.limits.max_regions}")
-            registered = sum(r.byte_size for r in own.values())
-            if registered + byte_size > self.limits.max_bytes:
-                raise over_limit("byte_size", f"{registered} bytes are registered, {byte_size} more would exceed the "
-                                              f"server's limit (--max-shm-bytes) of {self.limits.max_bytes}")
+            check_room(own, name, byte_size, self.limits, "region")
             own[name] = region
         return region
 

@@ -133,6 +133,7 @@ def test_cuda_register_answers_a_clear_error_without_cuda(server: ServerProcess)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "needs a CUDA device" in caught.value.details()
         assert not stub.CudaSharedMemoryStatus(oip.CudaSharedMemoryStatusRequest()).regions
+        assert "cuda_shared_memory" not in stub.ServerMetadata(oip.ServerMetadataRequest()).extensions
 
 
 @pytest.fixture(scope="module")
