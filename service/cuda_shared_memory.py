@@ -13,13 +13,12 @@ to CUDA regions (INVALID_ARGUMENT naming the output): request them inline or in 
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import grpc
 
 from samplerd.service.errors import RequestError, invalid_argument
-from samplerd.service.shared_memory import SharedMemoryLimits, check_room, valid_name
+from samplerd.service.shared_memory import Registrations, SharedMemoryLimits, valid_name
 from samplerd.workers.cuda_ipc import IPC_HANDLE_BYTES, CudaRegionSlice
 
 
@@ -34,15 +33,15 @@ class CudaRegion:
     byte_size: int
 
 
-class CudaSharedMemoryRegistry:
+class CudaSharedMemoryRegistry(Registrations):
     """The server's CUDA regions per owner. ``unavailable``: why registration is refused on
     this server (FAILED_PRECONDITION), or None when it can serve them. Thread-safe."""
 
+    kind = "CUDA shared-memory region"
+
     def __init__(self, limits: SharedMemoryLimits | None = None, unavailable: str | None = None) -> None:
-        self.limits = limits or SharedMemoryLimits()
+        super().__init__(limits)
         self.unavailable = unavailable
-        self._lock = threading.Lock()
-        self._regions: dict[str, dict[str, CudaRegion]] = {}
 
     def register(self, owner: str, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> CudaRegion:
         """Register a region; RequestError (FAILED_PRECONDITION, INVALID_ARGUMENT, ALREADY_EXISTS,
@@ -58,36 +57,8 @@ class CudaSharedMemoryRegistry:
         if byte_size < 1:
             raise invalid_argument("byte_size", f"byte_size must be >= 1, got {byte_size}")
         region = CudaRegion(name, bytes(raw_handle), device_id, byte_size)
-        with self._lock:
-            own = self._regions.setdefault(owner, {})
-            check_room(own, name, byte_size, self.limits, "CUDA region")
-            own[name] = region
+        self._add(owner, region)
         return region
-
-    def unregister(self, owner: str, name: str = "") -> int:
-        """Forget one region of ``owner`` (or all, for ``""``); how many were forgotten."""
-        with self._lock:
-            own = self._regions.get(owner, {})
-            if not name:
-                count = len(own)
-                own.clear()
-                return count
-            return 1 if own.pop(name, None) is not None else 0
-
-    def status(self, owner: str, name: str = "") -> list[CudaRegion]:
-        """``owner``'s regions sorted by name, or the one named (NOT_FOUND when it is not)."""
-        with self._lock:
-            own = dict(self._regions.get(owner, {}))
-        if name:
-            if name not in own:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"no CUDA shared-memory region named {name!r}")
-            return [own[name]]
-        return [own[n] for n in sorted(own)]
-
-    def find(self, owner: str, name: str) -> CudaRegion | None:
-        """``owner``'s region ``name``, if registered."""
-        with self._lock:
-            return self._regions.get(owner, {}).get(name)
 
     def slice(self, region: CudaRegion, offset: int, byte_size: int, shape: tuple[int, int], dtype: str,
               field: str) -> CudaRegionSlice:
@@ -98,11 +69,6 @@ class CudaSharedMemoryRegistry:
         rows, vocab = shape
         return CudaRegionSlice(region.raw_handle, region.device_id, offset, rows, vocab, dtype,
                                f"CUDA region {region.name!r}")
-
-    def clear(self) -> None:
-        """Forget every region (server stop)."""
-        with self._lock:
-            self._regions.clear()
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samplerd.workers.region import RegionError
+from samplerd.workers.region import LogitsRows, RegionError
 
 #: Bytes of a ``cudaIpcMemHandle_t``.
 IPC_HANDLE_BYTES = 64
@@ -38,11 +38,10 @@ IPC_HANDLE_BYTES = 64
 MAX_OPEN_HANDLES = 64
 _LAZY_ENABLE_PEER_ACCESS = 1  # cudaIpcMemLazyEnablePeerAccess: the allocation may live on another GPU
 _TYPESTR = {"float32": "<f4", "float16": "<f2", "bfloat16": "<i2"}  # bf16 as its int16 bits
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
-class CudaRegionSlice:
+class CudaRegionSlice(LogitsRows):
     """``rows`` x ``vocab`` logits of dtype ``dtype`` at byte ``offset`` of the allocation that
     ``handle`` (a raw ``cudaIpcMemHandle_t``) exports; ``label`` names the region in errors."""
 
@@ -53,14 +52,6 @@ class CudaRegionSlice:
     vocab: int
     dtype: str
     label: str
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.rows, self.vocab)
-
-    @property
-    def nbytes(self) -> int:
-        return self.rows * self.vocab * _ITEMSIZE[self.dtype]
 
 
 class _IpcMemHandle(ctypes.Structure):
