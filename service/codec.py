@@ -68,11 +68,13 @@ class DecodedRequest:
 
 
 def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAccess | None = None,
-                   actor_checks: bool = False) -> DecodedRequest:
+                   actor_checks: bool = False, logits_data: memoryview | None = None) -> DecodedRequest:
     """Validate ``request`` and decode it; raises :class:`~samplerd.service.errors.RequestError`.
     ``shared``: the caller's shared-memory regions, for logits given by reference.
     ``actor_checks``: leave the values of large logits to the sampler actor (see
-    ``ACTOR_CHECKED_BYTES``; logits in shared memory are always the actor's)."""
+    ``ACTOR_CHECKED_BYTES``; logits in shared memory are always the actor's).
+    ``logits_data``: ``logits.data`` when the request was parsed without it
+    (:mod:`samplerd.service.inline_logits`): viewed where it lies, never copied."""
     if len(request.request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise invalid_argument("request_id", f"request_id must be at most {MAX_REQUEST_ID_BYTES} bytes")
     if not request.HasField("logits"):
@@ -83,9 +85,9 @@ def decode_request(request: pb.SampleRequest, limits: Limits, shared: SharedAcce
     field = tensor_data_field(request.logits, "logits")
     if request.logits.HasField("shared_memory") and shared is not None:
         # The sampler actor reads the region itself (and checks the values as it samples).
-        logits = region_slice(request.logits, shared, "logits")
+        logits = region_slice(request.logits, shared, "logits", logits_data)
         return DecodedRequest(logits, params, steps, request.request_id, field)
-    logits = decode_tensor(request.logits, limits, "logits", shared)
+    logits = decode_tensor(request.logits, limits, "logits", shared, logits_data)
     if actor_checks and logits.numel() * logits.element_size() >= ACTOR_CHECKED_BYTES:
         return DecodedRequest(logits, params, steps, request.request_id, field)
     check_logits_values(logits, field)
@@ -118,16 +120,19 @@ def tensor_data_field(tensor: pb.Tensor, field: str) -> str:
     return f"{field}.shared_memory" if tensor.HasField("shared_memory") else f"{field}.data"
 
 
-def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str, shared: SharedAccess | None = None) -> torch.Tensor:
-    """A ``[B, V]`` CPU tensor viewing ``tensor.data`` (copied only on big-endian hosts), or
-    read from the caller's shared-memory region when ``tensor.shared_memory`` is set (one copy)."""
+def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str, shared: SharedAccess | None = None,
+                  data: memoryview | None = None) -> torch.Tensor:
+    """A ``[B, V]`` CPU tensor viewing ``tensor.data``, or ``data`` when the message was parsed
+    without it (copied only on big-endian hosts), or read from the caller's shared-memory
+    region when ``tensor.shared_memory`` is set (one copy)."""
     rows, vocab = check_tensor_header(tensor, limits, field)
     raw_dtype, torch_dtype = _WIRE_DTYPES[tensor.dtype]
     expected = rows * vocab * raw_dtype.itemsize
     if tensor.HasField("shared_memory"):
-        data = _read_shared(tensor, expected, shared, field)
+        data = _read_shared(tensor, expected, shared, field, data)
     else:
-        data = tensor.data  # each read of a bytes field copies it out of the message
+        if data is None:
+            data = tensor.data  # each read of a bytes field copies it out of the message
         if len(data) != expected:
             raise invalid_argument(
                 f"{field}.data",
@@ -141,14 +146,15 @@ def decode_tensor(tensor: pb.Tensor, limits: Limits, field: str, shared: SharedA
     return values.view(torch_dtype) if torch_dtype is torch.bfloat16 else values
 
 
-def region_slice(tensor: pb.Tensor, shared: SharedAccess, field: str) -> RegionSlice:
+def region_slice(tensor: pb.Tensor, shared: SharedAccess, field: str, data: memoryview | None = None) -> RegionSlice:
     """Where a tensor given by ``shared_memory`` lies (checked against its region now, and read
-    by the sampler actor later); its header must already be checked (:func:`check_tensor_header`)."""
+    by the sampler actor later); its header must already be checked (:func:`check_tensor_header`).
+    ``data``: the tensor's ``data`` when the message was parsed without it."""
     rows, vocab = tensor.shape
     raw_dtype, torch_dtype = _WIRE_DTYPES[tensor.dtype]
     expected = rows * vocab * raw_dtype.itemsize
     where = f"{field}.shared_memory"
-    if tensor.data:
+    if tensor.data or data:
         raise invalid_argument(f"{field}.data", "data must be empty when shared_memory is set (give one of them)")
     reference = tensor.shared_memory
     if reference.byte_size != expected:
@@ -157,10 +163,11 @@ def region_slice(tensor: pb.Tensor, shared: SharedAccess, field: str) -> RegionS
     return shared.slice(reference.region, reference.offset, expected, (rows, vocab), DTYPE_NAMES[torch_dtype], where)
 
 
-def _read_shared(tensor: pb.Tensor, expected: int, shared: SharedAccess | None, field: str) -> np.ndarray:
+def _read_shared(tensor: pb.Tensor, expected: int, shared: SharedAccess | None, field: str,
+                 data: memoryview | None = None) -> np.ndarray:
     """The tensor's bytes from the region its ``shared_memory`` names."""
     where = f"{field}.shared_memory"
-    if tensor.data:
+    if tensor.data or data:
         raise invalid_argument(f"{field}.data", "data must be empty when shared_memory is set (give one of them)")
     if shared is None:
         raise invalid_argument(where, "shared memory is not available for this tensor")

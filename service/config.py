@@ -12,13 +12,15 @@ class DispatcherConfig:
     """Batching and backpressure settings, and the worker pool's (:class:`samplerd.workers.config.PoolConfig`).
 
     A row waits at most ``batch_window_s`` for others to join its batch of at most
-    ``max_batch_rows``; once ``max_queue_rows`` rows wait, or the jobs admitted and not yet
-    answered hold ``max_queue_bytes`` of logits, new jobs are refused.
+    ``max_batch_rows``, and not at all once ``full_batch_bytes`` of logits wait (their sampling
+    alone outlasts the window: on CPU about 2 ms per MB). Once ``max_queue_rows`` rows wait, or
+    the jobs admitted and not yet answered hold ``max_queue_bytes`` of logits, new jobs are refused.
     """
 
     pool: PoolConfig = field(default_factory=PoolConfig)
     max_batch_rows: int = 256
     batch_window_s: float = 0.002
+    full_batch_bytes: int = 1024 * 1024
     max_queue_rows: int = 4096
     max_queue_bytes: int = 512 * 1024 * 1024
 
@@ -27,6 +29,8 @@ class DispatcherConfig:
             raise ValueError(f"max_batch_rows must be >= 1, got {self.max_batch_rows}")
         if self.batch_window_s < 0:
             raise ValueError(f"batch_window_s must be >= 0, got {self.batch_window_s}")
+        if self.full_batch_bytes < 1:
+            raise ValueError(f"full_batch_bytes must be >= 1, got {self.full_batch_bytes}")
         if self.max_queue_rows < 1:
             raise ValueError(f"max_queue_rows must be >= 1, got {self.max_queue_rows}")
         if self.max_queue_bytes < 1:

@@ -6,7 +6,9 @@ turns the queue into batches:
 
 1. it waits for work and for a free batch slot (``max_batches_per_worker`` per live actor);
 2. it waits at most ``batch_window_s`` after the oldest waiting job for more to arrive,
-   unless ``max_batch_rows`` rows are already waiting;
+   unless ``max_batch_rows`` rows, or ``full_batch_bytes`` of logits, are already waiting
+   (sampling that many bytes takes longer than the window: waiting for neighbours would only
+   add latency);
 3. it takes the waiting jobs in order, up to ``max_batch_rows`` rows (a larger job goes
    alone) and no more than an even share of what waits per idle actor, dropping those whose
    deadline has passed;
@@ -54,7 +56,9 @@ from samplerd.service.errors import (
     WorkersUnavailableError,
 )
 from samplerd.workers import (
+    REGION_TYPES,
     BatchOutput,
+    CudaRegionSlice,
     NoLiveWorkerError,
     PathGroup,
     PathGroupResult,
@@ -83,9 +87,10 @@ class SampleJob:
     optionally B ``sampling.SequenceState`` values (or None entries) for stateful strategies
     (penalty history, mirostat mu), passed to ``sampling.sample(..., states=)``. ``logits`` may
     instead be a ``workers.RegionSlice``: logits in a client's shared memory, which the sampler
-    actor reads itself (it then also checks their values, as ``sampling.sample`` does)."""
+    actor reads itself (it then also checks their values, as ``sampling.sample`` does), or a
+    ``workers.CudaRegionSlice``: logits in a client's GPU memory, read by a GPU actor."""
 
-    logits: torch.Tensor | RegionSlice
+    logits: torch.Tensor | RegionSlice | CudaRegionSlice
     params: Sequence[SamplingParams] | SamplingParams
     steps: Sequence[int] | int = 0
     deadline: float | None = None
@@ -166,7 +171,7 @@ class _State(enum.Enum):
 class _Pending:
     """A job inside the dispatcher: its rows normalised, its future and where it is."""
 
-    logits: torch.Tensor | RegionSlice
+    logits: torch.Tensor | RegionSlice | CudaRegionSlice
     params: list[SamplingParams]
     steps: list[int]
     states: list[SequenceState | None] | None
@@ -180,9 +185,12 @@ class _Pending:
     timer: asyncio.TimerHandle | None = None
     queue_wait_s: float = 0.0
     rows: int = field(init=False)
+    nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.rows = int(self.logits.shape[0])
+        logits = self.logits
+        self.nbytes = logits.nbytes if isinstance(logits, REGION_TYPES) else logits.numel() * logits.element_size()
 
     def key(self) -> tuple[int, torch.dtype, bool]:
         """Jobs with the same key are stacked into one group (path steps in groups of their own)."""
@@ -211,6 +219,7 @@ class Dispatcher:
         self._pool = SamplerPool(config.pool, on_change=self._wake)
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        self._queued_bytes = 0  # logits bytes of the waiting jobs
         self._held_bytes = 0  # logits bytes of the jobs admitted and not answered yet
         self._running_batches = 0
         self._wakeup = asyncio.Event()
@@ -307,7 +316,7 @@ class Dispatcher:
                 f"max_queue_rows={self._config.max_queue_rows}"
             )
         # A region's bytes count too: the actor reads them into its batch.
-        nbytes = logits.nbytes if isinstance(logits, RegionSlice) else logits.numel() * logits.element_size()
+        nbytes = logits.nbytes if isinstance(logits, REGION_TYPES) else logits.numel() * logits.element_size()
         if self._held_bytes + nbytes > self._config.max_queue_bytes:
             raise QueueFullError(
                 f"queue full: {self._held_bytes} bytes of logits are queued or being sampled, {nbytes} more would "
@@ -324,7 +333,9 @@ class Dispatcher:
         was_empty = self._queued_rows == 0
         self._queue.append(pending)
         self._queued_rows += rows
-        if was_empty or self._queued_rows >= self._config.max_batch_rows:
+        self._queued_bytes += pending.nbytes
+        if was_empty or self._queued_rows >= self._config.max_batch_rows or \
+                self._queued_bytes >= self._config.full_batch_bytes:
             self._wake()
         return pending
 
@@ -335,6 +346,7 @@ class Dispatcher:
         """Free a waiting job's queue slot (a sent job's result is simply discarded)."""
         if pending.state is _State.QUEUED:
             self._queued_rows -= pending.rows
+            self._queued_bytes -= pending.nbytes
         if pending.state is not _State.SENT:
             pending.state = _State.DONE
         if pending.timer is not None:
@@ -377,7 +389,8 @@ class Dispatcher:
                 await self._wakeup.wait()
                 continue
             wait_s = head.enqueued_at + cfg.batch_window_s - time.monotonic()
-            if wait_s > 0 and self._queued_rows < cfg.max_batch_rows and not self._closing:
+            if wait_s > 0 and self._queued_rows < cfg.max_batch_rows and self._queued_bytes < cfg.full_batch_bytes \
+                    and not self._closing:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait_s)
                 continue
@@ -415,6 +428,7 @@ class Dispatcher:
                 break
             self._queue.popleft()
             self._queued_rows -= pending.rows
+            self._queued_bytes -= pending.nbytes
             if pending.deadline is not None and pending.deadline <= now:
                 pending.answer(DeadlineExceededError("the deadline passed while the job waited in the queue"))
                 continue
@@ -431,6 +445,7 @@ class Dispatcher:
             pending = self._queue.popleft()
             if pending.state is _State.QUEUED:
                 self._queued_rows -= pending.rows
+                self._queued_bytes -= pending.nbytes
                 pending.answer(error)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
@@ -497,7 +512,7 @@ def _normalise(
 ) -> tuple[torch.Tensor, list[SamplingParams], list[int], list[SequenceState | None] | None]:
     """The job's logits, and per-row params, steps and states lists; ValueError when malformed."""
     logits = job.logits
-    if isinstance(logits, RegionSlice):
+    if isinstance(logits, REGION_TYPES):
         if logits.dtype not in _TORCH_DTYPES:
             raise ValueError(f"logits dtype must be float32, float16 or bfloat16, got {logits.dtype}")
     elif not isinstance(logits, torch.Tensor) or logits.dim() != 2:

@@ -36,7 +36,9 @@ with ``SystemSharedMemoryRegister``; an input whose parameters name ``shared_mem
 (with ``shared_memory_byte_size``, optional ``shared_memory_offset``) is read from there by the
 sampler actor, and a requested output that names one is written there (listed after the
 inline outputs, with those parameters, and without an entry in ``raw_output_contents``).
-``CudaSharedMemoryRegister`` is refused (FAILED_PRECONDITION without CUDA, else UNIMPLEMENTED).
+Triton's CUDA shared-memory extension (:mod:`samplerd.service.cuda_shared_memory`): an input in a
+region registered by CUDA IPC handle is read device to device by a GPU sampler actor; outputs
+are not written to CUDA regions. Without CUDA sampler workers registration is FAILED_PRECONDITION.
 
 Errors have the same codes as ``Sample`` (INVALID_ARGUMENT with google.rpc.BadRequest
 naming the field, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE) plus NOT_FOUND for a
@@ -50,7 +52,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -69,6 +71,7 @@ from samplerd.service.codec import (
     decode_tensor,
     region_slice,
 )
+from samplerd.service.cuda_shared_memory import CudaAccess, CudaSharedMemoryRegistry
 from samplerd.service.dispatcher import Dispatcher, SampleJob
 from samplerd.service.errors import RequestError, classify, from_sampling_error, invalid_argument, over_limit, to_status
 from samplerd.service.generated.inference import grpc_service_pb2 as oip
@@ -77,7 +80,7 @@ from samplerd.service.generated.inference import model_config_pb2 as mc
 from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 from samplerd.service.metrics import Metrics
 from samplerd.service.shared_memory import SharedAccess, SharedMemoryRegistry
-from samplerd.workers import RegionSlice
+from samplerd.workers import REGION_TYPES, CudaRegionSlice, RegionSlice
 
 SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 MODEL_NAME = "samplerd"
@@ -228,10 +231,11 @@ def _convert(kind: str, name: str, choice: str, raw: object, field: str) -> obje
         raise invalid_argument(field, f"{name} keys must be integer token ids") from None
 
 
-def decode_logits(request: oip.ModelInferRequest, limits: Limits,
-                  shared: SharedAccess | None = None) -> torch.Tensor | RegionSlice:
+def decode_logits(request: oip.ModelInferRequest, limits: Limits, shared: SharedAccess | None = None,
+                  cuda: CudaAccess | None = None) -> torch.Tensor | RegionSlice | CudaRegionSlice:
     """The ``logits`` input as a [B, V] CPU tensor; raises RequestError naming the input.
-    ``shared``: the caller's regions, for an input given by ``shared_memory_region``."""
+    ``shared``, ``cuda``: the caller's system and CUDA regions, for an input given by
+    ``shared_memory_region`` (a name registered as a CUDA region is that one)."""
     names = [tensor.name for tensor in request.inputs]
     for i, name in enumerate(names):
         if name != LOGITS:
@@ -254,7 +258,15 @@ def decode_logits(request: oip.ModelInferRequest, limits: Limits,
         region, byte_size, offset = reference
         message = pb.Tensor(dtype=dtype, shape=tensor.shape,
                             shared_memory=pb.SharedMemoryReference(region=region, offset=offset, byte_size=byte_size))
-        check_tensor_header(message, limits, LOGITS)
+        rows, vocab = check_tensor_header(message, limits, LOGITS)
+        cuda_region = cuda.find(region) if cuda is not None else None
+        if cuda_region is not None:
+            expected = rows * vocab * _CUDA_ITEMSIZE[dtype]
+            if byte_size != expected:
+                raise invalid_argument(f"{LOGITS}.parameters.{SHM_BYTE_SIZE}",
+                                       f"{SHM_BYTE_SIZE} must be B*V*itemsize = {expected} bytes, got {byte_size}")
+            return cuda.registry.slice(cuda_region, offset, expected, (rows, vocab), _CUDA_DTYPE_NAMES[dtype],
+                                       f"{LOGITS}.parameters")  # read by a GPU sampler actor
         return region_slice(message, shared, LOGITS)  # read by the sampler actor
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
@@ -267,6 +279,10 @@ def decode_logits(request: oip.ModelInferRequest, limits: Limits,
     else:
         data = _typed_contents(tensor)
     return decode_tensor(pb.Tensor(dtype=dtype, shape=tensor.shape, data=data), limits, LOGITS)
+
+
+_CUDA_DTYPE_NAMES = {pb.Tensor.FP32: "float32", pb.Tensor.FP16: "float16", pb.Tensor.BF16: "bfloat16"}
+_CUDA_ITEMSIZE = {pb.Tensor.FP32: 4, pb.Tensor.FP16: 2, pb.Tensor.BF16: 2}
 
 
 def shared_memory_reference(parameters: Mapping[str, oip.InferParameter],
@@ -337,11 +353,16 @@ _OUTPUT_OVERHEAD_BYTES = 64
 _RESPONSE_OVERHEAD_BYTES = 1024
 
 
-def response_bytes(outputs: list[OutputSpec], rows: int, params: SamplingParams, strategy_chars: int = 0) -> int:
-    """An upper bound of the response's size: each output's raw bytes (``strategy_chars``, the
-    labels' total length, once known) plus the protocol's overhead."""
+def response_bytes(outputs: list[OutputSpec], rows: int, params: SamplingParams, strategy_chars: int = 0,
+                   placed: Collection[str] = ()) -> int:
+    """An upper bound of the response's size: each inline output's raw bytes (``strategy_chars``,
+    the labels' total length, once known) plus the protocol's overhead. Outputs ``placed`` in a
+    shared-memory region travel outside the message: they count only their overhead."""
     size = _RESPONSE_OVERHEAD_BYTES
     for spec in outputs:
+        if spec.name in placed:
+            size += _OUTPUT_OVERHEAD_BYTES
+            continue
         if spec.name in ("top_logprobs_ids", "top_logprobs"):
             columns = params.top_logprobs
         elif len(spec.shape) == 2:
@@ -537,9 +558,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, limits: Limits,
                  max_response_bytes: int = 64 * 1024 * 1024,
-                 shared_memory: SharedMemoryRegistry | None = None) -> None:
+                 shared_memory: SharedMemoryRegistry | None = None,
+                 cuda_shared_memory: CudaSharedMemoryRegistry | None = None) -> None:
         self._dispatcher = dispatcher
         self._shared_memory = shared_memory or SharedMemoryRegistry()
+        self._cuda = cuda_shared_memory or CudaSharedMemoryRegistry(unavailable=cuda_unavailable(cuda_workers=False))
         self._metrics = metrics
         self._limits = limits
         self._max_response_bytes = max_response_bytes
@@ -561,8 +584,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return oip.ModelReadyResponse(ready=served and self._dispatcher.ready())
 
     async def ServerMetadata(self, request: oip.ServerMetadataRequest, context) -> oip.ServerMetadataResponse:
-        """Name ``samplerd``, the package version and the protocol extensions served."""
-        return oip.ServerMetadataResponse(name="samplerd", version=server_version(), extensions=list(EXTENSIONS))
+        """Name ``samplerd``, the package version and the protocol extensions served (with
+        ``cuda_shared_memory`` when this server can serve it)."""
+        extensions = [*EXTENSIONS, *(("cuda_shared_memory",) if self._cuda.unavailable is None else ())]
+        return oip.ServerMetadataResponse(name="samplerd", version=server_version(), extensions=extensions)
 
     async def ModelMetadata(self, request: oip.ModelMetadataRequest, context) -> oip.ModelMetadataResponse:
         """Inputs and outputs of the ``samplerd`` model."""
@@ -588,15 +613,21 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             check_model(request.model_name, request.model_version)
             params, step = decode_parameters(request.parameters)
-            shared = SharedAccess(self._shared_memory, self._shared_memory.owner(context))
+            owner = self._shared_memory.owner(context)
+            shared = SharedAccess(self._shared_memory, owner)
+            cuda = CudaAccess(self._cuda, owner)
             outputs = requested_outputs(request, params)
-            output_regions(request)  # a malformed output reference is refused before any work
-            logits = decode_logits(request, self._limits, shared)
+            placed = output_regions(request)  # a malformed output reference is refused before any work
+            for (region, _, _), field in placed.values():
+                if cuda.find(region) is not None:
+                    raise invalid_argument(field, f"outputs are not written to CUDA shared memory (region {region!r}); "
+                                                  "request them inline or in system shared memory")
+            logits = decode_logits(request, self._limits, shared, cuda)
             rows, vocab = logits.shape
             check_request_fit(params, vocab, "parameters.")
-            check_response_size(response_bytes(outputs, rows, params), self._max_response_bytes)
+            check_response_size(response_bytes(outputs, rows, params, placed=placed), self._max_response_bytes)
             # The sampler actor checks what it reads from a region, and large logits (as for Sample).
-            if not isinstance(logits, RegionSlice) and logits.numel() * logits.element_size() < ACTOR_CHECKED_BYTES:
+            if not isinstance(logits, REGION_TYPES) and logits.numel() * logits.element_size() < ACTOR_CHECKED_BYTES:
                 check_logits_values(logits, LOGITS)
             decoded = time.perf_counter()
             job = SampleJob(logits=logits, params=[params] * rows, steps=[step] * rows,
@@ -604,7 +635,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             result = await self._dispatcher.submit(job)
             sampled = time.perf_counter()
             labels = sum(len(label.encode()) for label in result.output.strategies)
-            check_response_size(response_bytes(outputs, rows, params, labels), self._max_response_bytes)
+            check_response_size(response_bytes(outputs, rows, params, labels, placed), self._max_response_bytes)
             response = encode_infer_response(request, result.output, params, outputs, shared)
             done = time.perf_counter()
             self._metrics.queue_wait.observe(result.queue_wait_s)
@@ -650,21 +681,30 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         await self._guard(context, self._shared_memory.unregister, self._shared_memory.owner(context), request.name)
         return oip.SystemSharedMemoryUnregisterResponse()
 
-    # -- the CUDA shared-memory extension: not served (see cuda_unavailable) --------------------
+    # -- the CUDA shared-memory extension (samplerd.service.cuda_shared_memory) ------------------
 
-    async def CudaSharedMemoryStatus(self, request, context) -> oip.CudaSharedMemoryStatusResponse:
-        """No CUDA region is ever registered: an empty map, or NOT_FOUND for a name."""
-        if request.name:
-            await self._guard(context, _raise, not_found(f"no CUDA shared-memory region named {request.name!r}"))
-        return oip.CudaSharedMemoryStatusResponse()
+    async def CudaSharedMemoryStatus(self, request: oip.CudaSharedMemoryStatusRequest,
+                                     context) -> oip.CudaSharedMemoryStatusResponse:
+        """The caller's CUDA regions (NOT_FOUND for an unknown name)."""
+        regions = await self._guard(context, self._cuda.status, self._shared_memory.owner(context), request.name)
+        response = oip.CudaSharedMemoryStatusResponse()
+        for region in regions:
+            response.regions[region.name].CopyFrom(oip.CudaSharedMemoryStatusResponse.RegionStatus(
+                name=region.name, device_id=region.device_id, byte_size=region.byte_size))
+        return response
 
-    async def CudaSharedMemoryRegister(self, request, context) -> oip.CudaSharedMemoryRegisterResponse:
-        """Refused with a clear reason (see :func:`cuda_unavailable`)."""
-        await self._guard(context, _raise, cuda_unavailable())
+    async def CudaSharedMemoryRegister(self, request: oip.CudaSharedMemoryRegisterRequest,
+                                       context) -> oip.CudaSharedMemoryRegisterResponse:
+        """Register a CUDA IPC handle; FAILED_PRECONDITION on a server without CUDA sampler
+        workers (see :func:`cuda_unavailable`)."""
+        await self._guard(context, self._cuda.register, self._shared_memory.owner(context), request.name,
+                          request.raw_handle, request.device_id, request.byte_size)
         return oip.CudaSharedMemoryRegisterResponse()
 
-    async def CudaSharedMemoryUnregister(self, request, context) -> oip.CudaSharedMemoryUnregisterResponse:
-        """Nothing to forget: success, like unregistering an unknown system region."""
+    async def CudaSharedMemoryUnregister(self, request: oip.CudaSharedMemoryUnregisterRequest,
+                                         context) -> oip.CudaSharedMemoryUnregisterResponse:
+        """Forget one CUDA region (or all, without a name); an unknown name is not an error."""
+        self._cuda.unregister(self._shared_memory.owner(context), request.name)
         return oip.CudaSharedMemoryUnregisterResponse()
 
     async def _guard(self, context, check: Callable[..., object], *args: object):
@@ -675,20 +715,16 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             await context.abort_with_status(to_status(error))
 
 
-def cuda_unavailable() -> RequestError:
-    """Why CudaSharedMemoryRegister is refused: without CUDA there is nothing to map, and with
-    it this server does not yet map CUDA IPC handles (logits then go by system shared memory)."""
+def cuda_unavailable(cuda_workers: bool) -> str | None:
+    """Why this server cannot serve CUDA shared memory, or None when it can: it needs CUDA in
+    the front end (a client on its node) and GPU sampler workers to open the handles."""
     if not torch.cuda.is_available():
-        return RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                            "CUDA shared memory needs a CUDA device on the server; this server has none "
-                            "(use system shared memory: SystemSharedMemoryRegister)")
-    return RequestError(grpc.StatusCode.UNIMPLEMENTED,
-                        "CUDA shared memory (CUDA IPC handles) is not supported yet; use system shared memory "
-                        "(SystemSharedMemoryRegister)")
-
-
-def _raise(error: RequestError) -> None:
-    raise error
+        return ("CUDA shared memory needs a CUDA device on the server; this server has none "
+                "(use system shared memory: SystemSharedMemoryRegister)")
+    if not cuda_workers:
+        return ("CUDA shared memory needs GPU sampler workers (--device cuda); this server samples on the CPU "
+                "(use system shared memory: SystemSharedMemoryRegister)")
+    return None
 
 
 def _deadline(context) -> float | None:

@@ -23,11 +23,13 @@ from samplerd.sampling import SamplingError
 from samplerd.service import catalog, oip
 from samplerd.service.codec import Limits, decode_request, encode_response
 from samplerd.service.config import ServerConfig, message_size_options, resolve_device
+from samplerd.service.cuda_shared_memory import CudaSharedMemoryRegistry
 from samplerd.service.dispatcher import Dispatcher, SampleJob
 from samplerd.service.errors import RequestError, classify, invalid_argument, to_status
 from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
 from samplerd.service.generation import Generation
+from samplerd.service.inline_logits import SplitSampleRequest, add_sampler_servicer
 from samplerd.service.metrics import Metrics
 from samplerd.service.ports import PortInUseError, check_port_free, port_error
 from samplerd.service.reflection import own_pool
@@ -56,14 +58,21 @@ class SamplerServicer(pb_grpc.SamplerServicer):
         self._sessions = sessions or SessionStreams(dispatcher, metrics, limits)
         self._generation = generation or Generation(metrics)  # None: no model (FAILED_PRECONDITION)
 
-    async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
-        """Sample every row of the request's logits (see the .proto)."""
+    async def Sample(self, request: SplitSampleRequest | pb.SampleRequest,
+                     context: grpc.aio.ServicerContext) -> pb.SampleResponse:
+        """Sample every row of the request's logits (see the .proto); registered through
+        :func:`~samplerd.service.inline_logits.add_sampler_servicer`, it receives the request
+        with its inline logits still where they arrived."""
+        if isinstance(request, SplitSampleRequest):
+            request, logits_data = request.message, request.logits_data
+        else:
+            logits_data = None
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._metrics.inflight.inc()
         try:
             shared = SharedAccess(self._shared_memory, self._shared_memory.owner(context))
-            decoded = decode_request(request, self._limits, shared, actor_checks=True)
+            decoded = decode_request(request, self._limits, shared, actor_checks=True, logits_data=logits_data)
             deadline = _deadline(context)
             job = SampleJob(logits=decoded.logits, params=decoded.params, steps=decoded.steps, deadline=deadline)
             try:
@@ -175,11 +184,16 @@ class SamplerServer:
         )
         # Shutdown gate, and unparsable requests -> INVALID_ARGUMENT (samplerd.service.security).
         self.gate = ShutdownGate()
-        self.gate.register(pb_grpc.add_SamplerServicer_to_server, self.servicer, self.server)
+        self.gate.register(add_sampler_servicer, self.servicer, self.server)  # Sample: see inline_logits
         # The Open Inference Protocol (KServe v2 / Triton) on the same port: see samplerd.service.oip.
+        # CUDA regions (Triton's CUDA extension, OIP only): served when the workers sample on GPUs.
+        self.cuda_shared_memory = CudaSharedMemoryRegistry(
+            SharedMemoryLimits(config.max_shm_regions, config.max_shm_bytes),
+            unavailable=oip.cuda_unavailable(cuda_workers=resolve_device(config.device) == "cuda"))
         self.inference = oip.InferenceServicer(self.dispatcher, self.metrics, Limits(config.max_tensor_elements),
                                                max_response_bytes=config.max_message_bytes,
-                                               shared_memory=self.shared_memory)
+                                               shared_memory=self.shared_memory,
+                                               cuda_shared_memory=self.cuda_shared_memory)
         self.gate.register(oip.add_to_server, self.inference, self.server)
         self.gate.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server, always_open=True)
         reflection.enable_server_reflection(
@@ -238,6 +252,7 @@ class SamplerServer:
         await self.generation.stop()  # before the dispatcher, which may stop Ray
         await self.dispatcher.stop()
         self.shared_memory.clear()
+        self.cuda_shared_memory.clear()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

@@ -21,9 +21,10 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -65,6 +66,26 @@ class Region:
         return f"region {self.name!r} (key {self.key!r})"
 
 
+def valid_name(name: str) -> None:
+    """INVALID_ARGUMENT naming ``name`` unless it is a valid region name."""
+    if _NAME_RE.fullmatch(name) is None:
+        raise invalid_argument("name", f"name must be 1-128 characters of [A-Za-z0-9_.-], got {name[:64]!r}")
+
+
+def _check_room(own: Mapping[str, Any], name: str, byte_size: int, limits: SharedMemoryLimits, kind: str) -> None:
+    """ALREADY_EXISTS when ``own`` (an owner's registrations, each with a ``byte_size``) has
+    ``name``; RESOURCE_EXHAUSTED when one more of ``byte_size`` bytes would exceed ``limits``."""
+    if name in own:
+        raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"a {kind} named {name!r} is already registered")
+    if len(own) >= limits.max_regions:
+        raise over_limit("name", f"{len(own)} {kind}s are registered, the server's limit "
+                                 f"(--max-shm-regions) is {limits.max_regions}")
+    registered = sum(r.byte_size for r in own.values())
+    if registered + byte_size > limits.max_bytes:
+        raise over_limit("byte_size", f"{registered} bytes are registered, {byte_size} more would exceed the "
+                                      f"server's limit (--max-shm-bytes) of {limits.max_bytes}")
+
+
 def failed_precondition(field: str, description: str) -> RequestError:
     """FAILED_PRECONDITION naming ``field`` (the region changed under the server)."""
     return RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"{field}: {description}")
@@ -97,14 +118,66 @@ class _Opened:
         os.close(self.fd)
 
 
-class SharedMemoryRegistry:
+class Registrations:
+    """Registrations per owner within ``limits`` (each with a ``name`` and a ``byte_size``);
+    ``kind`` names them in errors. Thread-safe. The system and CUDA registries build on it."""
+
+    kind = "shared-memory region"
+
+    def __init__(self, limits: SharedMemoryLimits | None = None) -> None:
+        self.limits = limits or SharedMemoryLimits()
+        self._lock = threading.Lock()
+        self._regions: dict[str, dict[str, Any]] = {}
+
+    def _add(self, owner: str, region: Any) -> None:
+        """Record ``region`` for ``owner``: ALREADY_EXISTS or RESOURCE_EXHAUSTED when it may not be."""
+        with self._lock:
+            own = self._regions.setdefault(owner, {})
+            _check_room(own, region.name, region.byte_size, self.limits, self.kind)
+            own[region.name] = region
+
+    def unregister(self, owner: str, name: str = "") -> int:
+        """Forget one region of ``owner`` (or all, for ``""``); how many were forgotten."""
+        with self._lock:
+            own = self._regions.get(owner, {})
+            if not name:
+                count = len(own)
+                own.clear()
+                return count
+            return 1 if own.pop(name, None) is not None else 0
+
+    def status(self, owner: str, name: str = "") -> list[Any]:
+        """``owner``'s regions sorted by name, or the one named (NOT_FOUND when it is not)."""
+        with self._lock:
+            own = dict(self._regions.get(owner, {}))
+        if name:
+            if name not in own:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"no {self.kind} named {name!r} is registered")
+            return [own[name]]
+        return [own[n] for n in sorted(own)]
+
+    def find(self, owner: str, name: str) -> Any:
+        """``owner``'s region ``name``, or None."""
+        with self._lock:
+            return self._regions.get(owner, {}).get(name)
+
+    def clear(self) -> None:
+        """Forget every region (server stop)."""
+        with self._lock:
+            self._regions.clear()
+
+    def count(self) -> int:
+        """Regions registered, over all owners."""
+        with self._lock:
+            return sum(len(own) for own in self._regions.values())
+
+
+class SharedMemoryRegistry(Registrations):
     """The server's registered regions, per owner (see the module docstring). Thread-safe."""
 
     def __init__(self, limits: SharedMemoryLimits | None = None, per_token: bool = False) -> None:
-        self.limits = limits or SharedMemoryLimits()
+        super().__init__(limits)
         self.per_token = per_token
-        self._lock = threading.Lock()
-        self._regions: dict[str, dict[str, Region]] = {}
 
     # -- owners --------------------------------------------------------------------------------
 
@@ -123,8 +196,7 @@ class SharedMemoryRegistry:
 
     def register(self, owner: str, name: str, key: str, offset: int, byte_size: int) -> Region:
         """Register a region; raises RequestError (INVALID_ARGUMENT, ALREADY_EXISTS, RESOURCE_EXHAUSTED)."""
-        if _NAME_RE.fullmatch(name) is None:
-            raise invalid_argument("name", f"name must be 1-128 characters of [A-Za-z0-9_.-], got {name[:64]!r}")
+        valid_name(name)
         path = object_path(key)
         if byte_size < 1:
             raise invalid_argument("byte_size", f"byte_size must be >= 1, got {byte_size}")
@@ -144,56 +216,14 @@ class SharedMemoryRegistry:
             raise invalid_argument(
                 "byte_size", f"offset + byte_size = {offset + byte_size} exceeds the size of {key!r} ({info.st_size})")
         region = Region(name, key, offset, byte_size, path, (info.st_dev, info.st_ino))
-        with self._lock:
-            own = self._regions.setdefault(owner, {})
-            if name in own:
-                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"a region named {name!r} is already registered")
-            if len(own) >= self.limits.max_regions:
-                raise over_limit("name", f"{len(own)} regions are registered, the server's limit "
-                                         f"(--max-shm-regions) is {self.limits.max_regions}")
-            registered = sum(r.byte_size for r in own.values())
-            if registered + byte_size > self.limits.max_bytes:
-                raise over_limit("byte_size", f"{registered} bytes are registered, {byte_size} more would exceed the "
-                                              f"server's limit (--max-shm-bytes) of {self.limits.max_bytes}")
-            own[name] = region
+        self._add(owner, region)
         return region
-
-    def unregister(self, owner: str, name: str = "") -> int:
-        """Forget one region of ``owner`` (or all, for ``""``); how many were forgotten."""
-        with self._lock:
-            own = self._regions.get(owner, {})
-            if not name:
-                count = len(own)
-                own.clear()
-                return count
-            return 1 if own.pop(name, None) is not None else 0
-
-    def status(self, owner: str, name: str = "") -> list[Region]:
-        """``owner``'s regions sorted by name, or the one named (NOT_FOUND when it is not)."""
-        with self._lock:
-            own = dict(self._regions.get(owner, {}))
-        if name:
-            if name not in own:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"no shared-memory region named {name!r} is registered")
-            return [own[name]]
-        return [own[n] for n in sorted(own)]
-
-    def clear(self) -> None:
-        """Forget every region (server stop)."""
-        with self._lock:
-            self._regions.clear()
-
-    def count(self) -> int:
-        """Regions registered, over all owners."""
-        with self._lock:
-            return sum(len(own) for own in self._regions.values())
 
     # -- use -----------------------------------------------------------------------------------
 
     def lookup(self, owner: str, name: str, offset: int, byte_size: int, field: str) -> Region:
         """``owner``'s region ``name``, checked to hold ``byte_size`` bytes at ``offset``."""
-        with self._lock:
-            region = self._regions.get(owner, {}).get(name)
+        region = self.find(owner, name)
         if region is None:
             raise invalid_argument(f"{field}.region", f"no shared-memory region named {name!r} is registered")
         if offset + byte_size > region.byte_size:

@@ -7,6 +7,8 @@
 - :mod:`samplerd.workers.pool`: N sampler actors, least-loaded routing, death detection, replacement;
 - :mod:`samplerd.workers.socket_link`: batches over a link to each actor (Unix socket and shared-memory
   arena on the front end's node, TCP to other nodes), beside Ray;
+- :mod:`samplerd.workers.region`, :mod:`samplerd.workers.cuda_ipc`: logits read from a client's shared memory
+  (POSIX objects; GPU memory by CUDA IPC handle);
 - :mod:`samplerd.workers.cluster`: joining or starting Ray;
 - :mod:`samplerd.workers.config`: device names, batch transports and the pool's settings (no ray, no torch).
 """
@@ -31,6 +33,8 @@ _EXPORTS = {
     "PoolConfig": "samplerd.workers.config",
     "RegionError": "samplerd.workers.region",
     "RegionSlice": "samplerd.workers.region",
+    "CudaRegionSlice": "samplerd.workers.cuda_ipc",
+    "REGION_TYPES": "samplerd.workers.batch",
     "BatchFailedError": "samplerd.workers.pool",
     "NoLiveWorkerError": "samplerd.workers.pool",
     "SamplerPool": "samplerd.workers.pool",

@@ -16,6 +16,7 @@ as CPU tensors again.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,11 @@ import numpy as np
 import torch
 
 from samplerd.sampling import SampleOutput, SampleStats, SamplingError, SamplingParams, SequenceState
+from samplerd.workers.cuda_ipc import CudaRegionSlice, read_into_device
 from samplerd.workers.region import RegionError, RegionSlice, read_into
+
+#: Logits a batch names instead of carrying: the actor reads them itself.
+REGION_TYPES = (RegionSlice, CudaRegionSlice)
 
 #: The logits dtypes a batch may carry, by torch dtype, with their names on the wire.
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -41,7 +46,7 @@ class RowGroup:
     ``sampling.SequenceState`` (or None) when any request of the group has state.
     """
 
-    logits: list[np.ndarray | RegionSlice]
+    logits: list[np.ndarray | RegionSlice | CudaRegionSlice]
     dtype: str
     params: list[SamplingParams]
     steps: list[int]
@@ -183,7 +188,7 @@ class BatchOutput:
 #: that a batch link loads (:mod:`samplerd.workers.socket_link`).
 WIRE_TYPES: tuple[type, ...] = (
     RowGroup, BatchOutput, GroupResult, RowError, SampleOutput, SampleStats, SamplingParams, SequenceState,
-    RegionSlice,
+    RegionSlice, CudaRegionSlice,
     PathGroup, PathJob, PathChoice, PathGroupResult,
 )
 
@@ -211,18 +216,24 @@ def unpack_group(parts: Sequence[np.ndarray | RegionSlice], dtype: str,
 
     The arrays arrive as read-only views of a link's arena or of Ray's shared memory, or in a
     link's receive buffers; regions are read from the client's shared memory. Either way they
-    are copied once, into one new array, which the sampler owns (and which on a GPU is copied
-    to the device once). Nothing may keep a view of them past the batch's answer: the front
-    end reuses its arena once the answer is in.
+    are copied once, into one new array, which the sampler owns; on a GPU, arrays go straight
+    into their rows of the device's batch tensor (regions through a host array first). Nothing
+    may keep a view of them past the batch's answer: the front end reuses its arena once the
+    answer is in.
     """
     failed: dict[int, RowError] = {}
-    if any(isinstance(part, RegionSlice) for part in parts):
+    if device.type != "cpu":
+        return _upload_parts(parts, dtype, device, failed), failed
+    if any(isinstance(part, REGION_TYPES) for part in parts):
         rows = sum(part.shape[0] for part in parts)
         array = np.empty((rows, parts[0].shape[1]), dtype=_NUMPY_DTYPES[dtype])
         start = 0
         for index, part in enumerate(parts):
             stop = start + part.shape[0]
-            if isinstance(part, RegionSlice):
+            if isinstance(part, CudaRegionSlice):
+                failed[index] = RowError("region", "", f"{part.label}: CUDA shared memory needs a GPU sampler "
+                                                       "worker (--device cuda)")
+            elif isinstance(part, RegionSlice):
                 try:
                     read_into(part, array[start:stop])
                 except RegionError as error:
@@ -233,11 +244,38 @@ def unpack_group(parts: Sequence[np.ndarray | RegionSlice], dtype: str,
     else:
         array = np.concatenate(parts)
     tensor = torch.from_numpy(array)
-    if device.type != "cpu":
-        tensor = tensor.to(device)
     if dtype == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
     return tensor, failed
+
+
+def _upload_parts(parts: Sequence[np.ndarray | RegionSlice | CudaRegionSlice], dtype: str, device: torch.device,
+                  failed: dict[int, RowError]) -> torch.Tensor:
+    """The parts copied straight into their rows of one batch tensor on ``device`` (a GPU): one
+    host-to-device copy per request (a region's through a host array it is read into), a
+    device-to-device copy for CUDA shared memory, and no concatenation on the host. Each copy
+    from pageable memory returns once the source is read, so no view of the parts outlives the
+    call. Parts that cannot be read are put in ``failed`` by index (their rows left unset)."""
+    raw = torch.from_numpy(np.empty(0, dtype=_NUMPY_DTYPES[dtype])).dtype
+    batch = torch.empty((sum(part.shape[0] for part in parts), parts[0].shape[1]), dtype=raw, device=device)
+    start = 0
+    with warnings.catch_warnings():  # the parts are read-only views; they are only read
+        warnings.simplefilter("ignore", UserWarning)
+        for index, part in enumerate(parts):
+            stop = start + part.shape[0]
+            try:
+                if isinstance(part, CudaRegionSlice):
+                    read_into_device(part, batch[start:stop])
+                elif isinstance(part, RegionSlice):
+                    host = np.empty(part.shape, dtype=_NUMPY_DTYPES[dtype])
+                    read_into(part, host)
+                    batch[start:stop] = torch.from_numpy(host)
+                else:
+                    batch[start:stop] = torch.from_numpy(part)
+            except RegionError as error:
+                failed[index] = RowError.from_exception(error)
+            start = stop
+    return batch.view(torch.bfloat16) if dtype == "bfloat16" else batch
 
 
 def stack_group(
@@ -255,8 +293,8 @@ def stack_group(
     """
     first = tensors[0]
     return RowGroup(
-        logits=[t if isinstance(t, RegionSlice) else pack_logits(t) for t in tensors],
-        dtype=first.dtype if isinstance(first, RegionSlice) else DTYPE_NAMES[first.dtype],
+        logits=[t if isinstance(t, REGION_TYPES) else pack_logits(t) for t in tensors],
+        dtype=first.dtype if isinstance(first, REGION_TYPES) else DTYPE_NAMES[first.dtype],
         params=params,
         steps=steps,
         states=states,

@@ -29,8 +29,24 @@ class RegionError(Exception):
     """The region changed under the server (removed, replaced, shrunk): FAILED_PRECONDITION."""
 
 
+class LogitsRows:
+    """``rows`` x ``vocab`` logits of dtype ``dtype`` that a batch names instead of carrying."""
+
+    rows: int
+    vocab: int
+    dtype: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.vocab)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.vocab * _NUMPY[self.dtype].itemsize
+
+
 @dataclass(frozen=True)
-class RegionSlice:
+class RegionSlice(LogitsRows):
     """``rows`` x ``vocab`` logits of dtype ``dtype`` at byte ``position`` of the object at
     ``path``, which must still be the file ``identity`` (st_dev, st_ino) and hold at least
     ``end`` bytes (the registered region's end). ``label`` names the region in errors."""
@@ -43,14 +59,6 @@ class RegionSlice:
     vocab: int
     dtype: str
     label: str
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.rows, self.vocab)
-
-    @property
-    def nbytes(self) -> int:
-        return self.rows * self.vocab * _NUMPY[self.dtype].itemsize
 
 
 def open_checked(path: str, identity: tuple[int, int], end: int, flags: int, label: str) -> int:

@@ -118,7 +118,7 @@ SERVE_OPTIONS: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
      "GPUs per sampler actor when --device is cuda (none: 1); fractional values share a GPU"),
     ("--max-batch-rows", _positive_int, _DEFAULTS.max_batch_rows, "most rows a worker samples in one batch"),
     ("--batch-window-ms", _non_negative_float, _DEFAULTS.batch_window_ms,
-     "longest a row waits for others to join its batch, in milliseconds"),
+     "longest a row waits for others to join its batch, in milliseconds (not at all once 1 MiB of logits waits)"),
     ("--max-batches-per-worker", _positive_int, _DEFAULTS.max_batches_per_worker,
      "batches in flight per worker; 2 overlaps the transfer with sampling but halves batches"),
     ("--batch-transport", _batch_transport, _DEFAULTS.batch_transport,

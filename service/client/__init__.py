@@ -19,11 +19,19 @@ from samplerd.service.client.sampler import (
     field_violations,
     wire_array,
 )
-from samplerd.service.client.shared_memory import SharedMemoryRegion
-from samplerd.service.client.streams import GenerateStream, SampleSession, SessionStep, generate_request
+from samplerd.service.client.shared_memory import AsyncSharedMemoryRegion, SharedMemoryRegion
+from samplerd.service.client.streams import (
+    AsyncSampleSession,
+    GenerateStream,
+    SampleSession,
+    SessionStep,
+    generate_request,
+)
 
 __all__ = [
+    "AsyncSampleSession",
     "AsyncSamplerClient",
+    "AsyncSharedMemoryRegion",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "GenerateStream",
     "ParameterError",

@@ -31,7 +31,7 @@ from grpc_status import rpc_status
 
 from samplerd.service.client import params as client_params
 from samplerd.service.client.params import ParameterError as ParameterError  # re-exported: raised by build_request
-from samplerd.service.client.streams import GenerateStream, SampleSession, generate_request
+from samplerd.service.client.streams import AsyncSampleSession, GenerateStream, SampleSession, generate_request
 from samplerd.service.config import ServerConfig, message_size_options
 from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 from samplerd.service.generated.samplerd.v1 import sampler_pb2_grpc as pb_grpc
@@ -263,7 +263,8 @@ class SamplerClient:
         their own parameters (merged over ``params``); ``prompts`` seed the penalties' history.
         See :class:`samplerd.service.client.streams.SampleSession`."""
         return SampleSession(self._stub, sequences, prompts=prompts, session_id=session_id,
-                             timeout=timeout or self._timeout, **params)
+                             timeout=timeout or self._timeout,
+                             encode=self._shared.encode if self._shared is not None else None, **params)
 
     def close(self) -> None:
         """Close the channel (after unregistering and removing the client's region, if any)."""
@@ -283,19 +284,45 @@ class AsyncSamplerClient:
 
     def __init__(self, target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  timeout: float | None = None, tls: bool = False, ca: Any = None, cert: Any = None,
-                 key: Any = None, token: str | None = None) -> None:
-        # TLS and token options as in SamplerClient.
+                 key: Any = None, token: str | None = None, shared_memory: bool = False) -> None:
+        # TLS, token and shared_memory as in SamplerClient; with shared_memory, concurrent calls
+        # each lease their own part of the client's region (see AsyncGrowingRegion).
         self._channel = open_channel(target, message_size_options(max_message_bytes), aio=True, tls=tls, ca=ca,
                                      cert=cert, key=key, token=token)
         self._stub = pb_grpc.SamplerStub(self._channel)
         self._timeout = timeout
+        self._shared = None
+        if shared_memory:
+            from samplerd.service.client.shared_memory import AsyncGrowingRegion
+
+            self._shared = AsyncGrowingRegion(self._stub, timeout)
+
+    @property
+    def stub(self) -> pb_grpc.SamplerStub:
+        """The channel's ``Sampler`` stub (``grpc.aio``)."""
+        return self._stub
 
     async def sample(self, array: Any, *, row_params: Sequence[Mapping[str, Any]] | None = None,
                      steps: Sequence[int] | None = None, request_id: str = "", timeout: float | None = None,
-                     **params: Any) -> SampleResult:
-        """Sample every row of ``array`` (see :func:`build_request` for the arguments)."""
-        request = build_request(array, row_params=row_params, steps=steps, request_id=request_id, **params)
+                     logits: pb.Tensor | None = None, **params: Any) -> SampleResult:
+        """Sample every row of ``array`` (see :func:`build_request` for the arguments); or of
+        ``logits``, a ``Tensor`` already encoded, with ``array`` None."""
+        if logits is None and self._shared is not None:
+            async with self._shared.lease(array) as leased:
+                return await self.sample(None, row_params=row_params, steps=steps, request_id=request_id,
+                                         timeout=timeout, logits=leased, **params)
+        request = build_request(array, row_params=row_params, steps=steps, request_id=request_id, logits=logits,
+                                **params)
         return decode_response(await self._stub.Sample(request, timeout=timeout or self._timeout))
+
+    def session(self, sequences: Mapping[str, Mapping[str, Any]] | Sequence[str], *,
+                prompts: Mapping[str, Sequence[int]] | None = None, session_id: str = "",
+                timeout: float | None = None, **params: Any) -> AsyncSampleSession:
+        """A decoding session (``SampleStream``), opened by ``async with`` (or ``await
+        session.open()``); see :meth:`SamplerClient.session`."""
+        return AsyncSampleSession(self._stub, sequences, prompts=prompts, session_id=session_id,
+                                  timeout=timeout or self._timeout,
+                                  lease=self._shared.lease if self._shared is not None else None, **params)
 
     async def list_strategies(self) -> list[pb.StrategyInfo]:
         """The server's strategies with their parameters."""
@@ -319,7 +346,9 @@ class AsyncSamplerClient:
         raise TimeoutError(f"samplerd not ready within {timeout:g} s")
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (after unregistering and removing the client's regions, if any)."""
+        if self._shared is not None:
+            await self._shared.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncSamplerClient:

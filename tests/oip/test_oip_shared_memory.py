@@ -8,7 +8,9 @@ server and the client share this machine's /dev/shm.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +20,8 @@ import torch
 from test_open_inference_protocol import PARAMS, triton_python
 
 from samplerd.sampling import SamplingParams, sample
-from samplerd.service.bench.process import ServerProcess
+from samplerd.service.bench.process import ServerProcess, serving
+from samplerd.service.client.shared_memory import SHM_DIR
 from samplerd.service.generated.inference import grpc_service_pb2 as oip
 from samplerd.service.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
@@ -130,3 +133,54 @@ def test_cuda_register_answers_a_clear_error_without_cuda(server: ServerProcess)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "needs a CUDA device" in caught.value.details()
         assert not stub.CudaSharedMemoryStatus(oip.CudaSharedMemoryStatusRequest()).regions
+        assert "cuda_shared_memory" not in stub.ServerMetadata(oip.ServerMetadataRequest()).extensions
+
+
+@pytest.fixture(scope="module")
+def small_message_server(ray_address: str) -> Iterator[ServerProcess]:
+    with serving("--workers", "1", "--device", "cpu", "--ray-address", ray_address,
+                 "--max-message-bytes", str(64 << 10)) as process:
+        yield process
+
+
+def test_outputs_in_shared_memory_do_not_count_against_the_message_limit(small_message_server: ServerProcess) -> None:
+    rows, vocab, k = 1024, 16, 8
+    logits = (np.random.default_rng(9).standard_normal((rows, vocab)) * 3).astype(np.float32)
+    top_ids_bytes, top_logprobs_bytes = rows * k * 8, rows * k * 4  # 96 KiB together: over the 64 KiB limit
+    key = f"samplerd-oip-test-{os.getpid()}-{os.urandom(4).hex()}"
+    path = SHM_DIR / key
+    path.write_bytes(logits.tobytes() + bytes(top_ids_bytes + top_logprobs_bytes))
+    request = oip.ModelInferRequest(model_name="samplerd")
+    request.parameters["top_logprobs"].int64_param = k
+    request.parameters["seed"].int64_param = 4
+    tensor = request.inputs.add(name="logits", datatype="FP32", shape=[rows, vocab])
+    tensor.parameters["shared_memory_region"].string_param = "all"
+    tensor.parameters["shared_memory_byte_size"].int64_param = logits.nbytes
+    for name in ("token_ids", "top_logprobs_ids", "top_logprobs"):
+        request.outputs.add(name=name)
+    try:
+        with grpc.insecure_channel(small_message_server.target) as channel:
+            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+            stub.SystemSharedMemoryRegister(oip.SystemSharedMemoryRegisterRequest(
+                name="all", key=key, byte_size=path.stat().st_size), timeout=30)
+            with pytest.raises(grpc.RpcError) as caught:  # every output inline: over the limit
+                stub.ModelInfer(request, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert caught.value.details().startswith("outputs")
+            for output, offset, size in ((request.outputs[1], logits.nbytes, top_ids_bytes),
+                                         (request.outputs[2], logits.nbytes + top_ids_bytes, top_logprobs_bytes)):
+                output.parameters["shared_memory_region"].string_param = "all"
+                output.parameters["shared_memory_offset"].int64_param = offset
+                output.parameters["shared_memory_byte_size"].int64_param = size
+            response = stub.ModelInfer(request, timeout=60)
+            stub.SystemSharedMemoryUnregister(oip.SystemSharedMemoryUnregisterRequest(name="all"), timeout=30)
+        written = path.read_bytes()[logits.nbytes:]
+    finally:
+        path.unlink(missing_ok=True)
+    assert [o.name for o in response.outputs] == ["token_ids", "top_logprobs_ids", "top_logprobs"]
+    assert len(response.raw_output_contents) == 1  # only token_ids travelled in the message
+    expected_out = sample(torch.from_numpy(logits), SamplingParams(top_logprobs=k, seed=4))
+    assert np.frombuffer(response.raw_output_contents[0], "<i8").reshape(rows, 1).tolist() == \
+        expected_out.token_ids.tolist()
+    top_ids = np.frombuffer(written[:top_ids_bytes], "<i8").reshape(rows, k)
+    assert top_ids.tolist() == np.asarray(expected_out.top_logprobs[0]).tolist()

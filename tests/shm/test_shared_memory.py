@@ -7,6 +7,7 @@ module; regions are real POSIX shared-memory objects in /dev/shm.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import torch
 
 from samplerd.sampling import SamplingParams, sample
 from samplerd.service.bench.process import ServerProcess, serving
-from samplerd.service.client import SamplerClient, field_violations
+from samplerd.service.client import AsyncSamplerClient, SamplerClient, field_violations
 from samplerd.service.client.shared_memory import SHM_DIR, SharedMemoryRegion
 from samplerd.service.generated.samplerd.v1 import sampler_pb2 as pb
 
@@ -136,6 +137,54 @@ def test_sample_stream_steps_by_shared_memory(client: SamplerClient) -> None:
             row = int(sequence.sequence_id[1:])
             kept = set(torch.topk(step[row], 20).indices.tolist())
             assert set(sequence.row.token_ids) <= kept
+
+
+def test_async_client_shared_memory_serves_concurrent_calls_each_in_its_own_range(server: ServerProcess) -> None:
+    batches = [logits_of(rows, 3000, seed=s) for s, rows in enumerate((1, 4, 16, 2, 8, 32, 3, 5))]
+
+    async def run() -> tuple[list, list, list]:
+        async with AsyncSamplerClient(server.target, timeout=60, shared_memory=True) as client, \
+                AsyncSamplerClient(server.target, timeout=60) as inline:
+            by_region = await asyncio.gather(*(client.sample(b.numpy(), **PARAMS) for b in batches))
+            by_message = await asyncio.gather(*(inline.sample(b.numpy(), **PARAMS) for b in batches))
+            regions = (await client.stub.SharedMemoryStatus(pb.SharedMemoryStatusRequest())).regions
+            return by_region, by_message, list(regions)
+
+    by_region, by_message, regions = asyncio.run(run())
+    assert [r.token_ids for r in by_region] == [r.token_ids for r in by_message]
+    assert [r.token_ids for r in by_region] == [library_tokens(b) for b in batches]
+    assert len(regions) == 1  # the regions it outgrew were removed when their last call ended
+    assert not (SHM_DIR / regions[0].key).exists()  # and the last one on close
+    with SamplerClient(server.target, timeout=60) as other:
+        assert list(other.stub.SharedMemoryStatus(pb.SharedMemoryStatusRequest()).regions) == []
+
+
+SESSION_PARAMS = {"top_k": 40, "temperature": 0.8, "repetition_penalty": 1.3, "seed": 5}
+
+
+def test_sessions_by_shared_memory_equal_inline_sessions(server: ServerProcess) -> None:
+    steps = [logits_of(3, 2000, seed=s) for s in range(4)]
+    sequences = ["a", "b", "c"]
+
+    async def run_async(shared: bool) -> list[dict[str, list[int]]]:
+        async with AsyncSamplerClient(server.target, timeout=60, shared_memory=shared) as client, \
+                client.session(sequences, **SESSION_PARAMS) as session:
+            return [{k: row.token_ids for k, row in (await session.step(step.numpy())).rows.items()}
+                    for step in steps]
+
+    def run_sync(shared: bool) -> list[dict[str, list[int]]]:
+        with SamplerClient(server.target, timeout=60, shared_memory=shared) as client, \
+                client.session(sequences, **SESSION_PARAMS) as session:
+            tokens = [{k: row.token_ids for k, row in session.step(step.numpy()).rows.items()} for step in steps]
+            regions = client.stub.SharedMemoryStatus(pb.SharedMemoryStatusRequest()).regions
+            assert len(regions) == (1 if shared else 0)
+            return tokens
+
+    inline = asyncio.run(run_async(False))
+    assert asyncio.run(run_async(True)) == inline
+    assert run_sync(True) == inline
+    assert run_sync(False) == inline
+    assert len({str(step) for step in inline}) > 1  # the steps differ: not a constant answer
 
 
 def test_status_lists_the_callers_regions(client: SamplerClient) -> None:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from samplerd.sampling import SamplingParams, sample
 from samplerd.workers.batch import DTYPE_NAMES, pack_logits, stack_group, take_job, to_numpy, unpack_logits
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "sampling"))
+from virtual_cuda import VirtualCuda, is_cuda  # noqa: E402
 
 
 def test_logits_of_every_dtype_survive_packing_bit_for_bit() -> None:
@@ -17,6 +24,21 @@ def test_logits_of_every_dtype_survive_packing_bit_for_bit() -> None:
 
         back = unpack_logits([packed], DTYPE_NAMES[dtype], torch.device("cpu"))
         assert back.dtype == dtype and torch.equal(back, logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_on_a_gpu_each_request_goes_straight_into_its_rows_of_the_device_batch(dtype: torch.dtype) -> None:
+    requests = [torch.randn(2, 24).to(dtype), torch.randn(3, 24).to(dtype)]
+    parts = [pack_logits(logits) for logits in requests]
+    for part in parts:
+        part.flags.writeable = False  # as they come out of a link's arena
+
+    with VirtualCuda() as device:
+        batch = unpack_logits(parts, DTYPE_NAMES[dtype], torch.device("cuda:0"))
+        on_device = is_cuda(batch)
+
+    assert device.mismatches == [] and not device.syncs
+    assert on_device and batch.dtype == dtype and torch.equal(batch, torch.cat(requests))
 
 
 def test_stack_group_concatenates_requests_in_order() -> None:

@@ -283,6 +283,31 @@ async def test_stop_answers_running_and_queued_jobs_then_refuses(ray_instance: N
         await d.submit(small_job(1))
 
 
+async def test_full_batch_bytes_are_sent_without_waiting_out_the_window(ray_instance: None,
+                                                                       batch_log: BatchLog) -> None:
+    window_s = 1.0
+    pool = PoolConfig(num_workers=1, device="cpu", num_gpus_per_worker=0.0)
+    d = Dispatcher(DispatcherConfig(pool=pool, batch_window_s=window_s, full_batch_bytes=1 << 20))
+    await d.start()
+    try:
+        d.set_batch_observer(batch_log)
+        large = small_job(2, vocab=1 << 18, seed=1)  # 2 MiB: one job fills a batch
+        crowd = [small_job(1, vocab=1 << 15, seed=10 + i) for i in range(12)]  # 128 KiB each: 1.5 MiB together
+        small = small_job(2, seed=2)
+        large_result = await d.submit(large)
+        crowd_results = await asyncio.gather(*(d.submit(job) for job in crowd))
+        small_result = await d.submit(small)
+    finally:
+        await d.stop()
+
+    assert large_result.queue_wait_s < window_s / 2
+    assert max(result.queue_wait_s for result in crowd_results) < window_s / 2
+    assert batch_log.rows[1] == 12  # the crowd still went as one batch
+    assert small_result.queue_wait_s >= window_s * 0.9  # less than full_batch_bytes waits for company
+    for job, result in ((large, large_result), (small, small_result), *zip(crowd, crowd_results, strict=True)):
+        assert_same_output(result, direct(job))
+
+
 async def test_submit_before_start_is_unavailable() -> None:
     with pytest.raises(WorkersUnavailableError):
         await Dispatcher(DispatcherConfig(pool=PoolConfig(device="cpu"))).submit(small_job(1))
