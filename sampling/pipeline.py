@@ -25,7 +25,7 @@ from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.params import SamplingParams
 from samplerd.sampling.plan import BatchPlan, Step, plan_batch
-from samplerd.sampling.rng import STREAM_DRAW, uniforms
+from samplerd.sampling.rng import STREAM_DRAW, device_uniforms
 from samplerd.sampling.rows import RowParams
 from samplerd.sampling.selection import kth_largest
 from samplerd.sampling.state import SequenceState
@@ -138,7 +138,7 @@ def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
         final = None
     else:
         final = batch.final or Distribution(batch.final_logits)
-        noise = torch.from_numpy(uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws))
+        noise = device_uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws, rows.device)
         token_ids = inverse_cdf(final.weights, noise)
         # A kept token's final logit is its full-distribution logit, except on greedy rows.
         source = batch.full.logits if batch.first_max is None else batch.final_logits

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from samplerd.sampling.rng import uniforms
+from samplerd.sampling.rng import device_uniforms
 
 
 class RowParams:
@@ -56,7 +56,7 @@ class RowParams:
 
     def uniforms(self, stream: int, count: int) -> torch.Tensor:
         """``[rows, count]`` float64 counter-based uniforms for ``stream`` (see :mod:`samplerd.sampling.rng`)."""
-        return torch.from_numpy(uniforms(self.seeds, self.steps, stream, count)).to(self.device)
+        return device_uniforms(self.seeds, self.steps, stream, count, self.device)
 
     def subset(self, positions: list[int], index: torch.Tensor) -> RowParams:
         """The rows at ``positions``, which ``index`` holds as an int64 tensor on the device."""

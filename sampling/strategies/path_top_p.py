@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
-from samplerd.sampling.rng import STREAM_PATHS, uniforms
+from samplerd.sampling.rng import STREAM_PATHS, device_uniforms
 
 BEAMS = Parameter(
     "path_beams", "int", 1, "Live paths per sequence for path-aware top-p (sessions only).",
@@ -82,9 +82,9 @@ def path_aware_step(
     before = sorted_mass.cumsum(0) - sorted_mass
     boundary = pooled[order][before < path_top_p].min()
     eligible = (pooled >= boundary) & torch.isfinite(pooled)
-    noise = torch.from_numpy(uniforms(np.array([seed]), np.array([step]), STREAM_PATHS, flat.numel())[0])
+    noise = device_uniforms(np.array([seed]), np.array([step]), STREAM_PATHS, flat.numel(), pooled.device)[0]
     gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
-    keys = torch.where(eligible, pooled + gumbel.to(pooled.device), torch.full_like(pooled, float("-inf")))
+    keys = torch.where(eligible, pooled + gumbel, torch.full_like(pooled, float("-inf")))
     count = min(beams, int(eligible.sum().item()))
     chosen = keys.topk(count).indices
     vocab = logits.shape[-1]
