@@ -145,3 +145,18 @@ def test_the_harness_sees_cross_device_ops_and_syncs():
         _ = on_device.cpu()
     assert len(device.mismatches) == 1 and "add" in device.mismatches[0]
     assert device.syncs == {"item": 1, "__bool__": 1, "cpu": 1}
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 40.0], ids=["flat", "peaked", "near-deterministic"])
+def test_top_h_on_the_device_keeps_the_cpus_set(spread):
+    from samplerd.sampling import filter_logits
+
+    generator = torch.Generator().manual_seed(int(spread * 10))
+    logits = torch.randn(64, 3000, generator=generator) * spread
+    logits[::4] = logits[::4].round()  # tie groups
+    logits[1::4, :500] = float("-inf")  # removed tokens
+    params = [SamplingParams(top_h=alpha) for alpha in torch.linspace(0.05, 0.95, 64).tolist()]
+    with VirtualCuda() as device:
+        on_device = filter_logits(logits.to("cuda"), params)
+    assert device.mismatches == [] and device.sync_count == 1  # the logits' validity
+    assert torch.equal(torch.isfinite(on_device), torch.isfinite(filter_logits(logits, params)))
