@@ -155,6 +155,8 @@ def test_top_h_on_the_device_keeps_the_cpus_set(spread):
     logits = torch.randn(64, 3000, generator=generator) * spread
     logits[::4] = logits[::4].round()  # tie groups
     logits[1::4, :500] = float("-inf")  # removed tokens
+    # one token 95 nats above the rest: every other term is ~1e-40, below float32's normal range
+    logits[3::4, 7] = logits[3::4].amax(dim=1) + 95.0
     params = [SamplingParams(top_h=alpha) for alpha in torch.linspace(0.05, 0.95, 64).tolist()]
     with VirtualCuda() as device:
         on_device = filter_logits(logits.to("cuda"), params)
