@@ -221,8 +221,8 @@ def _run_stages(logits: torch.Tensor, plan: BatchPlan, all_finite: bool) -> _Bat
         if any(may_come_out_greedy(p) for p in plan.rows.params):
             # A dynamic temperature that can fall below GREEDY_BELOW: the one decision here
             # that the data make, read back (one sync).
-            found_greedy = temp[:, 0] < GREEDY_BELOW
-            if bool(found_greedy.any()):
+            found_greedy = (temp[:, 0] < GREEDY_BELOW).tolist()
+            if any(found_greedy):
                 plan = plan.with_greedy(found_greedy)
         if _divides(plan):  # dividing by 1 changes nothing, so the host may over-approximate
             z = z / torch.where(plan.greedy[:, None], torch.ones_like(temp), temp)

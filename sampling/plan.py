@@ -20,7 +20,7 @@ from samplerd.sampling.registry import MIROSTATS, STRATEGIES
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.rows import RowParams
 from samplerd.sampling.state import SequenceState
-from samplerd.sampling.strategies.temperature import GREEDY
+from samplerd.sampling.strategies.temperature import GREEDY, is_greedy
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,11 @@ class BatchPlan:
     truncations: tuple[Step, ...]  # greedy rows left out
     mirostat: RowSet | None  # rows whose mu the draw updates
 
-    def with_greedy(self, found: torch.Tensor) -> BatchPlan:
-        """The plan with the rows flagged in ``found`` (bool ``[B]``: their dynamic temperature
-        came out greedy) greedy as well, and so left out of the truncations."""
-        greedy = self.greedy | found
-        flags = greedy.tolist()
+    def with_greedy(self, found: Sequence[bool]) -> BatchPlan:
+        """The plan with the rows flagged in ``found`` (one host bool per row: their dynamic
+        temperature came out greedy) greedy as well, and so left out of the truncations."""
+        flags = [bool(now) or is_greedy(p) for now, p in zip(found, self.rows.params, strict=True)]
+        greedy = torch.tensor(flags, device=self.greedy.device)
         truncations = []
         for step in self.truncations:
             on = _row_set([i for i in step.on.positions if not flags[i]], self.rows)

@@ -162,3 +162,14 @@ def test_top_h_on_the_device_keeps_the_cpus_set(spread):
         on_device = filter_logits(logits.to("cuda"), params)
     assert device.mismatches == [] and device.sync_count == 1  # the logits' validity
     assert torch.equal(torch.isfinite(on_device), torch.isfinite(filter_logits(logits, params)))
+
+
+def test_a_dynamic_temperature_that_comes_out_greedy_costs_one_more_sync():
+    logits = _logits()
+    logits[1::2, 11] = 200.0  # entropy 0: these rows' dynamic temperature is 0, i.e. greedy
+    params = SamplingParams(temperature=0.01, dynatemp_range=0.5, top_k=40, seed=3)
+    outputs = []
+    device = _run(logits, params, outputs=outputs)
+    assert device.mismatches == [] and device.call_syncs == 2, dict(device.syncs)
+    assert outputs[0].token_ids[1::2, 0].tolist() == [11] * (ROWS // 2)
+    assert torch.equal(outputs[0].token_ids, sample(logits, params).token_ids)
