@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from virtual_cuda import VirtualCuda, is_cuda
@@ -173,3 +174,21 @@ def test_a_dynamic_temperature_that_comes_out_greedy_costs_one_more_sync():
     assert device.mismatches == [] and device.call_syncs == 2, dict(device.syncs)
     assert outputs[0].token_ids[1::2, 0].tolist() == [11] * (ROWS // 2)
     assert torch.equal(outputs[0].token_ids, sample(logits, params).token_ids)
+
+
+def test_the_actor_downloads_a_cuda_output_in_one_read():
+    from samplerd.workers.batch import to_numpy
+
+    params = [SamplingParams(top_k=10, seed=1, top_logprobs=2, n=2), SamplingParams(mirostat=2, seed=4)] * 2
+    outputs = []
+    _run(_logits(torch.bfloat16), params, STATES, outputs)
+    out = outputs[0]
+    with VirtualCuda() as device:
+        on_host = to_numpy(out)
+    assert device.sync_count == 1 and device.mismatches == []
+    pairs = [(on_host.token_ids, out.token_ids), (on_host.logprobs, out.logprobs),
+             (on_host.mirostat_mu, out.mirostat_mu), *zip(on_host.top_logprobs, out.top_logprobs, strict=True),
+             *((getattr(on_host.stats, name), getattr(out.stats, name)) for name in out.stats.__dataclass_fields__)]
+    for array, tensor in pairs:  # outside the virtual device the tensors are plain CPU tensors
+        assert array.dtype == tensor.numpy().dtype and array.shape == tuple(tensor.shape)
+        assert np.array_equal(array, tensor.numpy(), equal_nan=True)
