@@ -22,7 +22,7 @@ import pytest
 import torch
 from virtual_cuda import VirtualCuda, is_cuda
 
-from samplerd.sampling import SamplingParams, SequenceState, sample
+from samplerd.sampling import SamplingParams, SequenceState, filter_logits, sample
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -150,8 +150,6 @@ def test_the_harness_sees_cross_device_ops_and_syncs():
 
 @pytest.mark.parametrize("spread", [0.5, 3.0, 40.0], ids=["flat", "peaked", "near-deterministic"])
 def test_top_h_on_the_device_keeps_the_cpus_set(spread):
-    from samplerd.sampling import filter_logits
-
     generator = torch.Generator().manual_seed(int(spread * 10))
     logits = torch.randn(64, 3000, generator=generator) * spread
     logits[::4] = logits[::4].round()  # tie groups
@@ -192,3 +190,20 @@ def test_the_actor_downloads_a_cuda_output_in_one_read():
     for array, tensor in pairs:  # outside the virtual device the tensors are plain CPU tensors
         assert array.dtype == tensor.numpy().dtype and array.shape == tuple(tensor.shape)
         assert np.array_equal(array, tensor.numpy(), equal_nan=True)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(top_p=0.7), dict(typical_p=0.6), dict(top_k=700), dict(top_p=0.2, min_tokens_to_keep=300),
+    dict(typical_p=0.3, min_tokens_to_keep=40), dict(optimal_k=0.05), dict(entropy_top_k=900), dict(mirostat=1),
+], ids=str)
+def test_the_devices_sort_based_thresholds_keep_the_cpus_sets(settings):
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(32, 3000, generator=generator) * torch.linspace(0.3, 4.0, 32)[:, None]
+    logits[::4] = logits[::4].mul(2).round()  # tie groups
+    logits[1::4, 2000:] = float("-inf")
+    params = SamplingParams(**settings)
+    states = [SequenceState(mirostat_mu=mu) for mu in torch.linspace(2.0, 12.0, 32).tolist()]
+    with VirtualCuda() as device:
+        on_device = filter_logits(logits.to("cuda"), params, 0, states)
+    assert device.mismatches == [] and device.sync_count == 1
+    assert torch.equal(torch.isfinite(on_device), torch.isfinite(filter_logits(logits, params, 0, states)))
