@@ -310,7 +310,7 @@ def to_numpy(output: SampleOutput) -> SampleOutput:
     tensors = [output.token_ids, output.logprobs, output.mirostat_mu,
                *(getattr(stats, field.name) for field in dataclasses.fields(SampleStats)),
                *(output.top_logprobs or ())]
-    arrays = _arrays(tensors)
+    arrays = host_arrays(tensors)
     token_ids, logprobs, mirostat_mu = arrays[:3]
     fields = len(dataclasses.fields(SampleStats))
     return SampleOutput(
@@ -323,7 +323,7 @@ def to_numpy(output: SampleOutput) -> SampleOutput:
     )
 
 
-def _arrays(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+def host_arrays(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     """The tensors as numpy arrays; off the CPU in one download (one sync instead of one per
     tensor): their bytes packed into one device buffer, copied once, and cut apart again."""
     if all(t.device.type == "cpu" for t in tensors):

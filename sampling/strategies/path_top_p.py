@@ -74,18 +74,20 @@ def path_aware_step(
     """
     logits = filtered_logits.float()
     log_probs = torch.log_softmax(logits, dim=-1)
-    scores = path_logprobs.double()[:, None] + log_probs.double()
+    scores = path_logprobs.to(logits.device, torch.float64)[:, None] + log_probs.double()
     flat = scores.reshape(-1)
     pooled = torch.log_softmax(flat, dim=0)
-    order = torch.argsort(pooled, descending=True)
-    sorted_mass = pooled[order].exp()
+    ranked = pooled.sort(descending=True).values
+    sorted_mass = ranked.exp()
     before = sorted_mass.cumsum(0) - sorted_mass
-    boundary = pooled[order][before < path_top_p].min()
+    # the least candidate of the nucleus: the last rank whose mass before it is < path_top_p
+    # (rank 0 always is); a gather, not a boolean mask, so nothing is read back
+    boundary = ranked.gather(0, (before < path_top_p).sum(0, keepdim=True) - 1)
     eligible = (pooled >= boundary) & torch.isfinite(pooled)
     noise = device_uniforms(np.array([seed]), np.array([step]), STREAM_PATHS, flat.numel(), pooled.device)[0]
     gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
     keys = torch.where(eligible, pooled + gumbel, torch.full_like(pooled, float("-inf")))
-    count = min(beams, int(eligible.sum().item()))
+    count = min(beams, int(eligible.sum().item()))  # the output's size: the step's one host read
     chosen = keys.topk(count).indices
     vocab = logits.shape[-1]
     parent, token = chosen // vocab, chosen % vocab

@@ -207,3 +207,17 @@ def test_the_devices_sort_based_thresholds_keep_the_cpus_sets(settings):
         on_device = filter_logits(logits.to("cuda"), params, 0, states)
     assert device.mismatches == [] and device.sync_count == 1
     assert torch.equal(torch.isfinite(on_device), torch.isfinite(filter_logits(logits, params, 0, states)))
+
+
+def test_a_path_aware_step_on_cuda_reads_back_only_its_candidate_count():
+    from samplerd.sampling.strategies.path_top_p import path_aware_step
+
+    logits = _logits()[:3]
+    path_logprobs = torch.tensor([-1.0, -2.5, -0.5], dtype=torch.float64)  # the session's, on the host
+    with VirtualCuda() as device:
+        chosen = path_aware_step(logits.to("cuda"), path_logprobs, 3, 0.9, seed=5, step=2)
+        assert is_cuda(chosen.token)
+    assert device.mismatches == [] and dict(device.syncs) == {"item": 1}
+    on_cpu = path_aware_step(logits, path_logprobs, 3, 0.9, seed=5, step=2)
+    assert torch.equal(chosen.parent, on_cpu.parent) and torch.equal(chosen.token, on_cpu.token)
+    assert torch.equal(chosen.path_logprob, on_cpu.path_logprob)
