@@ -32,6 +32,7 @@ from samplerd.sampling.state import SequenceState
 from samplerd.sampling.strategies import mirostat
 from samplerd.sampling.strategies.temperature import GREEDY_BELOW, is_greedy, may_come_out_greedy
 from samplerd.sampling.topk import first_argmax, top_values
+from samplerd.sampling.transfer import upload
 
 _NEG_INF = float("-inf")
 
@@ -102,12 +103,17 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
     fast_set = set(fast)
     general = [i for i in range(len(params)) if i not in fast_set]
     parts = [
-        (fast, engine.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast],
+        (fast, engine.sample(_rows_of(logits, fast), [params[i] for i in fast], [steps[i] for i in fast],
                              states=None if states is None else [states[i] for i in fast])),
-        (general, _sample(logits[general], [params[i] for i in general], [steps[i] for i in general],
+        (general, _sample(_rows_of(logits, general), [params[i] for i in general], [steps[i] for i in general],
                           None if states is None else [states[i] for i in general], all_finite)),
     ]
     return _merge_rows(parts, len(params))
+
+
+def _rows_of(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The given rows of ``logits``, the index uploaded without blocking (:mod:`samplerd.sampling.transfer`)."""
+    return logits.index_select(0, upload(torch.tensor(rows), logits.device))
 
 
 def _fused_engine(logits: torch.Tensor):
@@ -149,8 +155,8 @@ def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
     stats = _statistics(batch, truncated, surprise)
     mu = _next_mirostat_mu(batch, surprise[:, :1])
     if min(counts) < draws:
-        padding = torch.arange(draws, device=token_ids.device)[None, :] >= torch.tensor(counts)[:, None].to(
-            token_ids.device)
+        padding = torch.arange(draws, device=token_ids.device)[None, :] >= upload(torch.tensor(counts)[:, None],
+                                                                                    token_ids.device)
         token_ids = token_ids.masked_fill(padding, -1)
         logprobs = logprobs.masked_fill(padding, float("nan"))
         stats = replace(stats, surprise=stats.surprise.masked_fill(padding, float("nan")))
@@ -171,19 +177,20 @@ def _merge_rows(parts, rows: int) -> SampleOutput:
     order = torch.tensor([i for index, _ in parts for i in index])
     where = torch.empty_like(order)
     where[order] = torch.arange(rows)
+    outputs = [out for _, out in parts]
+    on_device = upload(where, outputs[0].token_ids.device)  # every part's tensors are on the batch's device
 
     def merged(values, pad=None):
         if pad is not None:
             width = max(v.shape[1] for v in values)
             values = [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=pad) for v in values]
-        return torch.cat(values)[where]
+        return torch.cat(values)[on_device]
 
-    outputs = [out for _, out in parts]
     stats = {name: merged([getattr(out.stats, name) for out in outputs], float("nan") if name == "surprise" else None)
              for name in SampleStats.__dataclass_fields__}
     top = None
     if any(out.top_logprobs is not None for out in outputs):
-        device = outputs[0].token_ids.device  # every part's tensors are on the batch's device
+        device = outputs[0].token_ids.device
         tops = [out.top_logprobs or (torch.empty(len(index), 0, dtype=torch.int64, device=device),
                                      torch.empty(len(index), 0, device=device))
                 for index, out in parts]

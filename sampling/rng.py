@@ -18,6 +18,8 @@ import os
 import numpy as np
 import torch
 
+from samplerd.sampling.transfer import upload
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
@@ -74,7 +76,7 @@ def device_uniforms(seeds: np.ndarray, steps: np.ndarray, stream: int, count: in
                     device: torch.device | str) -> torch.Tensor:
     """:func:`uniforms` computed on ``device``, bit for bit: ``[rows, count]`` float64."""
     golden = _signed(_GOLDEN)
-    counters = torch.stack([_as_int64(seeds), _as_int64(steps)]).to(device)  # one upload
+    counters = upload(torch.stack([_as_int64(seeds), _as_int64(steps)]), device)
     seed, step = counters[0], counters[1]
     key = _device_mix(seed * golden + _signed(np.uint64(0x632BE59BD9B4E019)))
     key = _device_mix(key ^ (step * golden + (stream + 1)))

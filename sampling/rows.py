@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from samplerd.sampling.rng import device_uniforms
+from samplerd.sampling.transfer import upload
 
 
 class RowParams:
@@ -39,7 +40,7 @@ class RowParams:
                 column = torch.full((len(self.params), 1), getattr(first, name), dtype=dtype)
             else:
                 column = torch.tensor([[getattr(p, name)] for p in self.params], dtype=dtype)
-            self._cache[key] = column.to(self.device)
+            self._cache[key] = upload(column, self.device)
         return self._cache[key]
 
     def float(self, name: str) -> torch.Tensor:

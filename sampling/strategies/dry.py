@@ -20,6 +20,7 @@ import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
 from samplerd.sampling.rows import RowParams
+from samplerd.sampling.transfer import upload
 
 MAX_MATCH = 50
 
@@ -87,8 +88,8 @@ def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     row, token, amount = penalty_entries(histories, rows.params, logits.shape[-1])
     if not row:
         return logits
-    where = tuple(torch.tensor([row, token], device=logits.device))  # one upload
-    penalty = torch.tensor(amount, dtype=torch.float32, device=logits.device)
+    where = tuple(upload(torch.tensor([row, token]), logits.device))
+    penalty = upload(torch.tensor(amount, dtype=torch.float32), logits.device)
     return logits.index_put(where, logits[where] - penalty)
 
 

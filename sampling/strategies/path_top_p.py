@@ -23,6 +23,7 @@ import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
 from samplerd.sampling.rng import STREAM_PATHS, device_uniforms
+from samplerd.sampling.transfer import upload
 
 BEAMS = Parameter(
     "path_beams", "int", 1, "Live paths per sequence for path-aware top-p (sessions only).",
@@ -74,7 +75,9 @@ def path_aware_step(
     """
     logits = filtered_logits.float()
     log_probs = torch.log_softmax(logits, dim=-1)
-    scores = path_logprobs.to(logits.device, torch.float64)[:, None] + log_probs.double()
+    if path_logprobs.device != logits.device:
+        path_logprobs = upload(path_logprobs, logits.device)
+    scores = path_logprobs.double()[:, None] + log_probs.double()
     flat = scores.reshape(-1)
     pooled = torch.log_softmax(flat, dim=0)
     ranked = pooled.sort(descending=True).values

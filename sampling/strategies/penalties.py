@@ -19,6 +19,7 @@ import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
 from samplerd.sampling.rows import RowParams
+from samplerd.sampling.transfer import upload
 
 REPETITION = Parameter(
     "repetition_penalty", "float", 1.0,
@@ -67,8 +68,8 @@ def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     row, token, count = history_counts(rows.histories)
     if not row.size:
         return logits
-    where = tuple(torch.from_numpy(np.stack([row, token])).to(logits.device))  # one upload
-    counts = torch.from_numpy(count).to(logits.device)
+    where = tuple(upload(torch.from_numpy(np.stack([row, token])), logits.device))
+    counts = upload(torch.from_numpy(count), logits.device)
     penalised = apply_penalties(logits[where], counts, *(rows.float(name)[where[0], 0] for name in (
         "repetition_penalty", "frequency_penalty", "presence_penalty")))
     return logits.index_put(where, penalised)

@@ -144,8 +144,14 @@ def test_the_harness_sees_cross_device_ops_and_syncs():
         _ = on_device.sum().item()
         _ = bool(on_device.any())
         _ = on_device.cpu()
+        _ = on_host.to("cuda")  # a blocking upload
+        _ = on_host.pin_memory().to("cuda", non_blocking=True)  # queued, not waited for
+        _ = torch.tensor([1, 2], device="cuda")  # a blocking upload
+        _ = on_device[torch.tensor([0, 2])]  # the host index is uploaded, blocking
+        _ = on_device[[0, 2]]  # so is a list
+        _ = on_device[torch.arange(0, 3, 2, device="cuda")]  # a device index: nothing to wait for
     assert len(device.mismatches) == 1 and "add" in device.mismatches[0]
-    assert device.syncs == {"item": 1, "__bool__": 1, "cpu": 1}
+    assert device.syncs == {"item": 1, "__bool__": 1, "cpu": 1, "blocking upload": 4}
 
 
 @pytest.mark.parametrize("spread", [0.5, 3.0, 40.0], ids=["flat", "peaked", "near-deterministic"])
@@ -158,7 +164,7 @@ def test_top_h_on_the_device_keeps_the_cpus_set(spread):
     logits[3::4, 7] = logits[3::4].amax(dim=1) + 95.0
     params = [SamplingParams(top_h=alpha) for alpha in torch.linspace(0.05, 0.95, 64).tolist()]
     with VirtualCuda() as device:
-        on_device = filter_logits(logits.to("cuda"), params)
+        on_device = filter_logits(logits.to("cuda", non_blocking=True), params)
     assert device.mismatches == [] and device.sync_count == 1  # the logits' validity
     assert torch.equal(torch.isfinite(on_device), torch.isfinite(filter_logits(logits, params)))
 
@@ -204,7 +210,7 @@ def test_the_devices_sort_based_thresholds_keep_the_cpus_sets(settings):
     params = SamplingParams(**settings)
     states = [SequenceState(mirostat_mu=mu) for mu in torch.linspace(2.0, 12.0, 32).tolist()]
     with VirtualCuda() as device:
-        on_device = filter_logits(logits.to("cuda"), params, 0, states)
+        on_device = filter_logits(logits.to("cuda", non_blocking=True), params, 0, states)
     assert device.mismatches == [] and device.sync_count == 1
     assert torch.equal(torch.isfinite(on_device), torch.isfinite(filter_logits(logits, params, 0, states)))
 
@@ -215,7 +221,8 @@ def test_a_path_aware_step_on_cuda_reads_back_only_its_candidate_count():
     logits = _logits()[:3]
     path_logprobs = torch.tensor([-1.0, -2.5, -0.5], dtype=torch.float64)  # the session's, on the host
     with VirtualCuda() as device:
-        chosen = path_aware_step(logits.to("cuda"), path_logprobs, 3, 0.9, seed=5, step=2)
+        on_device = logits.to("cuda", non_blocking=True)
+        chosen = path_aware_step(on_device, path_logprobs, 3, 0.9, seed=5, step=2)
         assert is_cuda(chosen.token)
     assert device.mismatches == [] and dict(device.syncs) == {"item": 1}
     on_cpu = path_aware_step(logits, path_logprobs, 3, 0.9, seed=5, step=2)
