@@ -3,14 +3,16 @@ CPU tensor with a cuda one, the host syncs per call stay within a budget per str
 device's code paths (sort-based thresholds, sparse penalties, the generator on the device)
 give the CPU's tokens on rows clear of every boundary.
 
-The budget of every strategy is one sync per call, on the eager pipeline as on the fused
-chain: the eager pipeline reads back only the logits' validity (one packed min/max read,
-:func:`samplerd.sampling.checks.check_logits`), the fused chain only its status tensor. Every
-other decision is made on the host from the parameters. The one exception is a dynamic
-temperature whose lowest value ``max(0, T - range)`` is below 1e-5: whether it came out greedy
-is read back (a second sync). Before issue 15's eager-path work the eager counts were 4 to 11
-per strategy (7 to 18 budgeted). The fused chain runs its Triton kernel under the
-interpreter, outside the virtual device's view.
+A sync is a read back or a blocking upload (see :mod:`virtual_cuda`). The budget of every
+strategy is one sync per call, on the eager pipeline as on the fused chain: the eager
+pipeline reads back only the logits' validity (one packed min/max read,
+:func:`samplerd.sampling.checks.check_logits`), the fused chain only its status tensor; their
+uploads go through pinned memory without blocking. Every other decision is made on the host
+from the parameters. The one exception is a dynamic temperature whose lowest value
+``max(0, T - range)`` is below 1e-5: whether it came out greedy is read back (a second sync).
+Before issue 15's eager-path work the eager path read back 4 to 11 times per strategy (7 to
+18 budgeted) and uploaded 4 to 11 times more, blocking. The fused chain runs its Triton
+kernel under the interpreter, outside the virtual device's view.
 """
 
 from __future__ import annotations
