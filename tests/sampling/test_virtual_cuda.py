@@ -11,7 +11,7 @@ uploads go through pinned memory without blocking. Every other decision is made 
 from the parameters. The one exception is a dynamic temperature whose lowest value
 ``max(0, T - range)`` is below 1e-5: whether it came out greedy is read back (a second sync).
 Before issue 15's eager-path work the eager path read back 4 to 11 times per strategy (7 to
-18 budgeted) and uploaded 4 to 11 times more, blocking. The fused chain runs its Triton
+18 budgeted) and uploaded 4 to 10 times more, blocking. The fused chain runs its Triton
 kernel under the interpreter, outside the virtual device's view.
 """
 
