@@ -25,13 +25,14 @@ from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.params import SamplingParams
 from samplerd.sampling.plan import BatchPlan, Step, plan_batch
-from samplerd.sampling.rng import STREAM_DRAW, uniforms
+from samplerd.sampling.rng import STREAM_DRAW, device_uniforms
 from samplerd.sampling.rows import RowParams
 from samplerd.sampling.selection import kth_largest
 from samplerd.sampling.state import SequenceState
 from samplerd.sampling.strategies import mirostat
-from samplerd.sampling.strategies.temperature import GREEDY_BELOW
+from samplerd.sampling.strategies.temperature import GREEDY_BELOW, is_greedy, may_come_out_greedy
 from samplerd.sampling.topk import first_argmax, top_values
+from samplerd.sampling.transfer import upload
 
 _NEG_INF = float("-inf")
 
@@ -102,12 +103,17 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
     fast_set = set(fast)
     general = [i for i in range(len(params)) if i not in fast_set]
     parts = [
-        (fast, engine.sample(logits[fast], [params[i] for i in fast], [steps[i] for i in fast],
+        (fast, engine.sample(_rows_of(logits, fast), [params[i] for i in fast], [steps[i] for i in fast],
                              states=None if states is None else [states[i] for i in fast])),
-        (general, _sample(logits[general], [params[i] for i in general], [steps[i] for i in general],
+        (general, _sample(_rows_of(logits, general), [params[i] for i in general], [steps[i] for i in general],
                           None if states is None else [states[i] for i in general], all_finite)),
     ]
     return _merge_rows(parts, len(params))
+
+
+def _rows_of(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The given rows of ``logits``, the index uploaded without blocking (:mod:`samplerd.sampling.transfer`)."""
+    return logits.index_select(0, upload(torch.tensor(rows), logits.device))
 
 
 def _fused_engine(logits: torch.Tensor):
@@ -138,7 +144,7 @@ def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
         final = None
     else:
         final = batch.final or Distribution(batch.final_logits)
-        noise = torch.from_numpy(uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws))
+        noise = device_uniforms(rows.seeds, rows.steps, STREAM_DRAW, draws, rows.device)
         token_ids = inverse_cdf(final.weights, noise)
         # A kept token's final logit is its full-distribution logit, except on greedy rows.
         source = batch.full.logits if batch.first_max is None else batch.final_logits
@@ -149,8 +155,8 @@ def _sample(logits, params, steps, states, all_finite) -> SampleOutput:
     stats = _statistics(batch, truncated, surprise)
     mu = _next_mirostat_mu(batch, surprise[:, :1])
     if min(counts) < draws:
-        padding = torch.arange(draws, device=token_ids.device)[None, :] >= torch.tensor(counts)[:, None].to(
-            token_ids.device)
+        padding = torch.arange(draws, device=token_ids.device)[None, :] >= upload(torch.tensor(counts)[:, None],
+                                                                                    token_ids.device)
         token_ids = token_ids.masked_fill(padding, -1)
         logprobs = logprobs.masked_fill(padding, float("nan"))
         stats = replace(stats, surprise=stats.surprise.masked_fill(padding, float("nan")))
@@ -171,19 +177,20 @@ def _merge_rows(parts, rows: int) -> SampleOutput:
     order = torch.tensor([i for index, _ in parts for i in index])
     where = torch.empty_like(order)
     where[order] = torch.arange(rows)
+    outputs = [out for _, out in parts]
+    on_device = upload(where, outputs[0].token_ids.device)  # every part's tensors are on the batch's device
 
     def merged(values, pad=None):
         if pad is not None:
             width = max(v.shape[1] for v in values)
             values = [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=pad) for v in values]
-        return torch.cat(values)[where]
+        return torch.cat(values)[on_device]
 
-    outputs = [out for _, out in parts]
     stats = {name: merged([getattr(out.stats, name) for out in outputs], float("nan") if name == "surprise" else None)
              for name in SampleStats.__dataclass_fields__}
     top = None
     if any(out.top_logprobs is not None for out in outputs):
-        device = outputs[0].token_ids.device  # every part's tensors are on the batch's device
+        device = outputs[0].token_ids.device
         tops = [out.top_logprobs or (torch.empty(len(index), 0, dtype=torch.int64, device=device),
                                      torch.empty(len(index), 0, device=device))
                 for index, out in parts]
@@ -218,12 +225,14 @@ def _run_stages(logits: torch.Tensor, plan: BatchPlan, all_finite: bool) -> _Bat
         temp = torch.ones_like(plan.rows.float("temperature"))
         for step in plan.temperatures:
             temp = _on_rows(step, z, temp)
-        found_greedy = temp[:, 0] < GREEDY_BELOW  # a dynamic temperature may come out greedy
-        if bool(found_greedy.any()):
-            plan = plan.with_greedy(found_greedy)
-        divisor = torch.where(plan.greedy[:, None], torch.ones_like(temp), temp)
-        if bool((divisor != 1.0).any()):
-            z = z / divisor
+        if any(may_come_out_greedy(p) for p in plan.rows.params):
+            # A dynamic temperature that can fall below GREEDY_BELOW: the one decision here
+            # that the data make, read back (one sync).
+            found_greedy = (temp[:, 0] < GREEDY_BELOW).tolist()
+            if any(found_greedy):
+                plan = plan.with_greedy(found_greedy)
+        if _divides(plan):  # dividing by 1 changes nothing, so the host may over-approximate
+            z = z / torch.where(plan.greedy[:, None], torch.ones_like(temp), temp)
     full = Distribution(z, may_have_removed=not all_finite)
     truncated, current = _truncate(full, plan.truncations)
     first_max = None
@@ -231,6 +240,11 @@ def _run_stages(logits: torch.Tensor, plan: BatchPlan, all_finite: bool) -> _Bat
         first_max = first_argmax(untempered)
         truncated, current = _materialise(truncated, current), None
     return _Batch(plan, untempered, full, truncated, current, first_max)
+
+
+def _divides(plan: BatchPlan) -> bool:
+    """Whether some row's temperature may differ from 1, from the parameters alone."""
+    return any(not is_greedy(p) and (p.temperature != 1.0 or p.dynatemp_range > 0) for p in plan.rows.params)
 
 
 def _on_rows(step: Step, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -255,7 +269,7 @@ def _truncate(full: Distribution, truncations: tuple[Step, ...]):
             keep &= dist.finite
         keep = _protect_top_tokens(strategy, dist, on.rows, keep)
         if everyone:
-            current = dist.restricted(keep, _new_max(dist, keep) if strategy.own_min_keep else None)
+            current = dist.restricted(keep, _kept_max(dist, keep) if strategy.own_min_keep else None)
             z = None  # built from ``current`` only if needed
         else:
             z = _materialise(z, current).index_copy(0, on.index, torch.where(keep, dist.logits, _NEG_INF))
@@ -267,9 +281,13 @@ def _materialise(z: torch.Tensor | None, current: Distribution | None) -> torch.
     return current.logits if z is None else z
 
 
-def _new_max(dist: Distribution, keep: torch.Tensor) -> torch.Tensor | None:
-    """The kept set's row maxima when a strategy removed some row's maximum, else None."""
+def _kept_max(dist: Distribution, keep: torch.Tensor) -> torch.Tensor | None:
+    """The kept set's row maxima, for a strategy that may remove a row's maximum; None when it
+    removed none. Off the CPU it is not read back: rescaling to an unchanged maximum gives the
+    same weights, at the cost of one exp pass instead of a sync."""
     kept_max = torch.where(keep, dist.logits, _NEG_INF).amax(dim=-1, keepdim=True)
+    if kept_max.device.type != "cpu":
+        return kept_max
     return None if bool((kept_max == dist.max).all()) else kept_max
 
 
@@ -277,9 +295,9 @@ def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: tor
     """``min_tokens_to_keep``: never remove the m most probable tokens (ties with the m-th kept)."""
     if strategy.own_min_keep:
         return keep
-    min_keep = rows.min_keep
-    if bool((min_keep > 1).any()):
-        return keep | (dist.logits >= kth_largest(dist.logits, min_keep)) & dist.finite
+    largest = max(p.min_tokens_to_keep for p in rows.params)
+    if largest > 1:
+        return keep | (dist.logits >= kth_largest(dist.logits, rows.min_keep, largest)) & dist.finite
     if not strategy.keeps_argmax:
         return keep | (dist.logits >= dist.max)
     return keep
@@ -288,7 +306,7 @@ def _protect_top_tokens(strategy, dist: Distribution, rows: RowParams, keep: tor
 def _statistics(batch: _Batch, truncated: _Truncated, surprise: torch.Tensor) -> SampleStats:
     full = batch.full
     k = batch.plan.rows.int("stats_top_k")
-    width = min(int(k.max().item()), full.logits.shape[-1])
+    width = min(max(p.stats_top_k for p in batch.plan.rows.params), full.logits.shape[-1])
     top = full.log_prob_of(top_values(full.logits, width)[0]).exp()
     top = torch.where(torch.arange(width, device=top.device)[None, :] < k, top, torch.zeros_like(top))
     top_mass = top.sum(dim=-1, keepdim=True)
@@ -319,7 +337,7 @@ def _next_mirostat_mu(batch: _Batch, surprise_nats: torch.Tensor) -> torch.Tenso
 
 def _top_logprobs(batch: _Batch, final: Distribution | None):
     wanted = batch.plan.rows.int("top_logprobs")
-    width = int(wanted.max().item())
+    width = max(p.top_logprobs for p in batch.plan.rows.params)
     if width == 0:
         return None
     final = final or Distribution(batch.final_logits)

@@ -20,7 +20,8 @@ from samplerd.sampling.registry import MIROSTATS, STRATEGIES
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.rows import RowParams
 from samplerd.sampling.state import SequenceState
-from samplerd.sampling.strategies.temperature import GREEDY
+from samplerd.sampling.strategies.temperature import GREEDY, is_greedy
+from samplerd.sampling.transfer import upload
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,11 @@ class BatchPlan:
     truncations: tuple[Step, ...]  # greedy rows left out
     mirostat: RowSet | None  # rows whose mu the draw updates
 
-    def with_greedy(self, found: torch.Tensor) -> BatchPlan:
-        """The plan with the rows flagged in ``found`` (bool ``[B]``: their dynamic temperature
-        came out greedy) greedy as well, and so left out of the truncations."""
-        greedy = self.greedy | found
-        flags = greedy.tolist()
+    def with_greedy(self, found: Sequence[bool]) -> BatchPlan:
+        """The plan with the rows flagged in ``found`` (one host bool per row: their dynamic
+        temperature came out greedy) greedy as well, and so left out of the truncations."""
+        flags = [bool(now) or is_greedy(p) for now, p in zip(found, self.rows.params, strict=True)]
+        greedy = upload(torch.tensor(flags), self.greedy.device)
         truncations = []
         for step in self.truncations:
             on = _row_set([i for i in step.on.positions if not flags[i]], self.rows)
@@ -99,7 +100,7 @@ def plan_batch(params: Sequence[SamplingParams], steps: Sequence[int],
         kind.append(Step(strategy, found))
     return BatchPlan(
         rows=rows,
-        greedy=torch.tensor(greedy_flags, device=device),
+        greedy=upload(torch.tensor(greedy_flags), device),
         any_greedy=bool(greedy_rows),
         all_greedy=len(greedy_rows) == len(params),
         processes=tuple(processes),
@@ -128,7 +129,7 @@ def _row_set(positions: list[int], rows: RowParams) -> RowSet | None:
         return None
     if len(positions) == len(rows):
         return RowSet(positions, None, rows)
-    index = torch.tensor(positions, device=rows.device)
+    index = upload(torch.tensor(positions), rows.device)
     return RowSet(positions, index, rows.subset(positions, index))
 
 
@@ -138,5 +139,5 @@ def _initial_mu(params: Sequence[SamplingParams], states: Sequence[SequenceState
     for p, state in zip(params, states, strict=True):
         known = state.mirostat_mu if state is not None else None
         mu.append(known if known is not None else 2.0 * p.mirostat_tau)
-    return torch.tensor(mu, dtype=torch.float64, device=device)[:, None]
+    return upload(torch.tensor(mu, dtype=torch.float64), device)[:, None]
 

@@ -4,8 +4,11 @@ A seeded row must give the same tokens whatever else shares its batch, on any de
 after a restart, so no stateful generator is shared by the batch. Each number is SplitMix64's
 finaliser applied to a key built from the counters (the construction of Steele, Lea and
 Flood, "Fast Splittable Pseudorandom Number Generators", OOPSLA 2014, used as a hash of the
-counter, as in counter-based generators such as Philox). Only a handful of numbers are needed
-per row (one per draw), so they are computed with NumPy's wrapping uint64 arithmetic.
+counter, as in counter-based generators such as Philox). :func:`uniforms` computes them on the
+host with NumPy's wrapping uint64 arithmetic; :func:`device_uniforms` computes the same bits
+with torch int64 operations on the tensors' device (two's-complement products wrap as uint64
+ones do; right shifts are made logical by masking), so a CUDA batch uploads only the seeds
+and steps.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
+
+from samplerd.sampling.transfer import upload
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -43,6 +49,40 @@ def uniforms(seeds: np.ndarray, steps: np.ndarray, stream: int, count: int) -> n
         index = np.arange(count, dtype=np.uint64)[None, :]
         bits = _mix(key[:, None] + (index + np.uint64(1)) * _GOLDEN)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _as_int64(values: np.ndarray) -> torch.Tensor:
+    """uint64 values as int64 with the same bits."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(values).astype(np.uint64)).view(np.int64))
+
+
+def _signed(constant: np.uint64) -> int:
+    """A uint64 constant as the int64 with the same bits."""
+    return int(np.array(constant, dtype=np.uint64).view(np.int64))
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _device_mix(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _shift_right(x, 30)) * _signed(_MUL1)
+    x = (x ^ _shift_right(x, 27)) * _signed(_MUL2)
+    return x ^ _shift_right(x, 31)
+
+
+def device_uniforms(seeds: np.ndarray, steps: np.ndarray, stream: int, count: int,
+                    device: torch.device | str) -> torch.Tensor:
+    """:func:`uniforms` computed on ``device``, bit for bit: ``[rows, count]`` float64."""
+    golden = _signed(_GOLDEN)
+    counters = upload(torch.stack([_as_int64(seeds), _as_int64(steps)]), device)
+    seed, step = counters[0], counters[1]
+    key = _device_mix(seed * golden + _signed(np.uint64(0x632BE59BD9B4E019)))
+    key = _device_mix(key ^ (step * golden + (stream + 1)))
+    index = torch.arange(1, count + 1, dtype=torch.int64, device=key.device)[None, :]
+    bits = _device_mix(key[:, None] + index * golden)
+    return _shift_right(bits, 11).double() * (1.0 / 9007199254740992.0)
 
 
 def fresh_seeds(count: int) -> np.ndarray:

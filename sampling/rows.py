@@ -12,7 +12,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from samplerd.sampling.rng import uniforms
+from samplerd.sampling.rng import device_uniforms
+from samplerd.sampling.transfer import upload
 
 
 class RowParams:
@@ -39,7 +40,7 @@ class RowParams:
                 column = torch.full((len(self.params), 1), getattr(first, name), dtype=dtype)
             else:
                 column = torch.tensor([[getattr(p, name)] for p in self.params], dtype=dtype)
-            self._cache[key] = column.to(self.device)
+            self._cache[key] = upload(column, self.device)
         return self._cache[key]
 
     def float(self, name: str) -> torch.Tensor:
@@ -56,7 +57,7 @@ class RowParams:
 
     def uniforms(self, stream: int, count: int) -> torch.Tensor:
         """``[rows, count]`` float64 counter-based uniforms for ``stream`` (see :mod:`samplerd.sampling.rng`)."""
-        return torch.from_numpy(uniforms(self.seeds, self.steps, stream, count)).to(self.device)
+        return device_uniforms(self.seeds, self.steps, stream, count, self.device)
 
     def subset(self, positions: list[int], index: torch.Tensor) -> RowParams:
         """The rows at ``positions``, which ``index`` holds as an int64 tensor on the device."""

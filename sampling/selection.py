@@ -6,6 +6,12 @@ target": top-p (probability mass), typical sampling (mass in typicality order), 
 bucket each row's scores into a fixed histogram (relative to the row's best score), find the
 bucket where the running total crosses the target, and sort only the few tokens inside that
 bucket. The result is exact: the same boundary a full sort would find.
+
+Off the CPU (CUDA) the histogram's ``scatter_add_`` would be float atomics (their order, and
+so the sums, vary between runs) and sizing the bucket's sort reads a count back to the host:
+there a stable descending sort of the row and a running sum in rank order find the same
+boundary, deterministically and without a sync. The two sum in different orders, so a
+target within float rounding of a running sum may fall on either side on the two devices.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     Returns:
         ``[rows, 1]`` float32 thresholds.
     """
+    if score.device.type != "cpu":
+        return _sorted_prefix_boundary(score, weight, target)
     if best is None:
         best = score.amax(dim=-1, keepdim=True)
     bins = torch.sub(best, score).mul_(_BINS_PER_UNIT).clamp_(max=_NUM_BINS - 1).long()  # -inf -> last bin
@@ -63,14 +71,30 @@ def prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     return torch.where(reached, threshold, torch.full_like(threshold, float("-inf")))
 
 
-def kth_largest(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def _sorted_prefix_boundary(score: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`prefix_boundary` by a stable sort of each row (no atomics, no host sync)."""
+    ranked, order = score.sort(dim=-1, descending=True, stable=True)
+    running = weight.gather(1, order).cumsum(dim=-1)
+    boundary = (running < target).sum(dim=-1, keepdim=True)
+    threshold = ranked.gather(1, boundary.clamp(max=score.shape[-1] - 1))
+    return torch.where(boundary < score.shape[-1], threshold, torch.full_like(threshold, float("-inf")))
+
+
+def kth_largest(values: torch.Tensor, k: torch.Tensor, largest: int | None = None) -> torch.Tensor:
     """The ``k``-th largest entry of each row (``k`` is ``[rows, 1]`` int64, ``1 <= k``).
 
-    Rows with fewer than ``k`` finite entries get ``-inf``. Small ``k`` searches only the
-    blocks that can hold the answer (:func:`samplerd.sampling.topk.top_values`); large ``k`` uses
-    :func:`prefix_boundary` with unit weights.
+    Rows with fewer than ``k`` finite entries get ``-inf``. ``largest`` is an upper bound of
+    ``k`` known on the host (from the parameters); without it the CPU reads ``k``'s maximum
+    and other devices sort the whole row. Small ``k`` searches only the blocks that can hold
+    the answer (:func:`samplerd.sampling.topk.top_values`); large ``k`` uses :func:`prefix_boundary`
+    with unit weights.
     """
-    largest = int(k.max().item())
+    if largest is None:
+        if values.device.type != "cpu":
+            ranked = values.sort(dim=-1, descending=True).values
+            kth = ranked.gather(1, (k - 1).clamp(max=values.shape[-1] - 1))
+            return torch.where(k <= values.shape[-1], kth, torch.full_like(kth, float("-inf")))
+        largest = int(k.max().item())
     if largest <= 256:
         top = top_values(values, largest)[0]
         return top.gather(1, (k - 1).clamp(max=top.shape[-1] - 1)).where(

@@ -17,7 +17,7 @@ import torch
 
 from samplerd.sampling import filter_logits
 from samplerd.sampling.strategies.path_top_p import path_aware_step
-from samplerd.workers.batch import PathChoice, PathGroup, PathGroupResult, PathJob, RowError
+from samplerd.workers.batch import PathChoice, PathGroup, PathGroupResult, PathJob, RowError, host_arrays
 
 #: The strategy label of path-aware steps (metrics).
 PATH_STRATEGY = "path_top_p"
@@ -47,8 +47,8 @@ def run_path_group(logits: torch.Tensor, group: PathGroup) -> PathGroupResult:
                 logits[start:stop], _per_path(job), job.step, job.states)
             chosen = path_aware_step(rows, torch.tensor(job.path_logprobs, dtype=torch.float64),
                                      job.params.path_beams, job.params.path_top_p, job.seed, job.step)
-            choices.append(PathChoice(chosen.parent.cpu().numpy(), chosen.token.cpu().numpy(),
-                                      chosen.path_logprob.cpu().numpy(), chosen.token_logprob.cpu().numpy()))
+            choices.append(PathChoice(*host_arrays([chosen.parent, chosen.token, chosen.path_logprob,
+                                                    chosen.token_logprob])))
         except Exception as error:  # returned to the job as its answer
             choices.append(RowError.from_exception(error))
         start = stop

@@ -7,8 +7,10 @@ and the repeated sequence is ``n >= allowed_length`` tokens long, then ``t``'s l
 token, and a history ending in a breaker gets no penalty. Match lengths are capped at 50, as
 in the reference, which only matters for penalties above ``base ** 48`` (effectively a ban).
 
-The matching runs over the history, not the vocabulary, so it is computed per DRY row with
-vectorised NumPy over the history positions; the penalty itself is one scatter per batch.
+The matching runs over the history, not the vocabulary, so it is computed on the host per DRY
+row with vectorised NumPy over the history positions (the history is host data already); the
+result is a short list of (row, token, amount) entries, applied on the logits' device by one
+gather and one ``index_put`` (each entry is distinct, so the order of writes cannot matter).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
 from samplerd.sampling.rows import RowParams
+from samplerd.sampling.transfer import upload
 
 MAX_MATCH = 50
 
@@ -66,20 +69,28 @@ def match_lengths(history: np.ndarray, breakers: frozenset[int]) -> dict[int, in
     return found
 
 
-def dry_penalties(histories: list[np.ndarray], params: list, vocab_size: int) -> torch.Tensor:
-    """``[rows, V]`` float32 amounts to subtract from the logits of each DRY row."""
-    penalty = torch.zeros(len(histories), vocab_size, dtype=torch.float32)
+def penalty_entries(histories: list[np.ndarray], params: list,
+                    vocab_size: int) -> tuple[list[int], list[int], list[float]]:
+    """The rows, tokens and amounts (to subtract from the logit) of every DRY penalty."""
+    rows, tokens, amounts = [], [], []
     for row, (history, p) in enumerate(zip(histories, params, strict=True)):
         for token, length in match_lengths(history, frozenset(p.dry_sequence_breakers)).items():
             if length >= p.dry_allowed_length and token < vocab_size:
-                penalty[row, token] = p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length)
-    return penalty
+                rows.append(row)
+                tokens.append(token)
+                amounts.append(p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length))
+    return rows, tokens, amounts
 
 
 def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     """The DRY penalty on the rows that switch it on, each against its own history."""
     histories = [np.asarray(history, dtype=np.int64) for history in rows.histories]
-    return logits - dry_penalties(histories, rows.params, logits.shape[-1]).to(logits.device)
+    row, token, amount = penalty_entries(histories, rows.params, logits.shape[-1])
+    if not row:
+        return logits
+    where = tuple(upload(torch.tensor([row, token]), logits.device))
+    penalty = upload(torch.tensor(amount, dtype=torch.float32), logits.device)
+    return logits.index_put(where, logits[where] - penalty)
 
 
 DRY = Strategy(

@@ -36,7 +36,7 @@ def adaptive_k(entropy: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor) 
 
 def keep(dist, rows) -> torch.Tensor:
     k = adaptive_k(dist.entropy, rows.float("entropy_top_k_min"), rows.float("entropy_top_k"))
-    return dist.logits >= kth_largest(dist.logits, k)
+    return dist.logits >= kth_largest(dist.logits, k, max(p.entropy_top_k for p in rows.params))
 
 
 STRATEGY = Strategy(

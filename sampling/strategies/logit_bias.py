@@ -6,6 +6,7 @@ import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
 from samplerd.sampling.rows import RowParams
+from samplerd.sampling.transfer import upload
 
 LOGIT_BIAS = Parameter(
     "logit_bias", "token_bias", (),
@@ -18,9 +19,8 @@ def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     """Each row's biases added to its logits."""
     row_index, token_index, amount = zip(
         *[(row, token, bias) for row, p in enumerate(rows.params) for token, bias in p.logit_bias], strict=True)
-    device = logits.device
-    return logits.index_put((torch.tensor(row_index, device=device), torch.tensor(token_index, device=device)),
-                            torch.tensor(amount, dtype=logits.dtype, device=device), accumulate=True)
+    where = tuple(upload(torch.tensor([row_index, token_index]), logits.device))
+    return logits.index_put(where, upload(torch.tensor(amount, dtype=logits.dtype), logits.device), accumulate=True)
 
 
 STRATEGY = Strategy(

@@ -6,7 +6,9 @@ sparsity weight ``lambda`` the cost of keeping the top k is ``-ln P_k + lambda *
 is discretely convex in k, so the best k is the first where the next increment is
 non-negative: ``k* = min{k >= 1 : p_(k+1) <= (e^lambda - 1) * P_k}`` (samplerd's derivation
 for the KL case; the paper's alpha-family renormalisation is not implemented). The first k
-is found on a growing sorted prefix, so the common small-k case never sorts the vocabulary.
+is found on a growing sorted prefix, so the common small-k case never sorts the vocabulary;
+off the CPU, where growing the prefix would read a flag back to the host each time, the whole
+row is sorted once.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ _FIRST_PREFIX = 64
 def optimal_k(dist, ratio: torch.Tensor) -> torch.Tensor:
     """``k*`` per row (``[rows, 1]`` int64) for ``p_(k+1) <= ratio * P_k``."""
     vocab = dist.logits.shape[-1]
-    width = min(_FIRST_PREFIX, vocab)
+    width = min(_FIRST_PREFIX, vocab) if dist.logits.device.type == "cpu" else vocab
     while True:
         top = dist.log_prob_of(top_values(dist.logits, min(width + 1, vocab))[0]).exp()
-        if top.shape[-1] == vocab:  # the whole row: p_(V+1) = 0 closes it
+        whole_row = top.shape[-1] == vocab
+        if whole_row:  # p_(V+1) = 0 closes every row
             top = torch.cat([top, torch.zeros_like(top[:, :1])], dim=-1)
         mass = top[:, :-1].cumsum(dim=-1)
         satisfied = top[:, 1:] <= ratio * mass
-        if bool(satisfied.any(dim=-1).all()):
+        if whole_row or bool(satisfied.any(dim=-1).all()):
             return satisfied.to(torch.int8).argmax(dim=-1, keepdim=True) + 1
         width = min(width * 8, vocab)
 

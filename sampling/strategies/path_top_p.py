@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
-from samplerd.sampling.rng import STREAM_PATHS, uniforms
+from samplerd.sampling.rng import STREAM_PATHS, device_uniforms
+from samplerd.sampling.transfer import upload
 
 BEAMS = Parameter(
     "path_beams", "int", 1, "Live paths per sequence for path-aware top-p (sessions only).",
@@ -74,18 +75,22 @@ def path_aware_step(
     """
     logits = filtered_logits.float()
     log_probs = torch.log_softmax(logits, dim=-1)
+    if path_logprobs.device != logits.device:
+        path_logprobs = upload(path_logprobs, logits.device)
     scores = path_logprobs.double()[:, None] + log_probs.double()
     flat = scores.reshape(-1)
     pooled = torch.log_softmax(flat, dim=0)
-    order = torch.argsort(pooled, descending=True)
-    sorted_mass = pooled[order].exp()
+    ranked = pooled.sort(descending=True).values
+    sorted_mass = ranked.exp()
     before = sorted_mass.cumsum(0) - sorted_mass
-    boundary = pooled[order][before < path_top_p].min()
+    # the least candidate of the nucleus: the last rank whose mass before it is < path_top_p
+    # (rank 0 always is); a gather, not a boolean mask, so nothing is read back
+    boundary = ranked.gather(0, (before < path_top_p).sum(0, keepdim=True) - 1)
     eligible = (pooled >= boundary) & torch.isfinite(pooled)
-    noise = torch.from_numpy(uniforms(np.array([seed]), np.array([step]), STREAM_PATHS, flat.numel())[0])
+    noise = device_uniforms(np.array([seed]), np.array([step]), STREAM_PATHS, flat.numel(), pooled.device)[0]
     gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
-    keys = torch.where(eligible, pooled + gumbel.to(pooled.device), torch.full_like(pooled, float("-inf")))
-    count = min(beams, int(eligible.sum().item()))
+    keys = torch.where(eligible, pooled + gumbel, torch.full_like(pooled, float("-inf")))
+    count = min(beams, int(eligible.sum().item()))  # the output's size: the step's one host read
     chosen = keys.topk(count).indices
     vocab = logits.shape[-1]
     parent, token = chosen // vocab, chosen % vocab

@@ -7,15 +7,19 @@
   ``z -= frequency * count + presence * [count > 0]``.
 
 The history is whatever the caller passes in the row's :class:`~samplerd.sampling.state.SequenceState`
-(a session passes the prompt and every generated token).
+(a session passes the prompt and every generated token). The history is host data, so each
+row's distinct tokens and their counts are found on the host (a few entries per row, never a
+``[rows, V]`` table) and the penalties touch only those logits, on the logits' device.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
 from samplerd.sampling.rows import RowParams
+from samplerd.sampling.transfer import upload
 
 REPETITION = Parameter(
     "repetition_penalty", "float", 1.0,
@@ -35,18 +39,24 @@ PRESENCE = Parameter(
 
 _PAPER_COUNT = "OpenAI API frequency/presence penalties (as implemented in vLLM and llama.cpp)"
 
-def token_counts(history: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``[rows, V]`` float32 occurrence counts from a ``[rows, L]`` history padded with -1."""
-    rows = history.shape[0]
-    index = torch.where(history >= 0, history, torch.full_like(history, vocab_size))
-    counts = torch.zeros(rows, vocab_size + 1, dtype=torch.float32, device=history.device)
-    counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float32))
-    return counts[:, :vocab_size]
+def history_counts(histories: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's distinct history tokens: int64 rows and tokens, float32 occurrence counts."""
+    rows, tokens, counts = [], [], []
+    for row, history in enumerate(histories):
+        if history:
+            distinct, count = np.unique(np.asarray(history, dtype=np.int64), return_counts=True)
+            rows.append(np.full(distinct.size, row, dtype=np.int64))
+            tokens.append(distinct)
+            counts.append(count)
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(rows), np.concatenate(tokens), np.concatenate(counts).astype(np.float32)
 
 
 def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, repetition: torch.Tensor,
                     frequency: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-    """Apply the three penalties; each parameter tensor is ``[rows, 1]`` (neutral values are no-ops)."""
+    """The three penalties on logits of tokens seen ``counts`` times (all broadcast together;
+    neutral values are no-ops)."""
     seen = counts > 0
     scaled = torch.where(logits > 0, logits / repetition, logits * repetition)
     logits = torch.where(seen, scaled, logits)
@@ -55,19 +65,14 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, repetition: torc
 
 def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     """The three penalties on the rows that switch any of them on (a neutral one changes nothing)."""
-    counts = token_counts(_padded(rows.histories, logits.device), logits.shape[-1])
-    return apply_penalties(logits, counts, rows.float("repetition_penalty"), rows.float("frequency_penalty"),
-                           rows.float("presence_penalty"))
-
-
-def _padded(histories: list[tuple[int, ...]], device: torch.device) -> torch.Tensor:
-    """``[rows, L]`` int64 token histories, padded with -1."""
-    longest = max((len(h) for h in histories), default=0)
-    padded = torch.full((len(histories), max(longest, 1)), -1, dtype=torch.int64)
-    for row, history in enumerate(histories):
-        if history:
-            padded[row, : len(history)] = torch.tensor(history, dtype=torch.int64)
-    return padded.to(device)
+    row, token, count = history_counts(rows.histories)
+    if not row.size:
+        return logits
+    where = tuple(upload(torch.from_numpy(np.stack([row, token])), logits.device))
+    counts = upload(torch.from_numpy(count), logits.device)
+    penalised = apply_penalties(logits[where], counts, *(rows.float(name)[where[0], 0] for name in (
+        "repetition_penalty", "frequency_penalty", "presence_penalty")))
+    return logits.index_put(where, penalised)
 
 
 REPETITION_PENALTY = Strategy(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from samplerd.sampling.declarations import Parameter, Stage, Strategy
@@ -40,6 +41,15 @@ DYNATEMP_EXPONENT = Parameter(
 
 def is_greedy(p) -> bool:
     return p.temperature < GREEDY_BELOW
+
+
+def may_come_out_greedy(p) -> bool:
+    """Whether ``p``'s dynamic temperature can fall below :data:`GREEDY_BELOW` (its lowest value,
+    ``max(0, T - range)`` in float32 as the kernel computes it, with a margin), decided on the host."""
+    if p.dynatemp_range <= 0 or is_greedy(p):
+        return False
+    lowest = max(np.float32(p.temperature) - np.float32(p.dynatemp_range), np.float32(0.0))
+    return bool(lowest < 2 * GREEDY_BELOW)
 
 
 def dynamic_temperature(logits: torch.Tensor, base: torch.Tensor, spread: torch.Tensor,

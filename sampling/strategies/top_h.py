@@ -6,6 +6,12 @@ authors' code computes it, over the whole vocabulary (no top-100 window): rank 1
 kept; rank ``j`` is kept iff ``sum_{r <= j} -p_r ln p_r <= top_h * H(p)``. (The paper's
 prose describes the renormalised entropy of the kept set; neither the authors' code nor
 Hugging Face's implementation computes that, and samplerd follows the code.)
+
+On the CPU the terms are summed in float64 (:func:`keep`). Off the CPU (:func:`keep_on_device`)
+no ``[rows, V]`` float64 tensor is made: each row's terms are scaled by its largest term, so
+the tiny terms of a near-deterministic row stay in float32's range, and summed in float32
+within blocks of 1024 ranks and in float64 across blocks (a fixed order, no atomics); the
+decisions are the CPU's except within float32 rounding of the budget.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ TOP_H = Parameter(
 )
 
 
+_BLOCK = 1024
+
+
 def keep(dist, rows) -> torch.Tensor:
+    if dist.logits.device.type != "cpu":
+        return keep_on_device(dist, rows)
     # float64 from the exact log-probabilities: near-deterministic rows put terms of 1e-40
     # into these sums, below float32's range, and the budget must use the same terms.
     log_probs = dist.log_probs.double()
@@ -38,6 +49,38 @@ def keep(dist, rows) -> torch.Tensor:
     tie_group_fits = (mass_above + partial_first) <= budget
     kept = above | ((dist.logits == first_over) & tie_group_fits)
     return kept | (dist.logits >= dist.max)
+
+
+def keep_on_device(dist, rows) -> torch.Tensor:
+    """:func:`keep` in float32 with scaled terms and blocked sums (see the module docstring)."""
+    log_probs = dist.log_probs
+    negative = (log_probs < 0) & dist.finite  # a positive term (removed tokens and p = 1 have none)
+    log_terms = torch.where(negative, log_probs + torch.log(-log_probs.clamp(max=-1e-30)), float("-inf"))
+    scale = log_terms.amax(dim=-1, keepdim=True)
+    terms = torch.exp(log_terms - torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale)))
+    ranked, order = dist.logits.sort(dim=-1, descending=True, stable=True)
+    running, total = _blocked_running_sum(terms.gather(1, order))
+    budget = (rows.float("top_h").double() * total).float()
+    # Rank j is kept iff its running sum is within the budget; so is the tie group of the last
+    # such rank (its first member is within it too), and nothing after.
+    over = running > budget
+    first_over = torch.where(over.any(dim=-1, keepdim=True), over.to(torch.int8).argmax(dim=-1, keepdim=True),
+                             torch.full_like(budget, ranked.shape[-1], dtype=torch.int64))
+    last_kept = ranked.gather(1, (first_over - 1).clamp(min=0))
+    threshold = torch.where(first_over > 0, last_kept, torch.full_like(last_kept, float("inf")))
+    return (dist.logits >= threshold) | (dist.logits >= dist.max)
+
+
+def _blocked_running_sum(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running sums ``[rows, V]`` float32 of non-negative ``values`` (float32 inside blocks of
+    :data:`_BLOCK`, float64 across blocks) and each row's float64 total ``[rows, 1]``."""
+    rows, vocab = values.shape
+    padded = torch.nn.functional.pad(values, (0, -vocab % _BLOCK)).reshape(rows, -1, _BLOCK)
+    inside = padded.cumsum(dim=-1)
+    block_totals = inside[:, :, -1].double()
+    before = (block_totals.cumsum(dim=-1) - block_totals).float()
+    running = (inside + before.unsqueeze(-1)).reshape(rows, -1)[:, :vocab]
+    return running, block_totals.sum(dim=-1, keepdim=True)
 
 
 STRATEGY = Strategy(

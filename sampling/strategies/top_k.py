@@ -19,7 +19,8 @@ TOP_K = Parameter(
 
 
 def keep(dist, rows) -> torch.Tensor:
-    return dist.logits >= kth_largest(dist.logits, rows.int("top_k"))
+    largest = max(p.top_k for p in rows.params)
+    return dist.logits >= kth_largest(dist.logits, rows.int("top_k"), largest)
 
 
 STRATEGY = Strategy(

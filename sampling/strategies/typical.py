@@ -27,9 +27,10 @@ def keep(dist, rows) -> torch.Tensor:
     typicality = torch.sub(dist.logits, centre).abs_().neg_()
     target = rows.float("typical_p") * dist.total
     kept = typicality >= prefix_boundary(typicality, dist.weights, target)
-    if bool((rows.min_keep == 1).all()):
+    largest = max(p.min_tokens_to_keep for p in rows.params)
+    if largest == 1:
         return kept  # the prefix always holds the most typical token
-    return kept | (typicality >= kth_largest(typicality, rows.min_keep))
+    return kept | (typicality >= kth_largest(typicality, rows.min_keep, largest))
 
 
 STRATEGY = Strategy(

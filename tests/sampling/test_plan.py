@@ -70,7 +70,7 @@ def test_an_all_greedy_batch_has_no_temperature_or_truncation_stage():
 
 def test_rows_found_greedy_later_leave_the_truncations():
     found = plan([SamplingParams(top_k=3, top_p=0.5), SamplingParams(top_k=3), SamplingParams(top_p=0.5)])
-    greedy = found.with_greedy(torch.tensor([False, True, True]))
+    greedy = found.with_greedy([False, True, True])
     assert greedy.greedy.tolist() == [False, True, True]
     assert greedy.any_greedy and not greedy.all_greedy
     assert [(step.strategy.name, step.on.positions) for step in greedy.truncations] == [("top_k", [0]), ("top_p", [0])]

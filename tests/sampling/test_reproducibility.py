@@ -188,3 +188,17 @@ def test_prefix_boundary_of_a_row_does_not_depend_on_its_neighbours() -> None:
     beside = prefix_boundary(score, weight, torch.cat([target_a, target_b]))
     assert float(alone) == pytest.approx(-0.002)
     assert float(beside[0]) == float(alone)
+
+
+@pytest.mark.parametrize("stream", [0, 1, 2])
+def test_the_device_generator_gives_the_host_generators_bits(stream) -> None:
+    from samplerd.sampling.rng import device_uniforms, uniforms
+
+    draw = np.random.default_rng(11)
+    seeds = np.concatenate([draw.integers(0, 2**64, size=40, dtype=np.uint64),
+                            np.array([0, 2**63, 2**64 - 1], dtype=np.uint64)])
+    steps = np.concatenate([draw.integers(0, 2**64, size=40, dtype=np.uint64),
+                            np.array([2**64 - 1, 0, 2**63], dtype=np.uint64)])
+    on_device = device_uniforms(seeds, steps, stream, 33, "cpu")
+    assert on_device.dtype == torch.float64
+    assert np.array_equal(on_device.numpy(), uniforms(seeds, steps, stream, 33))

@@ -7,9 +7,12 @@ it is tagged too. Every op then has its devices checked as a CUDA build checks t
 tensor mixed with a cuda one is an error unless it is a 0-dim scalar or an index), and
 every read of a cuda tensor by the host is counted as a sync (``.item()``, ``.tolist()``,
 ``bool()`` / ``int()`` / ``float()`` of a tensor, ``.cpu()`` / ``.to("cpu")``,
-``nonzero``, boolean-mask indexing, ...). The op is recorded, not raised, so one run
-reports every mismatch; ``.numpy()`` of a cuda tensor is recorded as a mismatch (CUDA
-raises there).
+``nonzero``, boolean-mask indexing, ...), and so is every blocking upload of host data
+(``.to("cuda")`` / ``.cuda()`` without ``non_blocking=True``, ``torch.tensor(..., device="cuda")``):
+CUDA copies from pageable memory with ``cudaMemcpyAsync`` and then waits for the stream, so
+the host waits for all queued work as a read would make it. The op is recorded, not raised,
+so one run reports every mismatch; ``.numpy()`` of a cuda tensor is recorded as a mismatch
+(CUDA raises there).
 
 What it cannot see: work inside C++ that never returns to Python (custom kernels), and
 whether an op has a CUDA kernel at all.
@@ -33,6 +36,8 @@ _SYNC_METHODS = frozenset({
     "argwhere", "masked_select", "unique", "unique_consecutive", "equal", "allclose", "is_nonzero",
     "__array__", "numpy", "repeat_interleave",
 })
+# Factories that copy host data: with a cuda device, a blocking upload.
+_FACTORIES_FROM_HOST_DATA = frozenset({"tensor", "as_tensor", "new_tensor"})
 # Functions whose tensors are allowed on another device: indices, and host-side metadata.
 _INDEXING = frozenset({"__getitem__", "__setitem__", "index_put", "index_put_"})
 _FACTORIES_WITH_DEVICE = frozenset({
@@ -71,6 +76,17 @@ def _tensors(value, out):
         for item in value.values():
             _tensors(item, out)
     return out
+
+
+def _host_index(index) -> bool:
+    """Whether an index holds a host tensor (not a 0-dim one) or a Python list of ints."""
+    if isinstance(index, torch.Tensor):
+        return index.dim() > 0 and not is_cuda(index)
+    if isinstance(index, list):
+        return True
+    if isinstance(index, tuple):
+        return any(_host_index(item) for item in index)
+    return False
 
 
 def _device_kind(device) -> str | None:
@@ -132,6 +148,8 @@ class VirtualCuda(TorchFunctionMode):
             self.syncs[name] += 1
         elif name == "__getitem__" and on_cuda and any(t.dtype == torch.bool for t in _tensors(args[1:], [])):
             self.syncs["boolean mask index"] += 1
+        elif name in _INDEXING and on_cuda and _host_index(args[1:]):
+            self.syncs["blocking upload"] += 1  # torch copies a host index to the device
         if name not in _INDEXING:
             devices = {is_cuda(t) for t in inputs if t.dim() > 0}
             if len(devices) > 1:
@@ -142,6 +160,8 @@ class VirtualCuda(TorchFunctionMode):
         if name in _SYNC_METHODS and not isinstance(result, torch.Tensor) and not isinstance(result, tuple):
             return result
         if target is not None and name in _FACTORIES_WITH_DEVICE:
+            if target == "cuda" and name in _FACTORIES_FROM_HOST_DATA:
+                self.syncs["blocking upload"] += 1
             return _tag(result, target == "cuda")
         return _tag(result, on_cuda)
 
@@ -171,6 +191,8 @@ class VirtualCuda(TorchFunctionMode):
         if (target == "cuda") != is_cuda(tensor):
             if target == "cpu":
                 self.syncs["cpu" if name == "cpu" else "to(cpu)"] += 1
+            elif not kwargs.get("non_blocking", False):
+                self.syncs["blocking upload"] += 1
             if result is tensor:
                 result = tensor.clone()
         return _tag(result, target == "cuda")
