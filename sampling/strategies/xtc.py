@@ -26,7 +26,8 @@ THRESHOLD = Parameter(
 
 def keep(dist, rows) -> torch.Tensor:
     coin = rows.uniforms(STREAM_XTC, 1).to(torch.float32) < rows.float("xtc_probability")
-    top_choice = dist.weights >= rows.float("xtc_threshold") * dist.total
+    # A removed token (logit -inf, weight 0) is no candidate, even for a threshold of 0.
+    top_choice = dist.finite & (dist.weights >= rows.float("xtc_threshold") * dist.total)
     least_top = torch.where(top_choice, dist.logits, torch.full_like(dist.logits, float("inf")))
     least_top = least_top.amin(dim=-1, keepdim=True)
     survivors = top_choice & (dist.logits == least_top)

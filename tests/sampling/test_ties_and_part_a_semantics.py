@@ -389,6 +389,13 @@ def test_xtc_keeps_the_least_probable_top_choices_whole_tie_group():
     assert kept_ids(logits_of([0.4, 0.2, 0.2, 0.2]), xtc_probability=1.0, xtc_threshold=0.15) == [1, 2, 3]
 
 
+def test_xtc_never_counts_a_removed_token_as_a_top_choice():
+    # With threshold 0 every candidate is a top choice; a -inf token (weight 0) is not a candidate,
+    # so the least probable finite token is the one that stays.
+    row = [math.log(0.5), math.log(0.3), float("-inf"), math.log(0.2)]
+    assert kept_ids(row, xtc_probability=1.0, xtc_threshold=0.0) == [3]
+
+
 def test_xtc_does_not_apply_when_fewer_than_min_tokens_to_keep_would_remain():
     # Threshold 0.15, a clear margin below p = 0.2 (at 0.2 the outcome is float rounding).
     row = logits_of([0.5, 0.3, 0.2])

@@ -37,7 +37,9 @@ def test_on_a_gpu_each_request_goes_straight_into_its_rows_of_the_device_batch(d
         batch = unpack_logits(parts, DTYPE_NAMES[dtype], torch.device("cuda:0"))
         on_device = is_cuda(batch)
 
-    assert device.mismatches == [] and not device.syncs
+    # One blocking upload per request and nothing else: the copy must have read its source before
+    # the call returns (the parts are views of a link's arena, reused once the answer is in).
+    assert device.mismatches == [] and device.syncs == {"blocking upload": len(parts)}
     assert on_device and batch.dtype == dtype and torch.equal(batch, torch.cat(requests))
 
 
