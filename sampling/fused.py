@@ -60,11 +60,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from samplerd.sampling import fused_general
+from samplerd.sampling import fused_general, fused_processors
 from samplerd.sampling.draw import block_size, block_sums
 from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan
 from samplerd.sampling.kernels.common import _CHUNK, _F32, _NEG_INF, _ZERO
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows, raise_bad_rows
+from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
 from samplerd.sampling.kernels.torch_sums import _block_totals, _torch_sum
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.rng import fresh_seeds
@@ -74,7 +74,7 @@ from samplerd.sampling.switch import ThreadSwitch
 
 #: The strategies this path implements; a row that switches on any other is not eligible.
 STRATEGIES = (temperature.TEMPERATURE_STRATEGY, top_k.STRATEGY, top_p.STRATEGY, min_p.STRATEGY)
-_NAMES = frozenset(s.name for s in STRATEGIES)
+_NAMES = frozenset(s.name for s in STRATEGIES) | fused_processors.STRATEGIES
 
 # Whether :func:`samplerd.sampling.sample` uses this path (default on; off in a thread for tests and benchmarks).
 _switch = ThreadSwitch()
@@ -208,7 +208,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     Chain rows (:func:`is_chain`) take the chain's kernels, the others the general kernel."""
     chain = [i for i, p in enumerate(params) if is_chain(p)]
     if len(chain) == len(params):
-        return _sample_chain(logits, params, steps)
+        return _sample_chain(logits, params, steps, states)
     if not chain:
         return fused_general.sample(logits, params, steps, states)
     from samplerd.sampling.checks import check_logits
@@ -218,14 +218,15 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     chained = set(chain)
     rest = [i for i in range(len(params)) if i not in chained]
     parts = [
-        (chain, _sample_chain(logits[chain], [params[i] for i in chain], [steps[i] for i in chain])),
+        (chain, _sample_chain(logits[chain], [params[i] for i in chain], [steps[i] for i in chain],
+                              None if states is None else [states[i] for i in chain])),
         (rest, fused_general.sample(logits[rest], [params[i] for i in rest], [steps[i] for i in rest],
                                     None if states is None else [states[i] for i in rest])),
     ]
     return _merge_rows(parts, len(params))
 
 
-def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) -> SampleOutput:
+def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states) -> SampleOutput:
     """:func:`sample` for rows that all take the chain."""
     rows, vocab = logits.shape
     known: dict[int, tuple] = {}
@@ -238,7 +239,8 @@ def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) 
     divisors, top_p_value, min_p_value = floats
 
     space = _workspace(rows, vocab)
-    x = logits.detach().float().contiguous().numpy()
+    raw = logits.detach().float().contiguous().numpy()
+    x = fused_processors.processed(raw, params, states, space.z)
     dividing = bool((divisors != 1).any())
     z = space.z if dividing else x
     w = space.w
@@ -246,7 +248,7 @@ def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) 
     finite, member_count, chained_row = space.counts
     status = np.empty(rows, dtype=np.int64)
     _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    raise_bad_rows(status)
+    fused_processors.check_prepared(status, logits, x is not raw)
     weights = torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
     _zero_masked_rows(z, w, status, finite)
     lanes = sum_lanes()

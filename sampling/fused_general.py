@@ -27,17 +27,18 @@ import numba
 import numpy as np
 import torch
 
+from samplerd.sampling import fused_processors
 from samplerd.sampling.draw import block_size
 from samplerd.sampling.kernels import records
 from samplerd.sampling.kernels.general import dynamic_divisors, sample_rows
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows, raise_bad_rows
+from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.state import SequenceState
 from samplerd.sampling.strategies import temperature
 
 #: Names of the strategies the general kernel implements.
-STRATEGIES = frozenset(records.FLAGS) | {temperature.TEMPERATURE_STRATEGY.name}
+STRATEGIES = frozenset(records.FLAGS) | {temperature.TEMPERATURE_STRATEGY.name} | fused_processors.STRATEGIES
 
 
 def is_eligible(p) -> bool:
@@ -95,9 +96,10 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
 
     rows, vocab = logits.shape
     row = _rows(params, steps, states, vocab)
-    x = logits.detach().float().contiguous().numpy()
-    divisors = np.where(row["flags"] & records.GREEDY, np.float32(1.0), row["temperature"]).astype(np.float32)
     space = _workspace(rows, vocab)
+    raw = logits.detach().float().contiguous().numpy()
+    x = fused_processors.processed(raw, params, states, space.z)
+    divisors = np.where(row["flags"] & records.GREEDY, np.float32(1.0), row["temperature"]).astype(np.float32)
     dynamic = (row["flags"] & records.DYNATEMP).astype(bool)
     if dynamic.any():
         divisors[dynamic] = _dynamic_divisors(x, row, sum_lanes(), space)[dynamic]
@@ -111,7 +113,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     m = space.small[0]
     status = np.empty(rows, dtype=np.int64)
     _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    raise_bad_rows(status)
+    fused_processors.check_prepared(status, logits, x is not raw)
     torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
     _zero_masked_rows(z, w, status, space.counts[0])
 

@@ -111,3 +111,33 @@ def scratch(threads: int, vocab: int) -> Scratch:
         sums64=np.empty((threads, 2048), dtype=np.float64),
         groups=np.empty((threads, vocab // 512 + 2, 64), dtype=np.float32),
     )
+
+
+# The logits processors (:mod:`samplerd.sampling.kernels.processors`), one bit each, in pipeline order.
+PENALTIES = 1 << 0  # repetition, frequency and presence: one stage
+DRY = 1 << 1
+LOGIT_BIAS = 1 << 2
+
+#: One row's processor settings: ``flags``; the three penalties (float32 as the reference's
+#: columns); DRY's allowed length; and where the row's pieces lie in :class:`ProcessorInputs`'
+#: flat arrays (``[start, stop)`` of its history, sorted sequence breakers and biases, and the
+#: start of its DRY amounts).
+PROCESSING = np.dtype(
+    [("flags", np.int64), ("repetition", np.float32), ("frequency", np.float32), ("presence", np.float32),
+     ("allowed_length", np.int64), ("history_start", np.int64), ("history_stop", np.int64),
+     ("breakers_start", np.int64), ("breakers_stop", np.int64), ("amounts_start", np.int64),
+     ("bias_start", np.int64), ("bias_stop", np.int64)],
+    align=True,
+)
+
+
+class ProcessorInputs(NamedTuple):
+    """Every processed row's data, concatenated: ``history`` token ids, ``breakers`` (DRY's
+    sequence breakers, sorted per row), ``amounts`` (float32 DRY penalty per match length beyond
+    the allowed one, as the reference rounds it), ``bias_tokens`` / ``bias_amounts`` (float32)."""
+
+    history: np.ndarray
+    breakers: np.ndarray
+    amounts: np.ndarray
+    bias_tokens: np.ndarray
+    bias_amounts: np.ndarray
