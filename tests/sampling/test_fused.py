@@ -20,13 +20,7 @@ from samplerd.sampling.draw import block_size, block_sums
 from samplerd.sampling.kernels import chain, torch_sums
 from samplerd.sampling.rng import STREAM_DRAW, uniforms
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=["replayed", "torch"])

@@ -17,13 +17,7 @@ from test_fused import _assert_same, _both, _rows
 from samplerd.sampling import SamplingError, SamplingParams, SequenceState, filter_logits, fused, sample
 from samplerd.sampling.fused_processors import processed
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 VOCAB = 2000
