@@ -27,13 +27,11 @@ import numba
 import numpy as np
 import torch
 
-from samplerd.sampling import fused_processors
+from samplerd.sampling import fused_prepare, fused_processors
 from samplerd.sampling.draw import block_size
 from samplerd.sampling.kernels import records
 from samplerd.sampling.kernels.general import dynamic_divisors, sample_rows
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
 from samplerd.sampling.output import SampleOutput, SampleStats
-from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.state import SequenceState
 from samplerd.sampling.strategies import temperature
 
@@ -59,7 +57,7 @@ def _scratch(vocab: int) -> records.Scratch:
 
 def _rows(params: Sequence, steps: Sequence[int], states, vocab: int) -> np.ndarray:
     """One :data:`records.ROW` per row (fresh seeds for unseeded rows)."""
-    seeds = fresh_seeds(len(params))
+    seeds = fused_prepare.seeds(params)
     out = np.empty(len(params), dtype=records.ROW)
     for r, p in enumerate(params):
         flags = 0
@@ -68,23 +66,18 @@ def _rows(params: Sequence, steps: Sequence[int], states, vocab: int) -> np.ndar
         state = states[r] if states is not None else None
         known = state.mirostat_mu if isinstance(state, SequenceState) else None
         mu = known if known is not None else 2.0 * p.mirostat_tau
-        seed = p.seed if p.seed is not None else int(seeds[r])
-        out[r] = records.row_record(p, flags, vocab, mu, seed, steps[r])
+        out[r] = records.row_record(p, flags, vocab, mu, int(seeds[r]), steps[r])
     return out
 
 
 def _dynamic_divisors(x: np.ndarray, row: np.ndarray, lanes: int, space) -> np.ndarray:
     """Each row's dynamic temperature (1 on other rows) from its untempered logits ``x``, the
-    chain's workspace ``space`` lending its scratch (bad rows are left to the caller's check)."""
+    workspace ``space`` lending its scratch (bad rows are left to the caller's check)."""
     rows, vocab = x.shape
-    status = np.empty(rows, dtype=np.int64)
-    maxima = space.small[0]
-    _prepare(x, np.ones(rows, dtype=np.float32), x, maxima, space.chunk_max, space.w, False, status)
-    torch.from_numpy(space.w).exp_()
-    _zero_masked_rows(x, space.w, status, space.counts[0])
+    untempered, status = fused_prepare.maxima_and_weights(x, np.ones(rows, dtype=np.float32), space)
     divisors = np.ones(rows, dtype=np.float32)
-    dynamic_divisors(x, space.w, maxima, row, status, lanes, np.empty((vocab // 512 + 2, 64), dtype=np.float32),
-                     space.scratch, divisors)
+    dynamic_divisors(x, untempered.w, untempered.m, row, status, lanes,
+                     np.empty((vocab // 512 + 2, 64), dtype=np.float32), space.scratch, divisors)
     return divisors
 
 
@@ -92,13 +85,12 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     """:func:`sampling.sample` for a CPU batch whose rows are all eligible (:func:`is_eligible`),
     checked but for the logits' values, which this checks as :func:`samplerd.sampling.checks.check_logits`
     does; ``params``, ``steps`` and ``states`` (or None) hold one entry per row."""
-    from samplerd.sampling.fused import _workspace, sum_lanes  # the chain path's shared pieces
+    from samplerd.sampling.fused import sum_lanes  # the chain path's replay of torch's sums
 
     rows, vocab = logits.shape
     row = _rows(params, steps, states, vocab)
-    space = _workspace(rows, vocab)
-    raw = logits.detach().float().contiguous().numpy()
-    x = fused_processors.processed(raw, params, states, space.z)
+    space = fused_prepare.workspace(rows, vocab)
+    x = fused_prepare.processed(logits, params, states, space)
     divisors = np.where(row["flags"] & records.GREEDY, np.float32(1.0), row["temperature"]).astype(np.float32)
     dynamic = (row["flags"] & records.DYNATEMP).astype(bool)
     if dynamic.any():
@@ -107,15 +99,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         row["flags"][newly_greedy] |= records.GREEDY
         divisors[newly_greedy] = 1.0
     row["divisor"] = divisors
-    dividing = bool((divisors != 1).any())
-    z = space.z if dividing else x
-    w = space.w
-    m = space.small[0]
-    status = np.empty(rows, dtype=np.int64)
-    _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    fused_processors.check_prepared(status, logits, x is not raw)
-    torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
-    _zero_masked_rows(z, w, status, space.counts[0])
+    prepared = fused_prepare.first_pass(logits, x, divisors, space)
 
     draws = int(row["n"].max())
     ranked = min(int(row["top_logprobs"].max()), vocab)
@@ -129,7 +113,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         ranked_logprobs=np.empty((rows, ranked), dtype=np.float32),
         mu=np.empty(rows, dtype=np.float64),
     )
-    sample_rows(z, w, m, space.chunk_max, space.counts[0], row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
+    sample_rows(prepared, row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
     entropy, varentropy, truncated_entropy, kept_mass, top_k_entropy, top_k_mass = (
         torch.from_numpy(np.ascontiguousarray(out.measures.T, dtype=np.float32)))
     return SampleOutput(

@@ -183,12 +183,12 @@ def _row(r, z, w, m, maxima, finite, p, lanes, block, scratch, out):
 
 
 @_jit_parallel
-def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
-    """Sample every row of ``z`` (tempered float32 logits; ``w`` their weights, torch's exp, 0
-    where masked; ``m`` the row maxima; ``maxima`` their chunk maxima; ``finite`` their numbers
-    of finite logits; ``params`` one :data:`~samplerd.sampling.kernels.records.ROW` each) into ``out``
+def sample_rows(prepared, params, lanes, block, scratch, out):
+    """Sample every row of ``prepared`` (a :class:`~samplerd.sampling.kernels.records.Prepared`;
+    ``params`` one :data:`~samplerd.sampling.kernels.records.ROW` each) into ``out``
     (:class:`~samplerd.sampling.kernels.records.Outputs`). Rows are spread over the threads that
     ``scratch`` has room for; each row's result depends on that row alone."""
+    z, w, m, maxima, finite = prepared
     rows = z.shape[0]
     threads = min(scratch.current.shape[0], rows)
     for thread in numba.prange(threads):

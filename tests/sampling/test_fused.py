@@ -17,7 +17,7 @@ import torch
 
 from samplerd.sampling import SamplingError, SamplingParams, SequenceState, fused, sample
 from samplerd.sampling.draw import block_size, block_sums
-from samplerd.sampling.kernels import chain, torch_sums
+from samplerd.sampling.kernels import chain, general, prepare, processors, torch_sums
 from samplerd.sampling.rng import STREAM_DRAW, uniforms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -388,15 +388,20 @@ def test_bad_inputs_other_than_logits_are_still_reported():
 def test_one_compiled_signature_per_kernel_whatever_the_batch():
     """A warm-up on a tiny batch compiles what serving calls: no kernel is compiled again for
     another batch size, vocabulary, dtype or parameter mix (a compilation costs seconds)."""
-    sample(torch.zeros(2, 16), SamplingParams(), 0)  # as the sampler actor's warm-up
-    kernels = [f for f in vars(fused).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
+    # As the sampler actor's warm-up (workers/sampler_actor.py warmup_batches).
+    sample(torch.zeros(2, 16), [SamplingParams(), SamplingParams(typical_p=0.9, logit_bias={0: 1.0})], 0)
+    kernels = [f for module in (chain, general, prepare, processors) for f in vars(module).values()
+               if isinstance(f, numba.core.registry.CPUDispatcher)]
     before = {f: len(f.signatures) for f in kernels}
     for rows, vocab in ((1, 7), (1, 32000), (5, 1000), (16, 4097)):
         logits = _rows("masked", rows, vocab, rows)
+        states = [SequenceState(history=(1, 2, 1, 2, 1))] * rows
         for p in (SamplingParams(top_p=0.9), SamplingParams(top_k=5, top_p=0.5, min_p=0.1, temperature=0.5, n=3),
-                  SamplingParams(min_p=0.2, top_logprobs=4, min_tokens_to_keep=3, seed=1)):
-            sample(logits, p, 3)
-            sample(logits.half(), p, 3)
+                  SamplingParams(min_p=0.2, top_logprobs=4, min_tokens_to_keep=3, seed=1),
+                  SamplingParams(typical_p=0.5, top_logprobs=2), SamplingParams(temperature=0.0),
+                  SamplingParams(repetition_penalty=1.2, dry_multiplier=0.5, top_k=3, logit_bias={0: 1.0})):
+            sample(logits, p, 3, states)
+            sample(logits.half(), p, 3, states)
     assert {f: len(f.signatures) for f in kernels} == before
 
 
