@@ -336,6 +336,17 @@ def plot(results: list[Row], path: str) -> None:
     plt.close(figure)
 
 
+def _numba_threads() -> str:
+    """The fused CPU kernels' threads, and how idle OpenMP threads wait: two OpenMP pools (torch's
+    and numba's) that spin while the other works take each other's cores."""
+    import os
+
+    import numba
+
+    return (f"{numba.get_num_threads()} numba threads (layer {numba.config.THREADING_LAYER}), "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samplerd bench kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=batch_sizes, default=None, metavar="B[,B...]",
@@ -350,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds per batch; batches are added until the median is stable (default 7)")
     parser.add_argument("--tune-malloc", action="store_true",
                         help="tune glibc malloc as samplerd's workers do (default: as a library user gets it)")
+    parser.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                        help="torch's intra-op threads (default: torch's own; samplerd's sampler workers run 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw latency and throughput against batch size (needs matplotlib)")
@@ -364,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     args.rows = args.rows or [32]
     tuned = args.tune_malloc and keep_freed_memory()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
-    print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+          + _numba_threads() + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
           + (", malloc keeps freed memory" if tuned else ""))
     results = run_all(args.rows, args.vocab, devices, args.cases.split(","), args.repeats, not args.no_progress)
     missed = [r for r in results if not r.met]

@@ -4,13 +4,14 @@ Rows whose parameters switch on nothing but temperature (not greedy, not dynamic
 (Fan et al. 2018, :mod:`samplerd.sampling.strategies.top_k`), top-p (Holtzman et al. 2020,
 :mod:`samplerd.sampling.strategies.top_p`) and min-p (Nguyen et al. 2024,
 :mod:`samplerd.sampling.strategies.min_p`) — with ``n``, ``seed``, ``top_logprobs``,
-``stats_top_k`` and ``min_tokens_to_keep`` — are sampled here instead of by the general
-pipeline's ~25 batched torch passes (:func:`is_chain`, decided per row from the
-registry's declarations). Rows with any other strategy but penalties, DRY and logit bias take
-the general kernel (:mod:`samplerd.sampling.fused_general`); :func:`sample` splits a batch between the
-two. Everything else goes through the general path.
+``stats_top_k`` and ``min_tokens_to_keep``, and any of the logits processors (penalties, DRY,
+logit bias) — are sampled here instead of by the general pipeline's ~25 batched torch passes
+(:func:`is_chain`, decided per row from the registry's declarations). Rows with any other
+strategy take the general kernel (:mod:`samplerd.sampling.fused_general`); :func:`sample` splits a
+batch between the two. On a CPU every valid row takes one of them.
 
-What is fused: the check of the logits, the temperature division, the row maxima, the
+What is fused: the processors (:mod:`samplerd.sampling.fused_processors`, applied to a copy of each
+row from its history first), the check of the logits, the temperature division, the row maxima, the
 statistics of the full distribution (entropy, varentropy, top-k entropy and mass), the
 three truncations in their chain order (temperature -> top-k -> top-p -> min-p, each seeing
 the renormalised output of the one before), ``min_tokens_to_keep``, the statistics of the

@@ -1,18 +1,20 @@
-"""The fused CPU path for every strategy but penalties, DRY and logit bias.
+"""The fused CPU path for every strategy.
 
 Rows of :func:`sampling.sample` that :mod:`samplerd.sampling.fused`'s bit-exact temperature / top-k /
 top-p / min-p chain does not take, and whose strategies are all among :data:`STRATEGIES`,
 are sampled here by :func:`samplerd.sampling.kernels.general.sample_rows` instead of by the general
 pipeline's eager torch stages: greedy, dynamic temperature, top-nσ, top-k, optimal-k,
 entropy and statistical top-k, top-H, top-p, min-p, typical, epsilon, eta, XTC and mirostat
-v1 / v2, alone or chained. This module prepares the kernel's arguments (one typed record per
-row, :data:`samplerd.sampling.kernels.records.ROW`) and wraps its outputs.
+v1 / v2, alone or chained, after the row's penalties, DRY and logit bias
+(:mod:`samplerd.sampling.fused_processors`). This module prepares the kernel's arguments (one typed
+record per row, :data:`samplerd.sampling.kernels.records.ROW`) and wraps its outputs.
 
 The decisions are the eager stages': the kernels compare tokens against the same float32
 quantities, the sums among them replayed in torch's order of addition (as :mod:`samplerd.sampling.fused`
 does), so kept sets and draws are the same. Where the reference's float32 scalars come from
 an algorithm not replayed here — the mean and standard deviation of top-nσ and statistical
-top-k (torch's ``var_mean``), dynamic temperature's entropy, ``exp`` of logits re-centred
+top-k (torch's ``var_mean``, whose float32 variance also overflows beyond |logit| ~ 1.8e19, where
+the kernel's float64 one does not), dynamic temperature's entropy, ``exp`` of logits re-centred
 after typical or XTC removed the maximum, and the float32 ``log`` / ``exp`` / ``sigmoid`` of
 row scalars (here correctly rounded) — a token that lies within float32 rounding of its
 threshold may be decided differently. Statistics are float64 (the reference: float32).
@@ -30,7 +32,7 @@ import torch
 from samplerd.sampling import fused_prepare, fused_processors
 from samplerd.sampling.draw import block_size
 from samplerd.sampling.kernels import records
-from samplerd.sampling.kernels.general import dynamic_divisors, sample_rows
+from samplerd.sampling.kernels.general import dynamic_divisors, sample_one_row, sample_rows
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.state import SequenceState
 from samplerd.sampling.strategies import temperature
@@ -113,7 +115,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         ranked_logprobs=np.empty((rows, ranked), dtype=np.float32),
         mu=np.empty(rows, dtype=np.float64),
     )
-    sample_rows(prepared, row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
+    (sample_rows if rows > 1 else sample_one_row)(prepared, row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
     entropy, varentropy, truncated_entropy, kept_mass, top_k_entropy, top_k_mass = (
         torch.from_numpy(np.ascontiguousarray(out.measures.T, dtype=np.float32)))
     return SampleOutput(

@@ -16,7 +16,7 @@ import torch
 from samplerd.sampling import fused_processors
 from samplerd.sampling.draw import block_size
 from samplerd.sampling.kernels.common import _CHUNK
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows
+from samplerd.sampling.kernels.prepare import _prepare, _prepare_one_row, _zero_masked_rows
 from samplerd.sampling.kernels.records import Prepared
 from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.selection import _NUM_BINS
@@ -76,7 +76,7 @@ def maxima_and_weights(x: np.ndarray, divisors: np.ndarray, space: Workspace) ->
     z = space.z if dividing else x
     m, finite = space.small[0], space.counts[0]
     status = np.empty(rows, dtype=np.int64)
-    _prepare(x, divisors, z, m, space.chunk_max, space.w, dividing, status)
+    (_prepare if rows > 1 else _prepare_one_row)(x, divisors, z, m, space.chunk_max, space.w, dividing, status)
     torch.from_numpy(space.w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
     _zero_masked_rows(z, space.w, status, finite)
     return Prepared(z, space.w, m, space.chunk_max, finite), status

@@ -20,7 +20,7 @@ from samplerd.sampling.checks import check_logits
 from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.kernels import records
 from samplerd.sampling.kernels.prepare import _BAD_ROW, raise_bad_rows
-from samplerd.sampling.kernels.processors import process_rows
+from samplerd.sampling.kernels.processors import process_one_row, process_rows
 from samplerd.sampling.strategies import dry, logit_bias, penalties
 
 #: Names of the processors the fused paths apply.
@@ -108,7 +108,7 @@ def processed(x: np.ndarray, params: Sequence, states, out: np.ndarray) -> np.nd
     if found is None:
         return x
     rows, inputs = found
-    process_rows(x, out, rows, inputs, _counts(x.shape[1]))
+    (process_rows if len(params) > 1 else process_one_row)(x, out, rows, inputs, _counts(x.shape[1]))
     return out
 
 

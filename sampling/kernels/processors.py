@@ -98,3 +98,12 @@ def process_rows(x, out, rows, inputs, counts):
             out[r] = x[r]
             if rows[r].flags:
                 process_row(out[r], rows[r], inputs, counts[thread])
+
+
+
+@_jit
+def process_one_row(x, out, rows, inputs, counts):
+    """:func:`process_rows` of a one-row batch, on the caller's thread."""
+    out[0] = x[0]
+    if rows[0].flags:
+        process_row(out[0], rows[0], inputs, counts[0])

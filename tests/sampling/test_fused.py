@@ -390,6 +390,7 @@ def test_one_compiled_signature_per_kernel_whatever_the_batch():
     another batch size, vocabulary, dtype or parameter mix (a compilation costs seconds)."""
     # As the sampler actor's warm-up (workers/sampler_actor.py warmup_batches).
     sample(torch.zeros(2, 16), [SamplingParams(), SamplingParams(typical_p=0.9, logit_bias={0: 1.0})], 0)
+    sample(torch.zeros(1, 16), SamplingParams(typical_p=0.9, logit_bias={0: 1.0}), 0)
     kernels = [f for module in (chain, general, prepare, processors) for f in vars(module).values()
                if isinstance(f, numba.core.registry.CPUDispatcher)]
     before = {f: len(f.signatures) for f in kernels}
