@@ -90,7 +90,7 @@ def settings(params: Sequence, states) -> tuple[np.ndarray, records.ProcessorInp
         row["flags"] = flags
     if not rows["flags"].any():
         return None
-    with np.errstate(over="ignore"):  # a DRY amount beyond float32 is a ban (-inf), as in the reference
+    with np.errstate(over="ignore"):  # a DRY amount beyond float32 becomes inf: a ban (the eager stage raises)
         inputs = records.ProcessorInputs(
             history=np.array(history, dtype=np.int64),
             breakers=np.array(breakers, dtype=np.int64),

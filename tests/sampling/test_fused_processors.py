@@ -204,3 +204,11 @@ def test_every_case_above_changes_the_logits(kwargs):
     out = np.empty((1, VOCAB), dtype=np.float32)
     got = processed(logits.numpy(), [SamplingParams(**kwargs)], _states("looping", 1), out)
     assert not np.array_equal(got, logits.numpy())
+
+
+def test_a_row_whose_every_token_is_banned_is_an_error_naming_the_row():
+    logits = torch.zeros(2, 3)
+    logits[1, [0, 2]] = float("-inf")  # token 1 alone is finite, and DRY bans it
+    params = SamplingParams(dry_multiplier=100.0, dry_base=10.0, dry_allowed_length=1)
+    with pytest.raises(SamplingError, match="row 1 has no finite logit after its penalties"):
+        sample(logits, params, 0, [SequenceState(history=(1,) * 60)] * 2)
