@@ -63,7 +63,7 @@ import torch
 from samplerd.sampling import fused_general, fused_prepare, fused_processors
 from samplerd.sampling.draw import block_size, block_sums
 from samplerd.sampling.kernels import records
-from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan
+from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan, _scan_and_draw
 from samplerd.sampling.kernels.common import _F32, _NEG_INF, _ZERO
 from samplerd.sampling.kernels.torch_sums import _block_totals, _torch_sum
 from samplerd.sampling.output import SampleOutput, SampleStats
@@ -242,14 +242,6 @@ def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int], 
         scratch=space.scratch,
         groups=space.groups,
     )
-    _scan(prepared, chain, lanes, block, work)
-    if not lanes:
-        chained = int((work.chained_row >= 0).sum())
-        if chained:
-            chained_totals = torch.from_numpy(work.chained_out[:chained]).sum(dim=-1).numpy()
-            _finish_chained(prepared, chain, chained_totals, work)
-        work = work._replace(block_totals=block_sums(torch.from_numpy(work.final), block).numpy())
-
     draws = int(n.max())
     ranked = min(int(wanted.max()), vocab)
     out = records.ChainOutputs(
@@ -260,7 +252,16 @@ def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int], 
         ranked_ids=np.empty((rows, ranked), dtype=np.int64),
         ranked_logprobs=np.empty((rows, ranked), dtype=np.float32),
     )
-    _outputs(prepared, chain, block, work, out)
+    if lanes:
+        _scan_and_draw(prepared, chain, lanes, block, work, out)
+    else:  # torch's sums between the passes
+        _scan(prepared, chain, lanes, block, work)
+        chained = int((work.chained_row >= 0).sum())
+        if chained:
+            chained_totals = torch.from_numpy(work.chained_out[:chained]).sum(dim=-1).numpy()
+            _finish_chained(prepared, chain, chained_totals, work)
+        work = work._replace(block_totals=block_sums(torch.from_numpy(work.final), block).numpy())
+        _outputs(prepared, chain, block, work, out)
     tokens, logprobs, surprise, measures, ranked_ids, ranked_logprobs = out
     kept = work.kept
     entropy, varentropy, truncated_entropy, kept_mass, top_k_entropy, top_k_mass = torch.from_numpy(measures)
