@@ -8,7 +8,17 @@ Pure PyTorch; imports neither grpc nor ray, and is usable as a library on its ow
     out = sample(logits, p, steps=0)   # out.token_ids [B, n], out.logprobs, out.stats
 """
 
-from samplerd.sampling.checks import check_logits, check_token_ids
+import os
+
+# OpenMP threads spin for a while after each parallel region, taking the cores the rest of a
+# call runs on: the fused kernels' numba threads and torch's share torch's OpenMP runtime, and
+# on the shared 2-core machine torch's exp of a 32000-token row took 1-7 ms right after a
+# parallel kernel instead of 0.06 ms. Passive threads sleep at once. OpenMP reads the setting
+# when it is loaded (with torch), so it only takes effect when this package is imported first;
+# an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from samplerd.sampling.checks import check_logits, check_token_ids  # noqa: E402
 from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.output import SampleOutput, SampleStats
 from samplerd.sampling.params import SamplingParams

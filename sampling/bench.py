@@ -2,7 +2,8 @@
 
 Run ``python -m samplerd.sampling.bench`` (or ``samplerd bench kernels``). For each logits case
 (B=32, V=128256 fp32 by default: ``randn * 3`` and a peaked, Zipf-like case) and each
-device (CPU, and CUDA when present) it prints, per strategy, the median time of one
+device (CPU, and CUDA when present) it prints, per strategy (and for penalties, DRY and logit
+bias in front of a truncation, over a 2048-token history), the median time of one
 ``sample()`` call (statistics included), its ratio to one ``torch.softmax`` pass over the
 same tensor, its ratio to reading the logits once (``logits.amax(-1)``, the memory-bandwidth
 floor), and how many times faster it is than the Hugging Face transformers warper for the
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from samplerd.sampling import SamplingParams, sample
+from samplerd.sampling import SamplingParams, SequenceState, sample
 from samplerd.sampling.allocator import keep_freed_memory
 
 # Strategy name -> (samplerd parameters, Hugging Face warper factory or None).
@@ -52,7 +53,15 @@ CASES: dict[str, dict] = {
     "xtc": dict(xtc_probability=1.0, xtc_threshold=0.05),
     "dynatemp": dict(dynatemp_range=0.5),
     "top_k+top_p": dict(top_k=50, top_p=0.9),
+    # Processors over each row's history (HISTORY_TOKENS tokens), in front of a truncation.
+    "repetition+top_p": dict(repetition_penalty=1.2, top_p=0.9),
+    "penalties+dry+top_p": dict(repetition_penalty=1.2, frequency_penalty=0.3, presence_penalty=0.3,
+                                dry_multiplier=0.8, top_p=0.9),
+    "logit_bias+min_p": dict(logit_bias={token: -2.0 for token in range(0, 4096, 4)}, min_p=0.05),
 }
+# The cases that carry a token history, and its length (a prompt and its continuation).
+WITH_HISTORY = {"repetition+top_p", "penalties+dry+top_p"}
+HISTORY_TOKENS = 2048
 # Targets (issue 16): at most 2x one softmax pass for these, 3x for every other strategy.
 WITHIN_2X = {"greedy", "temperature", "top_k", "top_p", "min_p", "top_k+top_p"}
 # At least this much faster than Hugging Face's warper + multinomial.
@@ -61,23 +70,36 @@ FASTER_THAN_HF = {"top_k", "top_p", "min_p", "typical", "epsilon", "eta", "top_k
 NOISY_SPREAD = 0.25  # interquartile range / median of the per-round ratios above which a row is flagged
 
 
-def hf_paths() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Hugging Face warper + multinomial for the strategies transformers implements (empty if absent)."""
+def history(vocab: int, seed: int = 0) -> list[int]:
+    """A history of :data:`HISTORY_TOKENS` tokens that repeats itself as text does: phrases of a
+    few dozen tokens drawn from a small set, each phrase recurring with small changes."""
+    generator = torch.Generator().manual_seed(seed)
+    phrases = torch.randint(0, vocab, (16, 32), generator=generator)
+    picks = torch.randint(0, 16, (HISTORY_TOKENS // 32 + 1,), generator=generator)
+    tokens = phrases[picks].flatten()[:HISTORY_TOKENS]
+    changed = torch.rand(HISTORY_TOKENS, generator=generator) < 0.05
+    tokens[changed] = torch.randint(0, vocab, (int(changed.sum()),), generator=generator)
+    return tokens.tolist()
+
+
+def hf_paths() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Hugging Face processors + warpers + multinomial for the strategies transformers implements,
+    called with the logits and the histories ``[B, L]`` (empty if transformers is absent)."""
     try:
         from transformers.generation import logits_process as hf
     except ImportError:
         return {}
 
     def draw(*warpers):
-        def run(logits: torch.Tensor) -> torch.Tensor:
+        def run(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
             scores = logits
             for warper in warpers:
-                scores = warper(None, scores)
+                scores = warper(input_ids, scores)
             return torch.multinomial(torch.softmax(scores, dim=-1), 1)
         return run
 
     return {
-        "greedy": lambda logits: logits.argmax(dim=-1),
+        "greedy": lambda logits, input_ids: logits.argmax(dim=-1),
         "temperature": draw(hf.TemperatureLogitsWarper(0.8)),
         "top_k": draw(hf.TopKLogitsWarper(50)),
         "top_p": draw(hf.TopPLogitsWarper(0.9)),
@@ -87,6 +109,7 @@ def hf_paths() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         "eta": draw(hf.EtaLogitsWarper(3e-4)),
         "top_h": draw(hf.TopHLogitsWarper(0.4)),
         "top_k+top_p": draw(hf.TopKLogitsWarper(50), hf.TopPLogitsWarper(0.9)),
+        "repetition+top_p": draw(hf.RepetitionPenaltyLogitsProcessor(1.2), hf.TopPLogitsWarper(0.9)),
     }
 
 
@@ -191,11 +214,17 @@ def run(rows: int, vocab: int, devices: list[str], cases: list[str], repeats: in
             base = interleaved([read_once, softmax], device, repeats)[::-1]
             print(f"\n[{device}] {case}: B={rows} V={vocab} fp32; softmax {statistics.median(base[0]) * 1e3:.2f} ms; "
                   f"read once (amax) {statistics.median(base[1]) * 1e3:.2f} ms")
+            tokens = history(vocab)
+            states = [SequenceState(history=tuple(tokens))] * rows
+            input_ids = torch.tensor([tokens] * rows, device=device)
             for name, kwargs in CASES.items():
+                if "logit_bias" in kwargs:  # the biased tokens that the vocabulary has
+                    kwargs = {**kwargs, "logit_bias": {t: b for t, b in kwargs["logit_bias"].items() if t < vocab}}
                 params = SamplingParams(seed=1, **kwargs)
-                fns = [softmax, lambda p=params, x=logits: sample(x, p), read_once]
+                row_states = states if name in WITH_HISTORY else None
+                fns = [softmax, lambda p=params, x=logits, s=row_states: sample(x, p, 0, s), read_once]
                 if name in hf:
-                    fns.append(lambda f=hf[name], x=logits: f(x))
+                    fns.append(lambda f=hf[name], x=logits, ids=input_ids: f(x, ids))
                 times = interleaved(fns, device, repeats)
                 row = _row(device, case, name, times)
                 row.rows = rows
@@ -307,6 +336,17 @@ def plot(results: list[Row], path: str) -> None:
     plt.close(figure)
 
 
+def _numba_threads() -> str:
+    """The fused CPU kernels' threads, and how idle OpenMP threads wait: two OpenMP pools (torch's
+    and numba's) that spin while the other works take each other's cores."""
+    import os
+
+    import numba
+
+    return (f"{numba.get_num_threads()} numba threads (layer {numba.config.THREADING_LAYER}), "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samplerd bench kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=batch_sizes, default=None, metavar="B[,B...]",
@@ -321,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds per batch; batches are added until the median is stable (default 7)")
     parser.add_argument("--tune-malloc", action="store_true",
                         help="tune glibc malloc as samplerd's workers do (default: as a library user gets it)")
+    parser.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                        help="torch's intra-op threads (default: torch's own; samplerd's sampler workers run 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw latency and throughput against batch size (needs matplotlib)")
@@ -335,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     args.rows = args.rows or [32]
     tuned = args.tune_malloc and keep_freed_memory()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
-    print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    print(f"samplerd kernel benchmark: torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+          + _numba_threads() + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
           + (", malloc keeps freed memory" if tuned else ""))
     results = run_all(args.rows, args.vocab, devices, args.cases.split(","), args.repeats, not args.no_progress)
     missed = [r for r in results if not r.met]

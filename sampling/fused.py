@@ -4,13 +4,14 @@ Rows whose parameters switch on nothing but temperature (not greedy, not dynamic
 (Fan et al. 2018, :mod:`samplerd.sampling.strategies.top_k`), top-p (Holtzman et al. 2020,
 :mod:`samplerd.sampling.strategies.top_p`) and min-p (Nguyen et al. 2024,
 :mod:`samplerd.sampling.strategies.min_p`) — with ``n``, ``seed``, ``top_logprobs``,
-``stats_top_k`` and ``min_tokens_to_keep`` — are sampled here instead of by the general
-pipeline's ~25 batched torch passes (:func:`is_chain`, decided per row from the
-registry's declarations). Rows with any other strategy but penalties, DRY and logit bias take
-the general kernel (:mod:`samplerd.sampling.fused_general`); :func:`sample` splits a batch between the
-two. Everything else goes through the general path.
+``stats_top_k`` and ``min_tokens_to_keep``, and any of the logits processors (penalties, DRY,
+logit bias) — are sampled here instead of by the general pipeline's ~25 batched torch passes
+(:func:`is_chain`, decided per row from the registry's declarations). Rows with any other
+strategy take the general kernel (:mod:`samplerd.sampling.fused_general`); :func:`sample` splits a
+batch between the two. On a CPU every valid row takes one of them.
 
-What is fused: the check of the logits, the temperature division, the row maxima, the
+What is fused: the processors (:mod:`samplerd.sampling.fused_processors`, applied to a copy of each
+row from its history first), the check of the logits, the temperature division, the row maxima, the
 statistics of the full distribution (entropy, varentropy, top-k entropy and mass), the
 three truncations in their chain order (temperature -> top-k -> top-p -> min-p, each seeing
 the renormalised output of the one before), ``min_tokens_to_keep``, the statistics of the
@@ -54,27 +55,24 @@ batch compiles (or loads) exactly what serving uses.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from samplerd.sampling import fused_general
+from samplerd.sampling import fused_general, fused_prepare, fused_processors
 from samplerd.sampling.draw import block_size, block_sums
-from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan
-from samplerd.sampling.kernels.common import _CHUNK, _F32, _NEG_INF, _ZERO
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows, raise_bad_rows
+from samplerd.sampling.kernels import records
+from samplerd.sampling.kernels.chain import _finish_chained, _outputs, _scan, _scan_and_draw
+from samplerd.sampling.kernels.common import _F32, _NEG_INF, _ZERO
 from samplerd.sampling.kernels.torch_sums import _block_totals, _torch_sum
 from samplerd.sampling.output import SampleOutput, SampleStats
-from samplerd.sampling.rng import fresh_seeds
-from samplerd.sampling.selection import _NUM_BINS
 from samplerd.sampling.strategies import min_p, temperature, top_k, top_p
 from samplerd.sampling.switch import ThreadSwitch
 
 #: The strategies this path implements; a row that switches on any other is not eligible.
 STRATEGIES = (temperature.TEMPERATURE_STRATEGY, top_k.STRATEGY, top_p.STRATEGY, min_p.STRATEGY)
-_NAMES = frozenset(s.name for s in STRATEGIES)
+_NAMES = frozenset(s.name for s in STRATEGIES) | fused_processors.STRATEGIES
 
 # Whether :func:`samplerd.sampling.sample` uses this path (default on; off in a thread for tests and benchmarks).
 _switch = ThreadSwitch()
@@ -115,37 +113,6 @@ def eligible_rows(logits: torch.Tensor, params: Sequence) -> list[int]:
 # The kernels live in samplerd.sampling.kernels; this module prepares their arguments.
 # --------------------------------------------------------------------------------------
 # The driver: per-row parameters in, SampleOutput out.
-
-_local = threading.local()
-
-
-class _Workspace:
-    """The large per-row scratch arrays, kept per thread for the last batch shape (fresh
-    large temporaries would fault their pages in again on every call)."""
-
-    def __init__(self, rows: int, vocab: int) -> None:
-        self.shape = (rows, vocab)
-        self.z = np.empty((rows, vocab), dtype=np.float32)
-        self.w = np.empty((rows, vocab), dtype=np.float32)
-        self.bins = np.empty((rows, vocab), dtype=np.uint16)
-        self.members = np.empty((rows, vocab), dtype=np.int32)
-        self.index = np.empty(vocab, dtype=np.int64)
-        self.scratch = np.empty(vocab, dtype=np.float32)
-        self.groups = np.empty((vocab // 512 + 2, 64), dtype=np.float32)
-        self.chunk_max = np.empty((rows, -(-vocab // _CHUNK)), dtype=np.float32)
-        self.sums = np.empty((rows, _NUM_BINS), dtype=np.float32)
-        self.block = block_size(vocab)
-        self.small = np.empty((5, rows), dtype=np.float32)  # m, floors, protect, thresholds, totals
-        self.stats = np.empty((rows, 5), dtype=np.float64)
-        self.counts = np.empty((3, rows), dtype=np.int64)  # finite, member counts, chained rows
-
-
-def _workspace(rows: int, vocab: int) -> _Workspace:
-    space = getattr(_local, "workspace", None)
-    if space is None or space.shape != (rows, vocab):
-        space = _local.workspace = _Workspace(rows, vocab)
-    return space
-
 
 _lanes: int | None = None
 
@@ -208,7 +175,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     Chain rows (:func:`is_chain`) take the chain's kernels, the others the general kernel."""
     chain = [i for i, p in enumerate(params) if is_chain(p)]
     if len(chain) == len(params):
-        return _sample_chain(logits, params, steps)
+        return _sample_chain(logits, params, steps, states)
     if not chain:
         return fused_general.sample(logits, params, steps, states)
     from samplerd.sampling.checks import check_logits
@@ -218,14 +185,15 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     chained = set(chain)
     rest = [i for i in range(len(params)) if i not in chained]
     parts = [
-        (chain, _sample_chain(logits[chain], [params[i] for i in chain], [steps[i] for i in chain])),
+        (chain, _sample_chain(logits[chain], [params[i] for i in chain], [steps[i] for i in chain],
+                              None if states is None else [states[i] for i in chain])),
         (rest, fused_general.sample(logits[rest], [params[i] for i in rest], [steps[i] for i in rest],
                                     None if states is None else [states[i] for i in rest])),
     ]
     return _merge_rows(parts, len(params))
 
 
-def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) -> SampleOutput:
+def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states) -> SampleOutput:
     """:func:`sample` for rows that all take the chain."""
     rows, vocab = logits.shape
     known: dict[int, tuple] = {}
@@ -237,64 +205,65 @@ def _sample_chain(logits: torch.Tensor, params: Sequence, steps: Sequence[int]) 
     floats = np.ascontiguousarray(np.array([s[1] for s in settings], dtype=np.float32).T)  # float32 as in general
     divisors, top_p_value, min_p_value = floats
 
-    space = _workspace(rows, vocab)
-    x = logits.detach().float().contiguous().numpy()
-    dividing = bool((divisors != 1).any())
-    z = space.z if dividing else x
-    w = space.w
-    m, floors, protect, thresholds = space.small[:4]
-    finite, member_count, chained_row = space.counts
-    status = np.empty(rows, dtype=np.int64)
-    _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    raise_bad_rows(status)
-    weights = torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
-    _zero_masked_rows(z, w, status, finite)
+    space = fused_prepare.workspace(rows, vocab)
+    x = fused_prepare.processed(logits, params, states, space)
+    prepared = fused_prepare.first_pass(logits, x, divisors, space)
     lanes = sum_lanes()
     totals = space.small[4]
     if not lanes and top_p_on.any():
-        totals = weights.sum(dim=-1).numpy()  # top-p's target: top_p times torch's total
+        totals = torch.from_numpy(prepared.w).sum(dim=-1).numpy()  # top-p's target: top_p times torch's total
     log_min_p = min_p_value
     if min_p_on.any():
         log_min_p = torch.from_numpy(min_p_value[:, None]).log()[:, 0].numpy()  # torch's float32 log
+    chain = records.ChainSettings(top_k_on, k, min_keep, top_p_on, top_p_value, min_p_on, log_min_p, top_width, n,
+                                  stats_k, wanted, fused_prepare.seeds(params), np.asarray(steps, dtype=np.uint64))
 
     widest = int(top_width.max())
-    top_values = np.empty((rows, widest), dtype=np.float32)
-    top_ids = np.empty((rows, widest), dtype=np.int64)
-    chained_out = np.empty((0 if lanes else int((top_k_on & top_p_on).sum()), vocab), dtype=np.float32)
-    final = np.empty((0 if lanes else rows, vocab), dtype=np.float32)
-    sums = space.sums
-    sums.fill(0.0)
-    kept = np.empty(rows, dtype=np.int64)
     block = space.block
-    block_totals = np.empty((rows, -(-vocab // block)), dtype=np.float64)
-    _scan(z, w, m, space.chunk_max, top_k_on, k, min_keep, top_p_on, top_p_value, totals, min_p_on, log_min_p,
-          top_width, finite, lanes, block, top_values, top_ids, floors, protect, chained_out, chained_row, space.bins,
-          space.members, member_count, sums, thresholds, kept, space.stats, final, block_totals, space.index,
-          space.scratch, space.groups)
-    if not lanes:
-        chained = int((chained_row >= 0).sum())
-        if chained:
-            chained_totals = torch.from_numpy(chained_out[:chained]).sum(dim=-1).numpy()
-            _finish_chained(z, w, m, space.chunk_max, chained_row, chained_totals, top_p_value, min_p_on, log_min_p,
-                            finite, floors, protect, space.bins, space.members, member_count, sums, thresholds, kept,
-                            space.stats, final, space.index, space.scratch, space.groups)
-        block_totals = block_sums(torch.from_numpy(final), block).numpy()
-
-    seeds = np.array([p.seed if p.seed is not None else 0 for p in params], dtype=np.uint64)
-    unseeded = [i for i, p in enumerate(params) if p.seed is None]
-    if unseeded:
-        seeds[unseeded] = fresh_seeds(len(unseeded))
+    space.sums.fill(0.0)
+    work = records.ChainWork(
+        totals=totals,
+        top_values=np.empty((rows, widest), dtype=np.float32),
+        top_ids=np.empty((rows, widest), dtype=np.int64),
+        floors=space.small[1],
+        protect=space.small[2],
+        chained_out=np.empty((0 if lanes else int((top_k_on & top_p_on).sum()), vocab), dtype=np.float32),
+        chained_row=space.counts[2],
+        bins=space.bins,
+        members=space.members,
+        member_count=space.counts[1],
+        sums=space.sums,
+        thresholds=space.small[3],
+        kept=np.empty(rows, dtype=np.int64),
+        stats=space.stats,
+        final=np.empty((0 if lanes else rows, vocab), dtype=np.float32),
+        block_totals=np.empty((rows, -(-vocab // block)), dtype=np.float64),
+        index=space.index,
+        scratch=space.scratch,
+        groups=space.groups,
+    )
     draws = int(n.max())
-    tokens = np.empty((rows, draws), dtype=np.int64)
-    logprobs = np.empty((rows, draws), dtype=np.float32)
-    surprise = np.empty((rows, draws), dtype=np.float32)
-    measures = np.empty((6, rows), dtype=np.float32)
     ranked = min(int(wanted.max()), vocab)
-    ranked_ids = np.empty((rows, ranked), dtype=np.int64)
-    ranked_logprobs = np.empty((rows, ranked), dtype=np.float32)
-    _outputs(z, w, m, thresholds, block_totals, block, seeds, np.asarray(steps, dtype=np.uint64), n, stats_k,
-             wanted, space.stats, kept, top_values, top_ids, tokens, logprobs, surprise, measures, ranked_ids,
-             ranked_logprobs)
+    out = records.ChainOutputs(
+        tokens=np.empty((rows, draws), dtype=np.int64),
+        logprobs=np.empty((rows, draws), dtype=np.float32),
+        surprise=np.empty((rows, draws), dtype=np.float32),
+        measures=np.empty((6, rows), dtype=np.float32),
+        ranked_ids=np.empty((rows, ranked), dtype=np.int64),
+        ranked_logprobs=np.empty((rows, ranked), dtype=np.float32),
+    )
+    if lanes:
+        _scan_and_draw(prepared, chain, lanes, block, work, out)
+    else:  # torch's sums between the passes
+        _scan(prepared, chain, lanes, block, work)
+        chained = int((work.chained_row >= 0).sum())
+        if chained:
+            chained_totals = torch.from_numpy(work.chained_out[:chained]).sum(dim=-1).numpy()
+            _finish_chained(prepared, chain, chained_totals, work)
+        work = work._replace(block_totals=block_sums(torch.from_numpy(work.final), block).numpy())
+        _outputs(prepared, chain, block, work, out)
+    tokens, logprobs, surprise, measures, ranked_ids, ranked_logprobs = out
+    kept = work.kept
     entropy, varentropy, truncated_entropy, kept_mass, top_k_entropy, top_k_mass = torch.from_numpy(measures)
     return SampleOutput(
         token_ids=torch.from_numpy(tokens),

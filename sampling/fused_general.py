@@ -1,18 +1,20 @@
-"""The fused CPU path for every strategy but penalties, DRY and logit bias.
+"""The fused CPU path for every strategy.
 
 Rows of :func:`sampling.sample` that :mod:`samplerd.sampling.fused`'s bit-exact temperature / top-k /
 top-p / min-p chain does not take, and whose strategies are all among :data:`STRATEGIES`,
 are sampled here by :func:`samplerd.sampling.kernels.general.sample_rows` instead of by the general
 pipeline's eager torch stages: greedy, dynamic temperature, top-nσ, top-k, optimal-k,
 entropy and statistical top-k, top-H, top-p, min-p, typical, epsilon, eta, XTC and mirostat
-v1 / v2, alone or chained. This module prepares the kernel's arguments (one typed record per
-row, :data:`samplerd.sampling.kernels.records.ROW`) and wraps its outputs.
+v1 / v2, alone or chained, after the row's penalties, DRY and logit bias
+(:mod:`samplerd.sampling.fused_processors`). This module prepares the kernel's arguments (one typed
+record per row, :data:`samplerd.sampling.kernels.records.ROW`) and wraps its outputs.
 
 The decisions are the eager stages': the kernels compare tokens against the same float32
 quantities, the sums among them replayed in torch's order of addition (as :mod:`samplerd.sampling.fused`
 does), so kept sets and draws are the same. Where the reference's float32 scalars come from
 an algorithm not replayed here — the mean and standard deviation of top-nσ and statistical
-top-k (torch's ``var_mean``), dynamic temperature's entropy, ``exp`` of logits re-centred
+top-k (torch's ``var_mean``, whose float32 variance also overflows beyond |logit| ~ 1.8e19, where
+the kernel's float64 one does not), dynamic temperature's entropy, ``exp`` of logits re-centred
 after typical or XTC removed the maximum, and the float32 ``log`` / ``exp`` / ``sigmoid`` of
 row scalars (here correctly rounded) — a token that lies within float32 rounding of its
 threshold may be decided differently. Statistics are float64 (the reference: float32).
@@ -27,17 +29,16 @@ import numba
 import numpy as np
 import torch
 
+from samplerd.sampling import fused_prepare, fused_processors
 from samplerd.sampling.draw import block_size
 from samplerd.sampling.kernels import records
-from samplerd.sampling.kernels.general import dynamic_divisors, sample_rows
-from samplerd.sampling.kernels.prepare import _prepare, _zero_masked_rows, raise_bad_rows
+from samplerd.sampling.kernels.general import dynamic_divisors, sample_one_row, sample_rows
 from samplerd.sampling.output import SampleOutput, SampleStats
-from samplerd.sampling.rng import fresh_seeds
 from samplerd.sampling.state import SequenceState
 from samplerd.sampling.strategies import temperature
 
 #: Names of the strategies the general kernel implements.
-STRATEGIES = frozenset(records.FLAGS) | {temperature.TEMPERATURE_STRATEGY.name}
+STRATEGIES = frozenset(records.FLAGS) | {temperature.TEMPERATURE_STRATEGY.name} | fused_processors.STRATEGIES
 
 
 def is_eligible(p) -> bool:
@@ -58,7 +59,7 @@ def _scratch(vocab: int) -> records.Scratch:
 
 def _rows(params: Sequence, steps: Sequence[int], states, vocab: int) -> np.ndarray:
     """One :data:`records.ROW` per row (fresh seeds for unseeded rows)."""
-    seeds = fresh_seeds(len(params))
+    seeds = fused_prepare.seeds(params)
     out = np.empty(len(params), dtype=records.ROW)
     for r, p in enumerate(params):
         flags = 0
@@ -67,23 +68,18 @@ def _rows(params: Sequence, steps: Sequence[int], states, vocab: int) -> np.ndar
         state = states[r] if states is not None else None
         known = state.mirostat_mu if isinstance(state, SequenceState) else None
         mu = known if known is not None else 2.0 * p.mirostat_tau
-        seed = p.seed if p.seed is not None else int(seeds[r])
-        out[r] = records.row_record(p, flags, vocab, mu, seed, steps[r])
+        out[r] = records.row_record(p, flags, vocab, mu, int(seeds[r]), steps[r])
     return out
 
 
 def _dynamic_divisors(x: np.ndarray, row: np.ndarray, lanes: int, space) -> np.ndarray:
     """Each row's dynamic temperature (1 on other rows) from its untempered logits ``x``, the
-    chain's workspace ``space`` lending its scratch (bad rows are left to the caller's check)."""
+    workspace ``space`` lending its scratch (bad rows are left to the caller's check)."""
     rows, vocab = x.shape
-    status = np.empty(rows, dtype=np.int64)
-    maxima = space.small[0]
-    _prepare(x, np.ones(rows, dtype=np.float32), x, maxima, space.chunk_max, space.w, False, status)
-    torch.from_numpy(space.w).exp_()
-    _zero_masked_rows(x, space.w, status, space.counts[0])
+    untempered, status = fused_prepare.maxima_and_weights(x, np.ones(rows, dtype=np.float32), space)
     divisors = np.ones(rows, dtype=np.float32)
-    dynamic_divisors(x, space.w, maxima, row, status, lanes, np.empty((vocab // 512 + 2, 64), dtype=np.float32),
-                     space.scratch, divisors)
+    dynamic_divisors(x, untempered.w, untempered.m, row, status, lanes,
+                     np.empty((vocab // 512 + 2, 64), dtype=np.float32), space.scratch, divisors)
     return divisors
 
 
@@ -91,13 +87,13 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
     """:func:`sampling.sample` for a CPU batch whose rows are all eligible (:func:`is_eligible`),
     checked but for the logits' values, which this checks as :func:`samplerd.sampling.checks.check_logits`
     does; ``params``, ``steps`` and ``states`` (or None) hold one entry per row."""
-    from samplerd.sampling.fused import _workspace, sum_lanes  # the chain path's shared pieces
+    from samplerd.sampling.fused import sum_lanes  # the chain path's replay of torch's sums
 
     rows, vocab = logits.shape
     row = _rows(params, steps, states, vocab)
-    x = logits.detach().float().contiguous().numpy()
+    space = fused_prepare.workspace(rows, vocab)
+    x = fused_prepare.processed(logits, params, states, space)
     divisors = np.where(row["flags"] & records.GREEDY, np.float32(1.0), row["temperature"]).astype(np.float32)
-    space = _workspace(rows, vocab)
     dynamic = (row["flags"] & records.DYNATEMP).astype(bool)
     if dynamic.any():
         divisors[dynamic] = _dynamic_divisors(x, row, sum_lanes(), space)[dynamic]
@@ -105,15 +101,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         row["flags"][newly_greedy] |= records.GREEDY
         divisors[newly_greedy] = 1.0
     row["divisor"] = divisors
-    dividing = bool((divisors != 1).any())
-    z = space.z if dividing else x
-    w = space.w
-    m = space.small[0]
-    status = np.empty(rows, dtype=np.int64)
-    _prepare(x, divisors, z, m, space.chunk_max, w, dividing, status)
-    raise_bad_rows(status)
-    torch.from_numpy(w).exp_()  # torch's vectorised exp: the general path's weights, bit for bit
-    _zero_masked_rows(z, w, status, space.counts[0])
+    prepared = fused_prepare.first_pass(logits, x, divisors, space)
 
     draws = int(row["n"].max())
     ranked = min(int(row["top_logprobs"].max()), vocab)
@@ -127,7 +115,7 @@ def sample(logits: torch.Tensor, params: Sequence, steps: Sequence[int], states=
         ranked_logprobs=np.empty((rows, ranked), dtype=np.float32),
         mu=np.empty(rows, dtype=np.float64),
     )
-    sample_rows(z, w, m, space.chunk_max, space.counts[0], row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
+    (sample_rows if rows > 1 else sample_one_row)(prepared, row, sum_lanes(), block_size(vocab), _scratch(vocab), out)
     entropy, varentropy, truncated_entropy, kept_mass, top_k_entropy, top_k_mass = (
         torch.from_numpy(np.ascontiguousarray(out.measures.T, dtype=np.float32)))
     return SampleOutput(

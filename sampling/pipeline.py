@@ -82,8 +82,8 @@ def sample(logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParam
            steps: int | Sequence[int] = 0, states: Sequence[SequenceState | None] | None = None) -> SampleOutput:
     """Sample ``n`` tokens per row and compute the row statistics. Arguments as :func:`filter_logits`.
 
-    On a CPU, rows without penalties, DRY or logit bias take the fused path
-    (:mod:`samplerd.sampling.fused`, same decisions); the others the stages below. Each row's result
+    On a CPU, rows take the fused path (:mod:`samplerd.sampling.fused`, same decisions) unless it is
+    switched off; elsewhere, rows the device's fused path does not take go through the stages below. Each row's result
     depends on its own parameters alone, whichever path it takes.
     """
     try:

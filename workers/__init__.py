@@ -14,7 +14,12 @@
 """
 
 import importlib
+import os
 from typing import Any
+
+# Before anything loads torch (and OpenMP with it): idle OpenMP threads sleep instead of
+# spinning between the fused kernels and torch's ops (see samplerd.sampling's __init__).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Public names and the module that defines each. They are imported on first use, so that
 # ``samplerd.workers.config`` (device names, PoolConfig) can be imported without loading ray or torch.

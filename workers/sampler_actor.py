@@ -189,8 +189,10 @@ def warmup_batches(device: torch.device) -> list[tuple[torch.Tensor, list[Sampli
     and a greedy row) and an eager-path row for each logits dtype, at a vocabulary size
     divisible by 16 and one not (Triton compiles a kernel per pointer dtype and per such
     divisibility of its integer arguments). Elsewhere one tiny batch loads both fused CPU paths."""
-    if device.type != "cuda":  # two rows: the fused CPU chain's kernels and the general kernel
-        return [(torch.zeros(2, 16, device=device), [SamplingParams(), SamplingParams(typical_p=0.9)])]
+    if device.type != "cuda":  # the fused CPU chain, the general kernel, the processors (bias); one-row twins
+        general = SamplingParams(typical_p=0.9, logit_bias={0: 1.0})
+        return [(torch.zeros(2, 16, device=device), [SamplingParams(), general]),
+                (torch.zeros(1, 16, device=device), [general])]
     params = [SamplingParams(top_k=50, top_p=0.9, min_p=0.01), SamplingParams(temperature=0.0),
               SamplingParams(typical_p=0.9)]
     return [(torch.zeros(3, vocab, dtype=dtype, device=device), params)

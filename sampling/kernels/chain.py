@@ -334,20 +334,27 @@ def _final_stats(z, w, best, threshold, lanes, block, groups, stats, block_total
 
 
 @_jit
-def _scan(z, w, m, chunk_max, top_k_on, k, min_keep, top_p_on, top_p_value, totals, min_p_on, log_min_p,
-          top_width, finite, lanes, block, top_values, top_ids, floors, protect, chained_out, chained_row, bins,
-          members, member_count, sums, thresholds, kept, stats, final, block_totals, index, scratch, groups):
+def _scan(prepared, settings, lanes, block, work):
     """Per row: the full distribution's statistics (``stats[0:3]``); the largest tokens
     (``top_values`` / ``top_ids``, descending, ties in index order); top-k's threshold
     (``floors``; ``k`` already raised to ``min_keep``; -inf when it keeps every finite token)
     and ``min_tokens_to_keep``'s (``protect``; +inf when 1); then top-p, min-p, the final
     threshold (``thresholds``) and the final distribution's statistics and block sums.
+    Reads ``prepared`` (:class:`~samplerd.sampling.kernels.records.Prepared`) and ``settings``
+    (:class:`~samplerd.sampling.kernels.records.ChainSettings`), writes ``work``
+    (:class:`~samplerd.sampling.kernels.records.ChainWork`).
 
     With ``lanes`` (:func:`sum_lanes`) the float32 sums torch would compute are replayed here.
     Without, ``totals`` holds torch's row totals of ``w`` for top-p rows, the final weights go
     to ``final`` for torch's block sums, and rows chaining top-p after a top-k that removes
     tokens are left to :func:`_finish_chained`, their top-k weights in row ``chained_row[r]``
     of ``chained_out`` for torch's total."""
+    z, w, m, chunk_max, finite = prepared
+    top_k_on, k, min_keep, top_p_on = settings.top_k_on, settings.k, settings.min_keep, settings.top_p_on
+    top_p_value, min_p_on, log_min_p = settings.top_p, settings.min_p_on, settings.log_min_p
+    top_width = settings.top_width
+    (totals, top_values, top_ids, floors, protect, chained_out, chained_row, bins, members, member_count, sums,
+     thresholds, kept, stats, final, block_totals, index, scratch, groups) = work
     rows, vocab = z.shape
     chained = 0
     nothing = np.empty(0, dtype=np.uint16)
@@ -406,11 +413,15 @@ def _scan(z, w, m, chunk_max, top_k_on, k, min_keep, top_p_on, top_p_value, tota
 
 
 @_jit
-def _finish_chained(z, w, m, chunk_max, chained_row, chained_totals, top_p_value, min_p_on, log_min_p, finite, floors,
-                    protect, bins, members, member_count, sums, thresholds, kept, stats, final, index, scratch,
-                    groups):
+def _finish_chained(prepared, settings, chained_totals, work):
     """The end of :func:`_scan` for the rows it left (without ``lanes``): ``chained_totals``
     holds torch's float32 totals of their top-k weights."""
+    z, w, m, chunk_max, finite = prepared
+    top_p_value, min_p_on, log_min_p = settings.top_p, settings.min_p_on, settings.log_min_p
+    floors, protect, chained_row = work.floors, work.protect, work.chained_row
+    thresholds, kept = work.thresholds, work.kept
+    bins, members, member_count, sums = work.bins, work.members, work.member_count, work.sums
+    stats, final, index, scratch, groups = work.stats, work.final, work.index, work.scratch, work.groups
     for r in range(z.shape[0]):
         if chained_row[r] >= 0:
             thresholds[r] = _threshold(z[r], w[r], m[r], chunk_max[r], True, top_p_value[r],
@@ -422,11 +433,16 @@ def _finish_chained(z, w, m, chunk_max, chained_row, chained_totals, top_p_value
 
 
 @_jit
-def _outputs(z, w, m, thresholds, block_totals, width, seeds, steps, n, stats_k, wanted, sums, kept,
-             top_values, top_ids, tokens, logprobs, surprise, stats, ranked_ids, ranked_logprobs):
-    """The draws and every output but the kept count: ``tokens``, ``logprobs`` and ``surprise``
-    (padded -1 / NaN past ``n``), ``stats`` rows (entropy, varentropy, truncated entropy, kept
-    mass, top-k entropy, top-k mass) and the top log-probabilities (-1 / -inf where unused)."""
+def _outputs(prepared, settings, width, work, out):
+    """The draws and every output but the kept count (:class:`~samplerd.sampling.kernels.records.ChainOutputs`):
+    ``tokens``, ``logprobs`` and ``surprise`` (padded -1 / NaN past ``n``), ``measures`` rows
+    (entropy, varentropy, truncated entropy, kept mass, top-k entropy, top-k mass) and the top
+    log-probabilities (-1 / -inf where unused)."""
+    z, w, m = prepared.z, prepared.w, prepared.m
+    n, stats_k, wanted, seeds, steps = settings.n, settings.stats_k, settings.wanted, settings.seeds, settings.steps
+    thresholds, block_totals, sums, kept = work.thresholds, work.block_totals, work.stats, work.kept
+    top_values, top_ids = work.top_values, work.top_ids
+    tokens, logprobs, surprise, stats, ranked_ids, ranked_logprobs = out
     rows = z.shape[0]
     for r in range(rows):
         best = np.float64(m[r])
@@ -467,3 +483,11 @@ def _outputs(z, w, m, thresholds, block_totals, width, seeds, steps, n, stats_k,
             else:
                 ranked_ids[r, j] = -1
                 ranked_logprobs[r, j] = -np.inf
+
+
+@_jit
+def _scan_and_draw(prepared, settings, lanes, block, work, out):
+    """:func:`_scan` then :func:`_outputs` in one call, where no torch sum is needed between
+    them (with ``lanes``): one dispatch of the records fewer per batch."""
+    _scan(prepared, settings, lanes, block, work)
+    _outputs(prepared, settings, block, work, out)

@@ -34,3 +34,8 @@ _jit = numba.njit(cache=True, nogil=True)
 
 # Kernels that loop over rows in parallel (one row per iteration, each row's scratch its own).
 _jit_parallel = numba.njit(cache=True, nogil=True, parallel=True)
+
+# Each parallel kernel has a one-row twin without a thread team: a parallel region of one row
+# gains nothing and, on a loaded machine, waits until a second thread is scheduled (a few ms
+# now and then at B=1 on the shared 2-core machine). The twins are functions of their own:
+# numba's disk cache does not tell a parallel compilation of a function from a serial one.

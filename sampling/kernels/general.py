@@ -1,5 +1,6 @@
-"""The general fused kernel: every strategy but penalties, DRY and logit bias, per row in a
-few passes over a cache-resident row, rows in parallel.
+"""The general fused kernel: every truncation, per row in a few passes over a cache-resident
+row, rows in parallel (the row's penalties, DRY and logit bias are applied before,
+:mod:`samplerd.sampling.kernels.processors`).
 
 Per row: the full distribution's statistics; then each switched-on truncation in the
 pipeline's order (:mod:`samplerd.sampling.pipeline`), each on the renormalised band the one before kept
@@ -183,12 +184,12 @@ def _row(r, z, w, m, maxima, finite, p, lanes, block, scratch, out):
 
 
 @_jit_parallel
-def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
-    """Sample every row of ``z`` (tempered float32 logits; ``w`` their weights, torch's exp, 0
-    where masked; ``m`` the row maxima; ``maxima`` their chunk maxima; ``finite`` their numbers
-    of finite logits; ``params`` one :data:`~samplerd.sampling.kernels.records.ROW` each) into ``out``
+def sample_rows(prepared, params, lanes, block, scratch, out):
+    """Sample every row of ``prepared`` (a :class:`~samplerd.sampling.kernels.records.Prepared`;
+    ``params`` one :data:`~samplerd.sampling.kernels.records.ROW` each) into ``out``
     (:class:`~samplerd.sampling.kernels.records.Outputs`). Rows are spread over the threads that
     ``scratch`` has room for; each row's result depends on that row alone."""
+    z, w, m, maxima, finite = prepared
     rows = z.shape[0]
     threads = min(scratch.current.shape[0], rows)
     for thread in numba.prange(threads):
@@ -197,6 +198,15 @@ def sample_rows(z, w, m, maxima, finite, params, lanes, block, scratch, out):
              scratch.sums64[thread], scratch.groups[thread])
         for r in range(thread, rows, threads):
             _row(r, z[r], w[r], m[r], maxima[r], finite[r], params[r], lanes, block, s, out)
+
+
+@_jit
+def sample_one_row(prepared, params, lanes, block, scratch, out):
+    """:func:`sample_rows` of a one-row batch, on the caller's thread."""
+    z, w, m, maxima, finite = prepared
+    s = (scratch.current[0], scratch.score[0], scratch.aux[0], scratch.partial[0], scratch.values[0],
+         scratch.index[0], scratch.bins[0], scratch.sums32[0], scratch.sums64[0], scratch.groups[0])
+    _row(0, z[0], w[0], m[0], maxima[0], finite[0], params[0], lanes, block, s, out)
 
 
 @_jit

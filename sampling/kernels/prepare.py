@@ -89,17 +89,28 @@ def _prepare(x, divisors, z, m, chunk_max, shifted, copy, status):
     left there), ``z = x / divisor`` (rows with divisor 1 are copied when ``copy``, else ``z``
     is ``x``), chunk and row maxima, and the shifted logits that torch exponentiates."""
     for r in numba.prange(x.shape[0]):  # rows are independent: spread over the threads
-        best, state = _maxima(x[r], divisors[r], chunk_max[r])
-        m[r] = best
-        status[r] = state
-        if state < 0:
-            continue
-        if divisors[r] != 1:
-            _divide_shift(x[r], divisors[r], best, z[r], shifted[r])
-            continue
-        if copy:
-            _copy(x[r], z[r])
-        _shift(z[r], best, shifted[r])
+        _prepare_row(r, x, divisors, z, m, chunk_max, shifted, copy, status)
+
+
+@_jit
+def _prepare_one_row(x, divisors, z, m, chunk_max, shifted, copy, status):
+    """:func:`_prepare` of a one-row batch, on the caller's thread."""
+    _prepare_row(0, x, divisors, z, m, chunk_max, shifted, copy, status)
+
+
+@_jit
+def _prepare_row(r, x, divisors, z, m, chunk_max, shifted, copy, status):
+    best, state = _maxima(x[r], divisors[r], chunk_max[r])
+    m[r] = best
+    status[r] = state
+    if state < 0:
+        return
+    if divisors[r] != 1:
+        _divide_shift(x[r], divisors[r], best, z[r], shifted[r])
+        return
+    if copy:
+        _copy(x[r], z[r])
+    _shift(z[r], best, shifted[r])
 
 
 @_jit

@@ -1,9 +1,15 @@
-"""The typed records the general kernel (:mod:`samplerd.sampling.kernels.general`) takes.
+"""The typed records the kernels take, instead of dozens of positional arguments.
 
-One :data:`ROW` record per row holds every parameter as the reference stages see it
-(float32 where :class:`samplerd.sampling.rows.RowParams` gives float32 columns), with a bit per
-switched-on strategy in ``flags``; per-thread scratch and the outputs travel as two named
-tuples of arrays instead of dozens of positional arguments.
+* :class:`Prepared`: what the first pass (:mod:`samplerd.sampling.kernels.prepare`) leaves per row,
+  which every later kernel reads.
+* The general kernel (:mod:`samplerd.sampling.kernels.general`): one :data:`ROW` record per row holds
+  every parameter as the reference stages see it (float32 where
+  :class:`samplerd.sampling.rows.RowParams` gives float32 columns), with a bit per switched-on
+  strategy in ``flags``; :class:`Scratch` and :class:`Outputs`.
+* The chain's kernels (:mod:`samplerd.sampling.kernels.chain`): :class:`ChainSettings`,
+  :class:`ChainWork` and :class:`ChainOutputs`.
+* The processors (:mod:`samplerd.sampling.kernels.processors`): :data:`PROCESSING` and
+  :class:`ProcessorInputs`.
 """
 
 from __future__ import annotations
@@ -11,6 +17,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+
+class Prepared(NamedTuple):
+    """The batch after the first pass, ``[B, V]`` or ``[B]``: ``z`` the tempered float32 logits,
+    ``w`` their weights (torch's ``exp`` of ``max(z - m, EXP_FLOOR)``, 0 where masked), ``m`` the
+    row maxima, ``chunk_max`` the maxima of each chunk of a row, ``finite`` the number of
+    finite logits of each row."""
+
+    z: np.ndarray
+    w: np.ndarray
+    m: np.ndarray
+    chunk_max: np.ndarray
+    finite: np.ndarray
+
 
 # One bit per stage the general kernel implements, in pipeline order.
 GREEDY = 1 << 0
@@ -111,3 +131,97 @@ def scratch(threads: int, vocab: int) -> Scratch:
         sums64=np.empty((threads, 2048), dtype=np.float64),
         groups=np.empty((threads, vocab // 512 + 2, 64), dtype=np.float32),
     )
+
+
+# The logits processors (:mod:`samplerd.sampling.kernels.processors`), one bit each, in pipeline order.
+PENALTIES = 1 << 0  # repetition, frequency and presence: one stage
+DRY = 1 << 1
+LOGIT_BIAS = 1 << 2
+
+#: One row's processor settings: ``flags``; the three penalties (float32 as the reference's
+#: columns); DRY's allowed length; and where the row's pieces lie in :class:`ProcessorInputs`'
+#: flat arrays (``[start, stop)`` of its history, sorted sequence breakers and biases, and the
+#: start of its DRY amounts).
+PROCESSING = np.dtype(
+    [("flags", np.int64), ("repetition", np.float32), ("frequency", np.float32), ("presence", np.float32),
+     ("allowed_length", np.int64), ("history_start", np.int64), ("history_stop", np.int64),
+     ("breakers_start", np.int64), ("breakers_stop", np.int64), ("amounts_start", np.int64),
+     ("bias_start", np.int64), ("bias_stop", np.int64)],
+    align=True,
+)
+
+
+class ProcessorInputs(NamedTuple):
+    """Every processed row's data, concatenated: ``history`` token ids, ``breakers`` (DRY's
+    sequence breakers, sorted per row), ``amounts`` (float32 DRY penalty per match length beyond
+    the allowed one, as the reference rounds it), ``bias_tokens`` / ``bias_amounts`` (float32)."""
+
+    history: np.ndarray
+    breakers: np.ndarray
+    amounts: np.ndarray
+    bias_tokens: np.ndarray
+    bias_amounts: np.ndarray
+
+
+class ChainSettings(NamedTuple):
+    """The chain rows' settings, one entry per row: whether top-k / top-p / min-p are on, ``k``
+    (raised to ``min_keep``), ``min_keep`` (min_tokens_to_keep), ``top_p``, ``log_min_p``
+    (torch's float32 log), ``top_width`` (how many of the largest tokens to find), ``n``,
+    ``stats_k``, ``wanted`` (top_logprobs), ``seeds`` and ``steps``."""
+
+    top_k_on: np.ndarray
+    k: np.ndarray
+    min_keep: np.ndarray
+    top_p_on: np.ndarray
+    top_p: np.ndarray
+    min_p_on: np.ndarray
+    log_min_p: np.ndarray
+    top_width: np.ndarray
+    n: np.ndarray
+    stats_k: np.ndarray
+    wanted: np.ndarray
+    seeds: np.ndarray
+    steps: np.ndarray
+
+
+class ChainWork(NamedTuple):
+    """What the chain's kernels hand each other, per row: ``totals`` (torch's totals of the
+    weights, for top-p, when not replayed), the largest tokens (``top_values`` / ``top_ids``),
+    top-k's threshold (``floors``) and min_tokens_to_keep's (``protect``), the rows left for
+    torch's top-k totals (``chained_out``, ``chained_row``), top-p's histogram (``bins``,
+    ``members``, ``member_count``, ``sums``), the final ``thresholds``, ``kept`` counts,
+    ``stats`` sums, ``final`` weights (when torch sums them) and the draw's ``block_totals``;
+    then per-batch scratch: ``index``, ``scratch``, ``groups``."""
+
+    totals: np.ndarray
+    top_values: np.ndarray
+    top_ids: np.ndarray
+    floors: np.ndarray
+    protect: np.ndarray
+    chained_out: np.ndarray
+    chained_row: np.ndarray
+    bins: np.ndarray
+    members: np.ndarray
+    member_count: np.ndarray
+    sums: np.ndarray
+    thresholds: np.ndarray
+    kept: np.ndarray
+    stats: np.ndarray
+    final: np.ndarray
+    block_totals: np.ndarray
+    index: np.ndarray
+    scratch: np.ndarray
+    groups: np.ndarray
+
+
+class ChainOutputs(NamedTuple):
+    """What the chain's last kernel writes: ``tokens`` / ``logprobs`` / ``surprise`` ``[B, n]``,
+    ``measures`` ``[6, B]`` (entropy, varentropy, truncated entropy, kept mass, top-k entropy,
+    top-k mass), ``ranked_ids`` / ``ranked_logprobs`` ``[B, N]``."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    surprise: np.ndarray
+    measures: np.ndarray
+    ranked_ids: np.ndarray
+    ranked_logprobs: np.ndarray

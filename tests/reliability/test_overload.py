@@ -126,9 +126,10 @@ def test_ten_times_the_queue_refuses_the_excess_at_once_and_stays_bounded(server
 
 
 def blockers(count: int) -> list:
-    """Requests that keep the one actor busy for a while (4M-token vocabulary, typical sampling
-    with a logit bias: the bias keeps them off the fused fast paths)."""
-    return [build_request(make_logits(1, 4_000_000, seed=900 + i), typical_p=0.9, logit_bias={0: 0.5}, seed=i)
+    """Requests that keep the one actor busy for a while (4M-token vocabulary, a chain of the
+    costliest fused strategies: about a fifth of a second each on a loaded 2-core machine)."""
+    return [build_request(make_logits(1, 4_000_000, seed=900 + i), top_h=0.95, entropy_top_k=10**6, typical_p=0.95,
+                          eta=1e-9, logit_bias={0: 0.5}, seed=i)
             for i in range(count)]
 
 

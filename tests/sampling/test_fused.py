@@ -17,16 +17,10 @@ import torch
 
 from samplerd.sampling import SamplingError, SamplingParams, SequenceState, fused, sample
 from samplerd.sampling.draw import block_size, block_sums
-from samplerd.sampling.kernels import chain, torch_sums
+from samplerd.sampling.kernels import chain, general, prepare, processors, torch_sums
 from samplerd.sampling.rng import STREAM_DRAW, uniforms
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=["replayed", "torch"])
@@ -243,7 +237,7 @@ def test_replayed_sums_equal_torchs(vocab):
 # --------------------------------------------------------------------- mixed batches
 
 
-INELIGIBLE = [
+MIXED_IN = [  # other strategies, and the chain with penalties, DRY or bias
     SamplingParams(seed=1, temperature=0.0),
     SamplingParams(seed=2, typical_p=0.8),
     SamplingParams(seed=3, mirostat=2),
@@ -254,7 +248,7 @@ INELIGIBLE = [
     SamplingParams(seed=8, top_n_sigma=1.0, n=5),
     SamplingParams(seed=9, dry_multiplier=1.0),
 ]
-ELIGIBLE = [
+CHAIN_ONLY = [  # nothing but the chain
     SamplingParams(seed=21, top_p=0.9, n=2),
     SamplingParams(seed=22, top_k=7, temperature=0.5, top_logprobs=4),
     SamplingParams(seed=23, min_p=0.05, min_tokens_to_keep=4),
@@ -266,8 +260,8 @@ ELIGIBLE = [
 @pytest.mark.parametrize("trial", range(4))
 def test_a_mixed_batch_equals_each_row_sampled_alone(trial, sums):
     rng = np.random.default_rng(trial)
-    chosen = [ELIGIBLE[i] for i in rng.permutation(len(ELIGIBLE))[: 2 + trial]]
-    chosen += [INELIGIBLE[i] for i in rng.permutation(len(INELIGIBLE))[: 2 + trial]]
+    chosen = [CHAIN_ONLY[i] for i in rng.permutation(len(CHAIN_ONLY))[: 2 + trial]]
+    chosen += [MIXED_IN[i] for i in rng.permutation(len(MIXED_IN))[: 2 + trial]]
     params = [chosen[i] for i in rng.permutation(len(chosen))]
     vocab = 3000
     logits = _rows("randn", len(params), vocab, 100 + trial)
@@ -303,7 +297,7 @@ def test_a_mixed_batch_equals_each_row_sampled_alone(trial, sums):
 
 
 def test_a_mixed_batch_with_fast_path_off_is_the_general_path():
-    params = ELIGIBLE[:2] + INELIGIBLE[:3]
+    params = CHAIN_ONLY[:2] + MIXED_IN[:3]
     logits = _rows("peaked", len(params), 2000, 7)
     with fused.enabled(False):
         first = sample(logits, params, 3)
@@ -316,13 +310,13 @@ def test_a_mixed_batch_with_fast_path_off_is_the_general_path():
 # ------------------------------------------------------------------------ eligibility
 
 
-@pytest.mark.parametrize("params", ELIGIBLE + [SamplingParams(temperature=1e-5), SamplingParams(top_k=10**9)])
+@pytest.mark.parametrize("params", CHAIN_ONLY + [SamplingParams(temperature=1e-5), SamplingParams(top_k=10**9)])
 def test_chain_rows(params):
     assert fused.is_chain(params) and fused.is_eligible(params)
     assert fused.eligible_rows(torch.zeros(2, 8), [params, params]) == [0, 1]
 
 
-@pytest.mark.parametrize("params", [p for p in INELIGIBLE if p.repetition_penalty == 1.0 and not p.logit_bias
+@pytest.mark.parametrize("params", [p for p in MIXED_IN if p.repetition_penalty == 1.0 and not p.logit_bias
                                     and not p.dry_multiplier]
                          + [SamplingParams(temperature=9e-6, top_p=0.5), SamplingParams(epsilon=0.01),
                             SamplingParams(eta=0.01), SamplingParams(top_h=0.5), SamplingParams(optimal_k=0.1),
@@ -333,17 +327,21 @@ def test_other_strategies_take_the_general_kernel(params):
     assert fused.eligible_rows(torch.zeros(2, 8), [params, params]) == [0, 1]
 
 
-@pytest.mark.parametrize("params", [p for p in INELIGIBLE if p.repetition_penalty != 1.0 or p.logit_bias
-                                    or p.dry_multiplier]
-                         + [SamplingParams(frequency_penalty=0.5), SamplingParams(presence_penalty=0.5, mirostat=1)])
-def test_ineligible_rows_take_the_general_path(params, monkeypatch):
-    assert not fused.is_eligible(params)
-    assert fused.eligible_rows(torch.zeros(3, 8), [SamplingParams(), params, SamplingParams()]) == [0, 2]
+@pytest.mark.parametrize("params", [p for p in MIXED_IN if p.repetition_penalty != 1.0 or p.logit_bias
+                                    or p.dry_multiplier] + [SamplingParams(frequency_penalty=0.5)])
+def test_penalties_dry_and_bias_ride_on_the_chain(params, monkeypatch):
+    """The processors run before either kernel, so a row takes the kernel its other strategies choose."""
+    assert fused.is_chain(params) and fused.is_eligible(params)
     taken = []
     real = fused.sample
     monkeypatch.setattr(fused, "sample", lambda logits, p, *a, **k: taken.append(len(p)) or real(logits, p, *a, **k))
     sample(torch.randn(3, 8), [SamplingParams(seed=1), params, SamplingParams(seed=2)])
-    assert taken == [2]
+    assert taken == [3]
+
+
+def test_penalties_with_a_general_strategy_take_the_general_kernel():
+    params = SamplingParams(presence_penalty=0.5, mirostat=1)
+    assert fused.is_eligible(params) and not fused.is_chain(params)
 
 
 def test_no_fast_path_when_switched_off_or_off_the_cpu(monkeypatch):
@@ -390,15 +388,21 @@ def test_bad_inputs_other_than_logits_are_still_reported():
 def test_one_compiled_signature_per_kernel_whatever_the_batch():
     """A warm-up on a tiny batch compiles what serving calls: no kernel is compiled again for
     another batch size, vocabulary, dtype or parameter mix (a compilation costs seconds)."""
-    sample(torch.zeros(2, 16), SamplingParams(), 0)  # as the sampler actor's warm-up
-    kernels = [f for f in vars(fused).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
+    # As the sampler actor's warm-up (workers/sampler_actor.py warmup_batches).
+    sample(torch.zeros(2, 16), [SamplingParams(), SamplingParams(typical_p=0.9, logit_bias={0: 1.0})], 0)
+    sample(torch.zeros(1, 16), SamplingParams(typical_p=0.9, logit_bias={0: 1.0}), 0)
+    kernels = [f for module in (chain, general, prepare, processors) for f in vars(module).values()
+               if isinstance(f, numba.core.registry.CPUDispatcher)]
     before = {f: len(f.signatures) for f in kernels}
     for rows, vocab in ((1, 7), (1, 32000), (5, 1000), (16, 4097)):
         logits = _rows("masked", rows, vocab, rows)
+        states = [SequenceState(history=(1, 2, 1, 2, 1))] * rows
         for p in (SamplingParams(top_p=0.9), SamplingParams(top_k=5, top_p=0.5, min_p=0.1, temperature=0.5, n=3),
-                  SamplingParams(min_p=0.2, top_logprobs=4, min_tokens_to_keep=3, seed=1)):
-            sample(logits, p, 3)
-            sample(logits.half(), p, 3)
+                  SamplingParams(min_p=0.2, top_logprobs=4, min_tokens_to_keep=3, seed=1),
+                  SamplingParams(typical_p=0.5, top_logprobs=2), SamplingParams(temperature=0.0),
+                  SamplingParams(repetition_penalty=1.2, dry_multiplier=0.5, top_k=3, logit_bias={0: 1.0})):
+            sample(logits, p, 3, states)
+            sample(logits.half(), p, 3, states)
     assert {f: len(f.signatures) for f in kernels} == before
 
 

@@ -15,13 +15,7 @@ from test_fused import KINDS, _assert_same, _both, _rows
 
 from samplerd.sampling import SamplingParams, SequenceState, fused
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Each strategy at the ends of its range and in between.

@@ -30,10 +30,11 @@ ALL_ALIVE_2 = {"alive": 2, "starting": 0, "dead": 0}
 
 def slow_job(seed: int = 1) -> SampleJob:
     """A job that keeps a sampler actor busy for about a tenth of a second or more (4 rows,
-    V = 2**19, typical sampling with a logit bias: the bias keeps it off the fused fast paths,
-    which take a few milliseconds for these)."""
+    V = 2**19, a chain of the costliest fused strategies: a third of a second on a loaded
+    2-core machine; every strategy is on a fused path, so only the work keeps it slow)."""
     generator = torch.Generator().manual_seed(seed)
-    params = SamplingParams(typical_p=0.9, logit_bias={0: 0.5}, seed=seed)
+    params = SamplingParams(top_h=0.95, entropy_top_k=10**6, optimal_k=1e-6, typical_p=0.95, eta=1e-9, epsilon=1e-9,
+                            logit_bias={0: 0.5}, seed=seed)
     return SampleJob(torch.randn(4, 2**19, generator=generator), params)
 
 
