@@ -82,6 +82,19 @@ def check_logits(logits: torch.Tensor) -> bool:
     else:
         # one read back: on CUDA, the eager path's only host sync besides what the data decide
         row_max, row_min = torch.stack([logits.amax(dim=-1), logits.amin(dim=-1)]).float().cpu().numpy()
+    _raise_first_bad_row(row_max)
+    return bool(np.isfinite(row_min).all())
+
+
+def check_processed(processed: torch.Tensor) -> None:
+    """Raise :class:`SamplingError` on a row the logits processors left without a distribution:
+    a penalty that overflowed to +inf, or every finite token banned. The caller's own logits
+    were checked before; the message says the processors did it, as the fused paths' does."""
+    _raise_first_bad_row(processed.amax(dim=-1).float().cpu().numpy(), " after its penalties, DRY and logit bias")
+
+
+def _raise_first_bad_row(row_max: np.ndarray, cause: str = "") -> None:
+    """Raise ``SamplingError`` naming the first row whose maximum is NaN, +inf or -inf."""
     bad = ~np.isfinite(row_max)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -91,8 +104,7 @@ def check_logits(logits: torch.Tensor) -> bool:
             what = "contains +inf"
         else:
             what = "has no finite logit"
-        raise SamplingError("logits", f"logits row {row} {what}")
-    return bool(np.isfinite(row_min).all())
+        raise SamplingError("logits", f"logits row {row} {what}{cause}")
 
 
 def _all_finite(values: np.ndarray) -> bool:

@@ -43,9 +43,8 @@ def _counts(vocab: int) -> np.ndarray:
 
 def _dry_amounts(p) -> list[float]:
     """The DRY penalty for each match length from the allowed one to :data:`dry.MAX_MATCH`,
-    computed as :func:`samplerd.sampling.strategies.dry.dry_penalties` does (float64, then float32)."""
-    return [p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length)
-            for length in range(p.dry_allowed_length, dry.MAX_MATCH + 1)]
+    (:func:`samplerd.sampling.strategies.dry.penalty_of`, float64; the kernel rounds them to float32)."""
+    return [dry.penalty_of(p, length) for length in range(p.dry_allowed_length, dry.MAX_MATCH + 1)]
 
 
 def settings(params: Sequence, states) -> tuple[np.ndarray, records.ProcessorInputs] | None:
@@ -90,7 +89,7 @@ def settings(params: Sequence, states) -> tuple[np.ndarray, records.ProcessorInp
         row["flags"] = flags
     if not rows["flags"].any():
         return None
-    with np.errstate(over="ignore"):  # a DRY amount beyond float32 becomes inf: a ban (the eager stage raises)
+    with np.errstate(over="ignore"):  # a DRY amount beyond float32 becomes inf: a ban, as in the eager stage
         inputs = records.ProcessorInputs(
             history=np.array(history, dtype=np.int64),
             breakers=np.array(breakers, dtype=np.int64),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from samplerd.sampling import fused
-from samplerd.sampling.checks import check_logits, checked_inputs
+from samplerd.sampling.checks import check_logits, check_processed, checked_inputs
 from samplerd.sampling.distribution import Distribution
 from samplerd.sampling.draw import inverse_cdf
 from samplerd.sampling.errors import SamplingError
@@ -220,6 +220,8 @@ def _run_stages(logits: torch.Tensor, plan: BatchPlan, all_finite: bool) -> _Bat
     z = logits.float()
     for step in plan.processes:
         z = _on_rows(step, z)
+    if plan.processes:
+        check_processed(z)  # a second read back on CUDA, only for batches with processors
     untempered = z
     if plan.temperatures:
         temp = torch.ones_like(plan.rows.float("temperature"))

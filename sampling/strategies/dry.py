@@ -69,6 +69,11 @@ def match_lengths(history: np.ndarray, breakers: frozenset[int]) -> dict[int, in
     return found
 
 
+def penalty_of(p, length: int) -> float:
+    """The DRY penalty (float64) on the token that would extend a repetition of ``length`` tokens."""
+    return p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length)
+
+
 def penalty_entries(histories: list[np.ndarray], params: list,
                     vocab_size: int) -> tuple[list[int], list[int], list[float]]:
     """The rows, tokens and amounts (to subtract from the logit) of every DRY penalty."""
@@ -78,7 +83,7 @@ def penalty_entries(histories: list[np.ndarray], params: list,
             if length >= p.dry_allowed_length and token < vocab_size:
                 rows.append(row)
                 tokens.append(token)
-                amounts.append(p.dry_multiplier * p.dry_base ** (length - p.dry_allowed_length))
+                amounts.append(penalty_of(p, length))
     return rows, tokens, amounts
 
 
@@ -89,7 +94,9 @@ def process(logits: torch.Tensor, rows: RowParams) -> torch.Tensor:
     if not row:
         return logits
     where = tuple(upload(torch.tensor([row, token]), logits.device))
-    penalty = upload(torch.tensor(amount, dtype=torch.float32), logits.device)
+    # Amounts beyond float32 become +inf, which bans the token (a float32 tensor made from them
+    # directly raises torch's overflow error).
+    penalty = upload(torch.tensor(amount, dtype=torch.float64).to(torch.float32), logits.device)
     return logits.index_put(where, logits[where] - penalty)
 
 

@@ -177,23 +177,25 @@ def test_bad_logits_are_reported_before_what_the_processors_make_of_them():
     assert errors[0] == errors[1] and "row 2 contains NaN" in errors[0]
 
 
-def test_a_penalty_that_overflows_to_inf_is_an_error_naming_the_row():
-    """The eager stages fail on it with an index error; the fused path says what happened."""
+@pytest.mark.parametrize("flag", [True, False], ids=["fused", "eager"])
+def test_a_penalty_that_overflows_to_inf_is_an_error_naming_the_row(flag):
     logits = torch.zeros(2, 10)
     logits[1, 4] = 3e38
-    with pytest.raises(SamplingError, match="row 1 contains \\+inf after its penalties"):
+    with fused.enabled(flag), pytest.raises(SamplingError, match="row 1 contains \\+inf after its penalties"):
         sample(logits, SamplingParams(repetition_penalty=0.01), 0, [SequenceState(history=(4,))] * 2)
 
 
 def test_dry_amounts_beyond_float32_ban_the_token():
-    """100 * 10 ** 49 does not fit a float32: the token is banned (-inf), the intent of the
-    reference's cap (the eager stage raises torch's overflow error on it instead)."""
+    """100 * 10 ** 49 does not fit a float32: the token is banned (-inf), on both paths."""
     logits = torch.zeros(1, 20)
     params = SamplingParams(dry_multiplier=100.0, dry_base=10.0, dry_allowed_length=1)
+    states = [SequenceState(history=(11,) * 60)]
     out = np.empty((1, 20), dtype=np.float32)
-    got = processed(logits.numpy(), [params], [SequenceState(history=(11,) * 60)], out)
+    got = processed(logits.numpy(), [params], states, out)
     assert got[0, 11] == -np.inf
     assert np.all(np.delete(got[0], 11) == 0.0)
+    with fused.enabled(False):
+        assert torch.equal(filter_logits(logits, params, states=states), torch.from_numpy(got))
 
 
 @pytest.mark.parametrize("kwargs", [k for settings in PROCESSORS.values() for k in settings
@@ -206,9 +208,10 @@ def test_every_case_above_changes_the_logits(kwargs):
     assert not np.array_equal(got, logits.numpy())
 
 
-def test_a_row_whose_every_token_is_banned_is_an_error_naming_the_row():
+@pytest.mark.parametrize("flag", [True, False], ids=["fused", "eager"])
+def test_a_row_whose_every_token_is_banned_is_an_error_naming_the_row(flag):
     logits = torch.zeros(2, 3)
     logits[1, [0, 2]] = float("-inf")  # token 1 alone is finite, and DRY bans it
     params = SamplingParams(dry_multiplier=100.0, dry_base=10.0, dry_allowed_length=1)
-    with pytest.raises(SamplingError, match="row 1 has no finite logit after its penalties"):
+    with fused.enabled(flag), pytest.raises(SamplingError, match="row 1 has no finite logit after its penalties"):
         sample(logits, params, 0, [SequenceState(history=(1,) * 60)] * 2)

@@ -8,8 +8,10 @@ strategy is one sync per call, on the eager pipeline as on the fused chain: the 
 pipeline reads back only the logits' validity (one packed min/max read,
 :func:`samplerd.sampling.checks.check_logits`), the fused chain only its status tensor; their
 uploads go through pinned memory without blocking. Every other decision is made on the host
-from the parameters. The one exception is a dynamic temperature whose lowest value
-``max(0, T - range)`` is below 1e-5: whether it came out greedy is read back (a second sync).
+from the parameters. Two exceptions read back a second time: a dynamic temperature whose lowest
+value ``max(0, T - range)`` is below 1e-5 (whether it came out greedy), and a batch with
+penalties, DRY or logit bias (whether they left every row a distribution: no +inf from an
+overflowing penalty, some token not banned).
 Before issue 15's eager-path work the eager path read back 4 to 11 times per strategy (7 to
 18 budgeted) and uploaded 4 to 10 times more, blocking. The fused chain runs its Triton
 kernel under the interpreter, outside the virtual device's view.
@@ -39,11 +41,11 @@ STRATEGIES = {
     "min_p": (dict(min_p=0.05), 1),
     "top_k+top_p+min_p": (dict(top_k=50, top_p=0.9, min_p=0.02, top_logprobs=3, n=2), 1),
     "min_tokens_to_keep": (dict(top_p=0.3, min_tokens_to_keep=5, stats_top_k=20), 1),
-    "repetition_penalty": (dict(repetition_penalty=1.3), 1),
-    "frequency_penalty": (dict(frequency_penalty=0.5), 1),
-    "presence_penalty": (dict(presence_penalty=0.5), 1),
-    "dry": (dict(dry_multiplier=0.8), 1),
-    "logit_bias": (dict(logit_bias=((3, 2.0), (5, -1.0))), 1),
+    "repetition_penalty": (dict(repetition_penalty=1.3), 2),
+    "frequency_penalty": (dict(frequency_penalty=0.5), 2),
+    "presence_penalty": (dict(presence_penalty=0.5), 2),
+    "dry": (dict(dry_multiplier=0.8), 2),
+    "logit_bias": (dict(logit_bias=((3, 2.0), (5, -1.0))), 2),
     "dynatemp": (dict(dynatemp_range=0.5), 1),
     "dynatemp_reaching_greedy": (dict(temperature=0.3, dynatemp_range=0.5), 2),
     "top_n_sigma": (dict(top_n_sigma=1.0), 1),
