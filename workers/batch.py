@@ -39,8 +39,24 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 _NUMPY_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<i2")}
 
 
+class _LogitParts:
+    """The size of a group whose ``logits`` is a list of ``[rows, V]`` parts."""
+
+    logits: list
+
+    @property
+    def rows(self) -> int:
+        """Number of rows in the group (live paths, for a path group)."""
+        return sum(int(part.shape[0]) for part in self.logits)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of logits in the group."""
+        return sum(part.nbytes for part in self.logits)
+
+
 @dataclass(frozen=True)
-class RowGroup:
+class RowGroup(_LogitParts):
     """Rows of one vocabulary size and dtype: each request's ``[rows, V]`` logits array in order
     (see :func:`pack_logits`), with the per-row parameters and steps of all of them, and per-row
     ``sampling.SequenceState`` (or None) when any request of the group has state.
@@ -51,16 +67,6 @@ class RowGroup:
     params: list[SamplingParams]
     steps: list[int]
     states: list[SequenceState | None] | None = None
-
-    @property
-    def rows(self) -> int:
-        """Number of rows in the group."""
-        return sum(int(part.shape[0]) for part in self.logits)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of logits in the group."""
-        return sum(part.nbytes for part in self.logits)
 
     @property
     def job_rows(self) -> tuple[int, ...]:
@@ -114,7 +120,7 @@ class PathJob:
 
 
 @dataclass(frozen=True)
-class PathGroup:
+class PathGroup(_LogitParts):
     """Path-aware steps of one vocabulary size and dtype, batched with the row groups of the
     same call: each job's ``[paths, V]`` logits (as :func:`pack_logits` makes them) and its
     :class:`PathJob`, in order. The actor runs one ``filter_logits`` over all their rows, then
@@ -123,16 +129,6 @@ class PathGroup:
     logits: list[np.ndarray]
     dtype: str
     jobs: list[PathJob]
-
-    @property
-    def rows(self) -> int:
-        """Number of rows (live paths) in the group."""
-        return sum(int(part.shape[0]) for part in self.logits)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of logits in the group."""
-        return sum(part.nbytes for part in self.logits)
 
 
 @dataclass(frozen=True)
