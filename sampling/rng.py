@@ -20,9 +20,14 @@ import torch
 
 from samplerd.sampling.transfer import upload
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
-_MUL2 = np.uint64(0x94D049BB133111EB)
+# The generator's constants, shared by every implementation of it (NumPy and torch here, numba
+# in samplerd.sampling.kernels.draw): SplitMix64's increment and finaliser multipliers, the salt
+# that keys a seed, and 2**-53, which turns the top 53 bits into a float64 in [0, 1).
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+MUL2 = np.uint64(0x94D049BB133111EB)
+SEED_SALT = np.uint64(0x632BE59BD9B4E019)
+UNIT = 1.0 / 9007199254740992.0
 
 # Independent streams of numbers for one (seed, step): draws, XTC's coin, path selection.
 STREAM_DRAW = 0
@@ -31,8 +36,8 @@ STREAM_PATHS = 2
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    x = (x ^ (x >> np.uint64(30))) * _MUL1
-    x = (x ^ (x >> np.uint64(27))) * _MUL2
+    x = (x ^ (x >> np.uint64(30))) * MUL1
+    x = (x ^ (x >> np.uint64(27))) * MUL2
     return x ^ (x >> np.uint64(31))
 
 
@@ -44,11 +49,11 @@ def uniforms(seeds: np.ndarray, steps: np.ndarray, stream: int, count: int) -> n
     with np.errstate(over="ignore"):
         seed = np.asarray(seeds).astype(np.uint64)
         step = np.asarray(steps).astype(np.uint64)
-        key = _mix(seed * _GOLDEN + np.uint64(0x632BE59BD9B4E019))
-        key = _mix(key ^ (step * _GOLDEN + np.uint64(stream + 1)))
+        key = _mix(seed * GOLDEN + SEED_SALT)
+        key = _mix(key ^ (step * GOLDEN + np.uint64(stream + 1)))
         index = np.arange(count, dtype=np.uint64)[None, :]
-        bits = _mix(key[:, None] + (index + np.uint64(1)) * _GOLDEN)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+        bits = _mix(key[:, None] + (index + np.uint64(1)) * GOLDEN)
+    return (bits >> np.uint64(11)).astype(np.float64) * UNIT
 
 
 def _as_int64(values: np.ndarray) -> torch.Tensor:
@@ -67,22 +72,22 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _device_mix(x: torch.Tensor) -> torch.Tensor:
-    x = (x ^ _shift_right(x, 30)) * _signed(_MUL1)
-    x = (x ^ _shift_right(x, 27)) * _signed(_MUL2)
+    x = (x ^ _shift_right(x, 30)) * _signed(MUL1)
+    x = (x ^ _shift_right(x, 27)) * _signed(MUL2)
     return x ^ _shift_right(x, 31)
 
 
 def device_uniforms(seeds: np.ndarray, steps: np.ndarray, stream: int, count: int,
                     device: torch.device | str) -> torch.Tensor:
     """:func:`uniforms` computed on ``device``, bit for bit: ``[rows, count]`` float64."""
-    golden = _signed(_GOLDEN)
+    golden = _signed(GOLDEN)
     counters = upload(torch.stack([_as_int64(seeds), _as_int64(steps)]), device)
     seed, step = counters[0], counters[1]
-    key = _device_mix(seed * golden + _signed(np.uint64(0x632BE59BD9B4E019)))
+    key = _device_mix(seed * golden + _signed(SEED_SALT))
     key = _device_mix(key ^ (step * golden + (stream + 1)))
     index = torch.arange(1, count + 1, dtype=torch.int64, device=key.device)[None, :]
     bits = _device_mix(key[:, None] + index * golden)
-    return _shift_right(bits, 11).double() * (1.0 / 9007199254740992.0)
+    return _shift_right(bits, 11).double() * UNIT
 
 
 def fresh_seeds(count: int) -> np.ndarray:

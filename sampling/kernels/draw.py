@@ -9,32 +9,39 @@ import numpy as np
 from samplerd.sampling.kernels.common import (
     _jit,
 )
-from samplerd.sampling.rng import STREAM_DRAW
+from samplerd.sampling.rng import GOLDEN, MUL1, MUL2, SEED_SALT, STREAM_DRAW, UNIT
 
-# :func:`samplerd.sampling.rng.uniforms` (stream STREAM_DRAW), in uint64 arithmetic that wraps like NumPy's.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
-_MUL2 = np.uint64(0x94D049BB133111EB)
-_SEED_SALT = np.uint64(0x632BE59BD9B4E019)
-_DRAW_STREAM = np.uint64(STREAM_DRAW + 1)
+# :func:`samplerd.sampling.rng.uniforms` in uint64 arithmetic that wraps like NumPy's.
 
 
 @_jit
 def _mix(x):
-    x = (x ^ (x >> np.uint64(30))) * _MUL1
-    x = (x ^ (x >> np.uint64(27))) * _MUL2
+    x = (x ^ (x >> np.uint64(30))) * MUL1
+    x = (x ^ (x >> np.uint64(27))) * MUL2
     return x ^ (x >> np.uint64(31))
+
+
+@_jit
+def stream_key(seed, step, stream):
+    """The key of (seed, step) in ``stream`` (an :mod:`samplerd.sampling.rng` stream number)."""
+    key = _mix(seed * GOLDEN + SEED_SALT)
+    return _mix(key ^ (step * GOLDEN + np.uint64(stream + 1)))
+
+
+@_jit
+def uniform_at(key, j):
+    """The ``j``-th uniform (from 0) of a :func:`stream_key`."""
+    bits = _mix(key + (np.uint64(j) + np.uint64(1)) * GOLDEN)
+    return np.float64(bits >> np.uint64(11)) * UNIT
 
 
 @_jit
 def _uniforms(seed, step, count):
     """The first ``count`` draw uniforms of (seed, step), as :func:`samplerd.sampling.rng.uniforms`."""
-    key = _mix(seed * _GOLDEN + _SEED_SALT)
-    key = _mix(key ^ (step * _GOLDEN + _DRAW_STREAM))
+    key = stream_key(seed, step, STREAM_DRAW)
     out = np.empty(count, dtype=np.float64)
     for j in range(count):
-        bits = _mix(key + (np.uint64(j) + np.uint64(1)) * _GOLDEN)
-        out[j] = np.float64(bits >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        out[j] = uniform_at(key, j)
     return out
 
 

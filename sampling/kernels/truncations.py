@@ -22,7 +22,7 @@ from samplerd.sampling.kernels.current import (
     total32,
     weights_of,
 )
-from samplerd.sampling.kernels.draw import _mix
+from samplerd.sampling.kernels.draw import stream_key, uniform_at
 from samplerd.sampling.kernels.ranking import in_band, kth_in_band, ndtri, prefix_boundary, sorted_top
 from samplerd.sampling.rng import STREAM_XTC
 
@@ -221,18 +221,10 @@ def eta(z, w, m, lo, hi, top, finite, value, lanes, s):
     return max(lo, lowest_at_least(z, lo, hi, current, floor * total))
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_SEED_SALT = np.uint64(0x632BE59BD9B4E019)
-_XTC_STREAM = np.uint64(STREAM_XTC + 1)
-
-
 @_jit
 def xtc_coin(seed, step):
     """The first uniform of stream STREAM_XTC (:func:`samplerd.sampling.rng.uniforms`), in float32."""
-    key = _mix(seed * _GOLDEN + _SEED_SALT)
-    key = _mix(key ^ (step * _GOLDEN + _XTC_STREAM))
-    bits = _mix(key + np.uint64(1) * _GOLDEN)
-    return _F32(np.float64(bits >> np.uint64(11)) * (1.0 / 9007199254740992.0))
+    return _F32(uniform_at(stream_key(seed, step, STREAM_XTC), 0))
 
 
 @_jit
