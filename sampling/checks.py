@@ -82,29 +82,37 @@ def check_logits(logits: torch.Tensor) -> bool:
     else:
         # one read back: on CUDA, the eager path's only host sync besides what the data decide
         row_max, row_min = torch.stack([logits.amax(dim=-1), logits.amin(dim=-1)]).float().cpu().numpy()
-    _raise_first_bad_row(row_max)
+    raise_bad_row(_status_of(row_max))
     return bool(np.isfinite(row_min).all())
+
+
+#: Why a row of logits is refused, by status code (the fused kernels' first pass gives a row
+#: these codes; :func:`check_logits` derives them from the row's maximum).
+BAD_ROW = {-1: "contains NaN", -2: "contains +inf", -3: "has no finite logit"}
+
+#: Said of a row that the logits processors, not the caller, left without a distribution.
+AFTER_PROCESSORS = " after its penalties, DRY and logit bias"
 
 
 def check_processed(processed: torch.Tensor) -> None:
     """Raise :class:`SamplingError` on a row the logits processors left without a distribution:
     a penalty that overflowed to +inf, or every finite token banned. The caller's own logits
     were checked before; the message says the processors did it, as the fused paths' does."""
-    _raise_first_bad_row(processed.amax(dim=-1).float().cpu().numpy(), " after its penalties, DRY and logit bias")
+    raise_bad_row(_status_of(processed.amax(dim=-1).float().cpu().numpy()), AFTER_PROCESSORS)
 
 
-def _raise_first_bad_row(row_max: np.ndarray, cause: str = "") -> None:
-    """Raise ``SamplingError`` naming the first row whose maximum is NaN, +inf or -inf."""
-    bad = ~np.isfinite(row_max)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        if np.isnan(row_max[row]):
-            what = "contains NaN"
-        elif row_max[row] == np.inf:
-            what = "contains +inf"
-        else:
-            what = "has no finite logit"
-        raise SamplingError("logits", f"logits row {row} {what}{cause}")
+def raise_bad_row(status: np.ndarray, cause: str = "") -> None:
+    """Raise ``SamplingError`` naming the first row with a negative status (a :data:`BAD_ROW`
+    code), if any; ``cause`` is appended to the message."""
+    if (status < 0).any():
+        row = int(np.flatnonzero(status < 0)[0])
+        raise SamplingError("logits", f"logits row {row} {BAD_ROW[int(status[row])]}{cause}")
+
+
+def _status_of(row_max: np.ndarray) -> np.ndarray:
+    """Each row's :data:`BAD_ROW` code from its maximum (0: a valid row): max propagates NaN, is
+    +inf with any +inf, and is -inf only when no logit is finite."""
+    return np.select([np.isnan(row_max), row_max == np.inf, row_max == -np.inf], [-1, -2, -3], 0)
 
 
 def _all_finite(values: np.ndarray) -> bool:

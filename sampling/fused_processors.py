@@ -16,10 +16,8 @@ import numba
 import numpy as np
 import torch
 
-from samplerd.sampling.checks import check_logits
-from samplerd.sampling.errors import SamplingError
+from samplerd.sampling.checks import AFTER_PROCESSORS, check_logits, raise_bad_row
 from samplerd.sampling.kernels import records
-from samplerd.sampling.kernels.prepare import _BAD_ROW, raise_bad_rows
 from samplerd.sampling.kernels.processors import process_one_row, process_rows
 from samplerd.sampling.strategies import dry, logit_bias, penalties
 
@@ -115,11 +113,6 @@ def check_prepared(status: np.ndarray, logits: torch.Tensor, was_processed: bool
     """Raise ``SamplingError`` naming the first row the first pass found bad, if any: the
     caller's logits' own fault first (as :func:`samplerd.sampling.checks.check_logits` reports it),
     then one the processors made (a penalty that overflowed to +inf, every finite token banned)."""
-    if not (status < 0).any():
-        return
-    if was_processed:
+    if was_processed and (status < 0).any():
         check_logits(logits)
-        row = int(np.flatnonzero(status < 0)[0])
-        raise SamplingError("logits", f"logits row {row} {_BAD_ROW[int(status[row])]} after its penalties, "
-                            "DRY and logit bias")
-    raise_bad_rows(status)
+    raise_bad_row(status, AFTER_PROCESSORS if was_processed else "")

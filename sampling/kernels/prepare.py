@@ -6,7 +6,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from samplerd.sampling.errors import SamplingError
 from samplerd.sampling.kernels.common import (
     _CHUNK,
     _FLOOR,
@@ -148,12 +147,3 @@ def _mask(z, w, threshold, out):
         out[i] = w[i] if z[i] >= threshold else _ZERO
 
 
-#: What :func:`_prepare`'s negative status codes mean (the errors of ``check_logits``).
-_BAD_ROW = {-1: "contains NaN", -2: "contains +inf", -3: "has no finite logit"}
-
-
-def raise_bad_rows(status: np.ndarray) -> None:
-    """Raise ``SamplingError`` naming the first row :func:`_prepare` found bad, if any."""
-    if (status < 0).any():
-        row = int(np.flatnonzero(status < 0)[0])
-        raise SamplingError("logits", f"logits row {row} {_BAD_ROW[int(status[row])]}")
