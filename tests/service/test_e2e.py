@@ -378,18 +378,22 @@ def test_sigterm_turns_health_not_serving_and_finishes_in_flight_work(server: Se
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
 
-    answers: list[grpc.StatusCode] = []
+    calls: list[tuple[float, float, grpc.StatusCode]] = []  # (start, end, answer) of every call
     request = build_request(make_logits(16, 32000, seed=0), top_p=0.9)
+    holding = threading.Event()
 
     def call() -> None:
-        # Each caller keeps one request in flight until the server refuses one, so the scrape below
-        # always finds work to hold, however quickly a single request is served.
-        for _ in range(2000):
+        # Each caller keeps one request in flight until the scrape below sees the server holding
+        # work (however quickly a single request is served), then lets its last one finish.
+        while not holding.is_set():
+            start = time.monotonic()
             try:
                 pb_grpc.SamplerStub(channel).Sample(request, timeout=60)
-                answers.append(grpc.StatusCode.OK)
+                code = grpc.StatusCode.OK
             except grpc.RpcError as error:
-                answers.append(error.code())
+                code = error.code()
+            calls.append((start, time.monotonic(), code))
+            if code != grpc.StatusCode.OK:
                 return
 
     callers = [threading.Thread(target=call) for _ in range(4)]
@@ -397,11 +401,14 @@ def test_sigterm_turns_health_not_serving_and_finishes_in_flight_work(server: Se
         caller.start()
     in_flight = 0
     for _ in range(100):  # until the server holds at least one of them
+        scraped_from = time.monotonic()
         in_flight = int(float(next(line for line in scrape(server).splitlines()
                                    if line.startswith("samplerd_inflight_requests ")).split()[1]))
+        scraped_until = time.monotonic()
         if in_flight:
             break
         time.sleep(0.02)
+    holding.set()
     server.process.terminate()  # SIGTERM
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()
@@ -412,5 +419,9 @@ def test_sigterm_turns_health_not_serving_and_finishes_in_flight_work(server: Se
         server.reader.join(5)
     assert exit_code == 0, "\n".join(server.output)
     channel.close()
-    assert answers.count(grpc.StatusCode.OK) >= in_flight >= 1, (answers, list(server.output)[-20:])
-    assert set(answers) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    # The requests the server held at the scrape are among the calls open during it: each must
+    # have finished with OK, SIGTERM or not.
+    open_then = [code for start, end, code in calls if start < scraped_until and end > scraped_from]
+    assert open_then.count(grpc.StatusCode.OK) >= in_flight >= 1, (open_then, list(server.output)[-20:])
+    assert {code for _, _, code in calls} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE,
+                                              grpc.StatusCode.CANCELLED}
